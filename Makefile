@@ -1,0 +1,50 @@
+# cloudagent-etl: every command a developer or CI needs. `make install` is idempotent and fast (uv).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PY      = $(BIN)/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: install lock test test-fast lint format demo bench bench-receiver clean
+
+install: $(STAMP)
+
+# Reinstall when the lock or the package metadata changes. uv is a pip package; pip is the fallback.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if $(PY) -m pip install -q uv; then \
+		$(BIN)/uv pip install -q --python $(PY) -r requirements.txt && \
+		$(BIN)/uv pip install -q --python $(PY) --no-deps -e . ; \
+	else \
+		$(PY) -m pip install -q -r requirements.txt && \
+		$(PY) -m pip install -q --no-deps -e . ; \
+	fi
+	touch $(STAMP)
+
+# Recompile the full pinned lock from the direct dependencies in requirements.in.
+lock:
+	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+demo: install
+	$(PY) -m cloudagent_etl.demo
+
+bench: install
+	$(PY) -m benchmarks.bench_load
+
+bench-receiver: install
+	$(PY) -m benchmarks.bench_receiver
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,177 @@
+"""Typed settings, read at call time from the environment or an Airflow connection's parts.
+
+Nothing here is read at import time: DAG parsing and tests must be able to set the environment first.
+Connection extras are read through an allow-list (as Airflow's own providers do), never passed through.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cloudagent_etl.errors import ConfigurationError
+
+DEFAULT_BASE_URL = "https://in1-ccaas-api.ozonetel.com"
+INTERNATIONAL_BASE_URL = "https://api.ccaas.ozonetel.com"
+DEFAULT_ENDPOINT = "/endpoint/dailer/data/preview/download"
+DEFAULT_TIMEZONE = "Asia/Kolkata"
+DEFAULT_RATE_LIMIT_PER_MINUTE = 10
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024
+
+#: Connection extras that are read; anything else in ``extra`` is ignored.
+ALLOWED_CONNECTION_EXTRAS = frozenset({"endpoint", "api_key_in", "timezone", "rate_limit_per_minute", "timeout_s"})
+
+
+class Secret:
+    """A string that never shows itself in a repr, str, log line or traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How to reach one CloudAgent account (the Airflow connection ``cloudagent_default``)."""
+
+    user_name: str
+    api_key: Secret = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    endpoint: str = DEFAULT_ENDPOINT
+    api_key_in: Literal["header", "body"] = "header"
+    timezone: str = DEFAULT_TIMEZONE
+    rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not self.user_name:
+            raise ConfigurationError("CloudAgent userName (connection login) is empty")
+        if not self.api_key:
+            raise ConfigurationError("CloudAgent apiKey (connection password) is empty")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"CloudAgent base URL must start with http:// or https://: {self.base_url!r}")
+        if self.api_key_in not in ("header", "body"):
+            raise ConfigurationError(f"api_key_in must be 'header' or 'body', not {self.api_key_in!r}")
+        if self.rate_limit_per_minute < 1:
+            raise ConfigurationError("rate_limit_per_minute must be at least 1")
+        if self.timeout_s <= 0:
+            raise ConfigurationError("timeout_s must be positive")
+        zone(self.timezone)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return zone(self.timezone)
+
+    @classmethod
+    def from_connection(
+        cls, host: str | None, login: str | None, password: str | None, extra: Mapping[str, Any] | None
+    ) -> ApiSettings:
+        """Build settings from a connection: host = base URL, login = userName, password = apiKey."""
+        extras = {key: value for key, value in (extra or {}).items() if key in ALLOWED_CONNECTION_EXTRAS}
+        try:
+            return cls(
+                user_name=login or "",
+                api_key=Secret(password or ""),
+                base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
+                endpoint=str(extras.get("endpoint", DEFAULT_ENDPOINT)),
+                api_key_in=extras.get("api_key_in", "header"),
+                timezone=str(extras.get("timezone", DEFAULT_TIMEZONE)),
+                rate_limit_per_minute=int(extras.get("rate_limit_per_minute", DEFAULT_RATE_LIMIT_PER_MINUTE)),
+                timeout_s=float(extras.get("timeout_s", DEFAULT_TIMEOUT_S)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"invalid cloudagent connection extra: {exc}") from None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        """Settings for the CLI: ``CLOUDAGENT_API_BASE_URL``, ``_USER``, ``_KEY`` and the extras' names."""
+        env = os.environ if env is None else env
+        extras = {
+            name: env[f"CLOUDAGENT_API_{name.upper()}"]
+            for name in ALLOWED_CONNECTION_EXTRAS
+            if f"CLOUDAGENT_API_{name.upper()}" in env
+        }
+        return cls.from_connection(
+            env.get("CLOUDAGENT_API_BASE_URL"), env.get("CLOUDAGENT_API_USER"), env.get("CLOUDAGENT_API_KEY"), extras
+        )
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``, or a ConfigurationError naming it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"unknown time zone {name!r}") from None
+
+
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Folder for the embedded SQLite database and spool files (``CLOUDAGENT_DATA_DIR``, default ./data)."""
+    env = os.environ if env is None else env
+    return Path(env.get("CLOUDAGENT_DATA_DIR", "data")).absolute()
+
+
+def database_url(env: Mapping[str, str] | None = None) -> str:
+    """``CLOUDAGENT_DB_URL``, or the embedded default: a SQLite file in the data folder."""
+    env = os.environ if env is None else env
+    url = env.get("CLOUDAGENT_DB_URL")
+    if url:
+        return url
+    return f"sqlite:///{data_dir(env) / 'cloudagent.db'}"
+
+
+def callback_base_url(env: Mapping[str, str] | None = None) -> str:
+    """Public base URL of the callback receiver (``CLOUDAGENT_CALLBACK_BASE_URL``)."""
+    env = os.environ if env is None else env
+    url = env.get("CLOUDAGENT_CALLBACK_BASE_URL", "")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError("CLOUDAGENT_CALLBACK_BASE_URL must be set to the receiver's public http(s) URL")
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """Settings of the callback receiver, from ``CLOUDAGENT_RECEIVER_*`` and ``CLOUDAGENT_CALLBACK_TOKEN``."""
+
+    database_url: str
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = 60.0
+    shared_token: Secret | None = field(default=None, repr=False)
+    spool_dir: Path = field(default_factory=lambda: data_dir() / "spool")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ReceiverSettings:
+        env = os.environ if env is None else env
+        token = env.get("CLOUDAGENT_CALLBACK_TOKEN")
+        try:
+            return cls(
+                database_url=database_url(env),
+                max_body_bytes=int(env.get("CLOUDAGENT_RECEIVER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+                body_timeout_s=float(env.get("CLOUDAGENT_RECEIVER_BODY_TIMEOUT_S", 60.0)),
+                shared_token=Secret(token) if token else None,
+                spool_dir=Path(env.get("CLOUDAGENT_RECEIVER_SPOOL_DIR", str(data_dir(env) / "spool"))),
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid receiver setting: {exc}") from None
