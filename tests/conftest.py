@@ -16,6 +16,8 @@ from sqlalchemy.engine import make_url
 
 from cloudagent_etl.db import create_db_engine, migrate, to_sqlalchemy_url
 
+pytest_plugins = ["tests.plugins.simulator", "tests.plugins.receiver"]
+
 DEFAULT_TEST_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 

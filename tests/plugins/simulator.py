@@ -1,0 +1,1 @@
+"""pytest fixtures that run the CloudAgent simulator as a real process on loopback."""
