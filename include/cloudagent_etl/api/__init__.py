@@ -13,6 +13,7 @@ sending; the documented error bodies as ``ApiError`` subclasses (terminal); ``Ra
 cannot be interpreted.
 """
 
+from cloudagent_etl.api.client import CloudAgentClient, RetryPolicy
 from cloudagent_etl.api.request import DialStatusRequest
 
-__all__ = ["DialStatusRequest"]
+__all__ = ["CloudAgentClient", "DialStatusRequest", "RetryPolicy"]
