@@ -1,0 +1,83 @@
+"""The simulator's request validation: the documented order of checks and its choices for the rest."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from cloudagent_etl.simulator import contract
+from cloudagent_etl.simulator.data import DISPOSITIONS
+
+VALID = {
+    "apiKey": "key-1",
+    "userName": "user_1",
+    "campaignName": "Alpha",
+    "callBackUrl": "http://127.0.0.1:9/callbacks/x/token",
+    "fromDate": "2025-03-01 00:00:00",
+    "toDate": "2025-03-02 00:00:00",
+    "sortby": "2",
+    "status": "All",
+    "dialstatus": "ALL",
+    "dispositions": "ALL",
+}
+
+
+def validate(body: dict, header: str | None = None) -> contract.ExportRequest:
+    return contract.validate_export_request(
+        body, header, user_name="user_1", api_key="key-1", campaigns=("Alpha",), dispositions=DISPOSITIONS
+    )
+
+
+def message(body: dict, header: str | None = None) -> str:
+    with pytest.raises(contract.InvalidRequest) as caught:
+        validate(body, header)
+    return caught.value.message
+
+
+def test_valid_request_gives_the_ist_window_and_filters():
+    request = validate(VALID)
+    ist = ZoneInfo("Asia/Kolkata")
+    assert request.window_start == datetime(2025, 3, 1, tzinfo=ist)
+    assert request.window_end == datetime(2025, 3, 2, tzinfo=ist)
+    assert (request.campaign_name, request.sortby, request.dispositions) == ("Alpha", "2", "ALL")
+
+
+def test_api_key_from_the_header_wins_over_the_body():
+    assert validate({**VALID, "apiKey": "wrong"}, header="key-1").user_name == "user_1"
+    assert message(VALID, header="wrong") == "Authentication failed"
+    assert message({k: v for k, v in VALID.items() if k != "apiKey"}, header="") == "apiKey is invalid"
+
+
+def test_checks_run_in_the_documented_order():
+    everything_wrong = {"apiKey": "", "userName": "", "campaignName": "", "callBackUrl": "", "fromDate": "x"}
+    assert message(everything_wrong) == "apiKey is invalid"
+    assert message({**everything_wrong, "apiKey": "nope"}) == "userName is invalid"
+    assert message({**everything_wrong, "apiKey": "nope", "userName": "user_1"}) == "Authentication failed"
+    valid_auth = {**everything_wrong, "apiKey": "key-1", "userName": "user_1"}
+    assert message(valid_auth) == "campaignName is invalid"
+    assert message({**valid_auth, "campaignName": "Alpha"}) == contract.CALLBACK_URL_INVALID
+    assert message({**VALID, "fromDate": "x"}) == "fromDate is invalid"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"fromDate": "2025-03-01"}, "fromDate is invalid"),
+        ({"toDate": None}, "toDate is invalid"),
+        ({"toDate": "2025-02-28 23:59:59"}, "fromDate must not be later than toDate"),
+        ({"sortby": 2}, "sortby is invalid"),
+        ({"status": "all"}, "status is invalid"),
+        ({"status": None}, "status is invalid"),
+        ({"dialstatus": "Answered"}, "dialstatus is invalid"),
+        ({"dispositions": ""}, "dispositions is invalid"),
+        ({"dispositions": "Converted,Unknown"}, "dispositions is invalid"),
+    ],
+)
+def test_undocumented_parameters_get_a_named_error(change, expected):
+    assert message({**VALID, **change}) == expected
+
+
+def test_sortby_defaults_to_all_data_and_dispositions_may_be_a_list():
+    body = {k: v for k, v in VALID.items() if k != "sortby"}
+    assert validate({**body, "dispositions": "Converted, Call Back"}).sortby == "0"
