@@ -19,7 +19,8 @@
         ├── UnexpectedResponseError    a body we cannot interpret (quoted truncated and redacted)
         ├── ConfigurationError         a setting or connection is missing or malformed
         ├── PayloadError               a landed callback payload cannot be parsed at all
-        └── CallbackTimeoutError       the callback never arrived within the allowed time
+        ├── CallbackTimeoutError       the callback never arrived within the allowed time
+        └── StateTransitionError       an export request cannot move to that state (or does not exist)
 
 Messages never contain secrets: build them with :func:`redact` when they quote outside text.
 """
@@ -112,6 +113,10 @@ class PayloadError(TerminalError):
 
 class CallbackTimeoutError(TerminalError):
     """The callback for an export request did not arrive in time."""
+
+
+class StateTransitionError(TerminalError):
+    """An export request does not exist, or its state does not allow the requested move."""
 
 
 REDACTED = "***"

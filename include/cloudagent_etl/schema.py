@@ -101,7 +101,6 @@ callback_payloads = Table(
     Column("unique_id", Text, nullable=True, comment="uniqueId carried by the body, when it has one"),
     Column("received_at", UtcDateTime, nullable=False),
     Column("content_type", Text, nullable=True),
-    Column("body", LargeBinary, nullable=False, comment="raw bytes exactly as received"),
     Column("sha256", String(64), nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
     Column("client_addr", Text, nullable=True),
@@ -109,6 +108,22 @@ callback_payloads = Table(
     Column("parse_state", String(16), nullable=False, server_default="pending"),
     Column("late", Integer, nullable=False, server_default="0", comment="1 when it arrived after the load"),
     UniqueConstraint("request_id", "sha256"),
+)
+
+#: The raw body of a callback payload, in order, in pieces of at most ``landing.CHUNK_BYTES`` bytes: a body
+#: of hundreds of MB is written and read a piece at a time, never held whole in memory. Read it through
+#: ``landing.iter_payload_body`` / ``open_payload_body`` / ``read_payload_body``.
+callback_payload_chunks = Table(
+    "callback_payload_chunks",
+    metadata,
+    Column(
+        "payload_id",
+        BigIntId,
+        ForeignKey("callback_payloads.payload_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True, autoincrement=False, comment="0, 1, 2, ... in body order"),
+    Column("data", LargeBinary, nullable=False),
 )
 
 # ---------------------------------------------------------------------------------------------- limiter

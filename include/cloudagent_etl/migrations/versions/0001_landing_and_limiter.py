@@ -55,7 +55,6 @@ def upgrade() -> None:
         sa.Column("unique_id", sa.Text(), nullable=True),
         sa.Column("received_at", UtcDateTime(), nullable=False),
         sa.Column("content_type", sa.Text(), nullable=True),
-        sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("client_addr", sa.Text(), nullable=True),
@@ -69,6 +68,19 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("payload_id", name="pk_callback_payloads"),
         sa.UniqueConstraint("request_id", "sha256", name="uq_callback_payloads_request_id_sha256"),
+    )
+    op.create_table(
+        "callback_payload_chunks",
+        sa.Column("payload_id", BigIntId, nullable=False),
+        sa.Column("seq", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["payload_id"],
+            ["callback_payloads.payload_id"],
+            name="fk_callback_payload_chunks_payload_id_callback_payloads",
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("payload_id", "seq", name="pk_callback_payload_chunks"),
     )
 
     op.create_table(
@@ -90,5 +102,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("api_call_log")
     op.drop_table("rate_limit_accounts")
+    op.drop_table("callback_payload_chunks")
     op.drop_table("callback_payloads")
     op.drop_table("export_requests")
