@@ -1,0 +1,76 @@
+"""
+### CloudAgent dial status: reprocess landed payloads
+
+Manual DAG. Re-normalizes and re-merges the callback payloads **already landed** for the given
+campaigns and window, with no CloudAgent API call: use it after a normalization rule is fixed or a
+warehouse column is added. Idempotent (the merge keeps the newest version of every record), so it
+can be run as often as needed.
+
+Params: `window_start` / `window_end` (ISO date-times; requests whose window overlaps are picked),
+`campaigns` (empty = the Variable `cloudagent_campaigns`). Example:
+`airflow dags trigger cloudagent_reprocess -c '{"window_start": "2025-06-01T00:00:00+05:30",
+"window_end": "2025-06-08T00:00:00+05:30", "campaigns": ["Sales"]}'`
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from cloudagent_airflow.assets import DIAL_STATUS
+
+
+@dag(
+    dag_id="cloudagent_reprocess",
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1, tz="Asia/Kolkata"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["cloudagent", "reprocess", "dial-status"],
+    default_args={"owner": "data-engineering", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    params={
+        "window_start": Param(
+            None, type=["null", "string"], format="date-time", description="ISO, with offset."
+        ),
+        "window_end": Param(
+            None, type=["null", "string"], format="date-time", description="ISO, with offset."
+        ),
+        "campaigns": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string"},
+            description="Campaigns to reprocess; empty = the Variable cloudagent_campaigns.",
+        ),
+    },
+)
+def cloudagent_reprocess() -> None:
+    @task
+    def landed_requests() -> list[str]:
+        from airflow.sdk import Variable
+        from cloudagent_airflow.hooks import CloudAgentDbHook
+        from cloudagent_etl import pipeline
+
+        params = get_current_context()["params"]
+        window = pipeline.parse_window(params["window_start"], params["window_end"])
+        campaigns = pipeline.parse_campaigns(
+            params["campaigns"] or Variable.get("cloudagent_campaigns", default=None) or []
+        )
+        with CloudAgentDbHook().engine() as engine:
+            return pipeline.requests_to_reprocess(engine, campaigns, *window)
+
+    @task(outlets=[DIAL_STATUS], map_index_template="{{ request_label }}")
+    def reload(request_id: str) -> dict:
+        from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
+        from cloudagent_etl import pipeline
+
+        with CloudAgentDbHook().engine() as engine:
+            get_current_context()["request_label"] = pipeline.describe_request(engine, request_id)  # type: ignore[typeddict-unknown-key]
+            return pipeline.load_request(
+                engine, request_id, timezone=CloudAgentHook().get_settings().timezone
+            )
+
+    reload.expand(request_id=landed_requests())
+
+
+cloudagent_reprocess()

@@ -1,0 +1,303 @@
+"""The steps of one sync run as plain functions; the Airflow DAGs only call these.
+
+One run covers one data interval; per campaign it does ``request_export`` -> wait until
+``callback_status`` says the callback landed (or ``expire_request``) -> ``load_request``; at the end
+``quality_checks`` looks at everything the run did. Keeping the steps here (not in the DAG files) lets
+them be tested on real databases without Airflow, and keeps the DAG files thin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, and_, column, func, or_, select, table
+
+from cloudagent_etl import landing, schema, warehouse
+from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
+from cloudagent_etl.errors import ConfigurationError, redact
+from cloudagent_etl.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+#: The export filters a run sends, with the API's defaults (DESIGN.md section 2).
+DEFAULT_FILTERS: Mapping[str, str] = {
+    "sortby": "2",
+    "status": "All",
+    "dialstatus": "ALL",
+    "dispositions": "ALL",
+}
+
+#: States in which a request's callback has landed and its payloads can be (re)loaded.
+LANDED_STATES = ("received", "loaded")
+
+
+def parse_campaigns(value: object) -> list[str]:
+    """The campaign names in ``value``: a list, a JSON list or a comma-separated string.
+
+    Names are stripped and de-duplicated (first occurrence wins, order kept); an empty result is an
+    error because a run that syncs nothing would look like a successful night.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigurationError(f"campaigns is not a valid JSON list: {exc}") from None
+        else:
+            value = text.split(",")
+    if not isinstance(value, list | tuple):
+        raise ConfigurationError(f"campaigns must be a list of campaign names, not {type(value).__name__}")
+    names: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigurationError(f"campaign names must be text, not {item!r}")
+        name = item.strip()
+        if name and name not in names:
+            names.append(name)
+    if not names:
+        raise ConfigurationError(
+            "no campaigns to sync: set the Airflow Variable cloudagent_campaigns (a JSON list) "
+            "or the run's `campaigns` param"
+        )
+    return names
+
+
+def export_window(
+    data_interval_start: datetime, data_interval_end: datetime, lookback_minutes: float
+) -> tuple[datetime, datetime]:
+    """The window to export for a data interval: the interval, started ``lookback_minutes`` early.
+
+    The overlap catches records whose updated date was written late; the idempotent merge makes the
+    records seen twice harmless.
+    """
+    for name, value in (
+        ("data_interval_start", data_interval_start),
+        ("data_interval_end", data_interval_end),
+    ):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ConfigurationError(f"{name} must be timezone-aware, got {value.isoformat()}")
+    if lookback_minutes < 0:
+        raise ConfigurationError(f"lookback_minutes must not be negative, got {lookback_minutes}")
+    if data_interval_end <= data_interval_start:
+        raise ConfigurationError(
+            f"the data interval is empty ({data_interval_start.isoformat()} .. "
+            f"{data_interval_end.isoformat()}): the DAG needs a timetable with real data intervals"
+        )
+    return data_interval_start - timedelta(minutes=lookback_minutes), data_interval_end
+
+
+def parse_window(window_start: object, window_end: object) -> tuple[datetime, datetime]:
+    """A window from two ISO date-times with an offset (a zone-less time would be a guess)."""
+    bounds = []
+    for name, value in (("window_start", window_start), ("window_end", window_end)):
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(
+                f"{name} is required (an ISO date-time with offset, e.g. 2025-06-01T00:00+05:30)"
+            )
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigurationError(f"{name} is not an ISO date-time: {value!r}") from None
+        if moment.tzinfo is None:
+            raise ConfigurationError(f"{name} needs a UTC offset (e.g. +05:30): {value!r}")
+        bounds.append(moment)
+    if bounds[1] <= bounds[0]:
+        raise ConfigurationError(f"window_end must be after window_start: {window_start} .. {window_end}")
+    return bounds[0], bounds[1]
+
+
+def export_filters(params: Mapping[str, Any]) -> dict[str, str]:
+    """The export filters from run params, defaulting each to the API's 'everything' value."""
+    return {name: str(params.get(name) or default) for name, default in DEFAULT_FILTERS.items()}
+
+
+def request_export(
+    engine: Engine,
+    api_settings: ApiSettings,
+    callback_base_url: str,
+    campaign: str,
+    window_start: datetime,
+    window_end: datetime,
+    filters: Mapping[str, str],
+    *,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> str:
+    """Ask CloudAgent to export one campaign's window; return our request id (the landing row's key).
+
+    Every call makes a fresh ``export_requests`` row with its own callback token, so a retry never reuses
+    a callback URL. When the call fails the row is marked ``failed`` with the (redacted) reason and the
+    error is re-raised for the caller to decide: terminal errors fail at once, transient ones retry.
+    """
+    new = landing.create_export_request(
+        engine,
+        account=api_settings.user_name,
+        campaign_name=campaign,
+        window_start=window_start,
+        window_end=window_end,
+        filters=dict(filters),
+        dag_id=dag_id,
+        run_id=run_id,
+    )
+    callback_url = landing.callback_url(callback_base_url, new.request_id, new.token)
+    try:
+        request = DialStatusRequest(
+            campaign_name=campaign,
+            user_name=api_settings.user_name,
+            from_date=window_start,
+            to_date=window_end,
+            callback_url=callback_url,
+            **filters,
+        )
+        limiter = RateLimiter(engine, api_settings.user_name, api_settings.rate_limit_per_minute)
+        with CloudAgentClient(api_settings, limiter=limiter, transport=transport) as client:
+            unique_id = client.request_export(request, purpose=f"{campaign} {new.request_id}")
+    except Exception as exc:
+        message = redact(
+            f"{type(exc).__name__}: {exc}", [api_settings.api_key.get(), new.token.get()], limit=2000
+        )
+        with engine.begin() as conn:
+            landing.set_state(conn, new.request_id, "failed", error=message)
+        raise
+    landing.record_unique_id(engine, new.request_id, unique_id)
+    log.info(
+        "export requested: campaign=%s window=%s..%s uniqueId=%s request_id=%s",
+        campaign,
+        window_start.isoformat(),
+        window_end.isoformat(),
+        unique_id,
+        new.request_id,
+    )
+    return new.request_id
+
+
+def callback_status(engine: Engine, request_id: str) -> str:
+    """The request's state (``requested``, ``received``, ``loaded``, ``failed``, ``expired``)."""
+    request = landing.get_export_request(engine, request_id)
+    if request is None:
+        raise ConfigurationError(f"export request {request_id} does not exist in this database")
+    return str(request.state)
+
+
+def describe_request(engine: Engine, request_id: str) -> str:
+    """'campaign X, window A .. B (uniqueId U, request R)': how messages name a request."""
+    request = landing.get_export_request(engine, request_id)
+    if request is None:
+        return f"request {request_id} (not found)"
+    return (
+        f"campaign {request.campaign_name!r}, window {request.window_start.isoformat()} .. "
+        f"{request.window_end.isoformat()} (uniqueId {request.unique_id or 'none'}, request {request_id})"
+    )
+
+
+def expire_request(engine: Engine, request_id: str, waited_minutes: float) -> str | None:
+    """Mark a request whose callback did not come ``expired``; return the message to fail with.
+
+    Returns None when the callback landed after all (the wait raced its deadline): nothing to fail.
+    """
+    state = callback_status(engine, request_id)
+    if state in LANDED_STATES:
+        return None
+    message = (
+        f"no callback within {waited_minutes:g} minutes for {describe_request(engine, request_id)}; "
+        "the request is marked expired. To retry, clear this campaign's request_export task "
+        "(with downstream): that requests a fresh export."
+    )
+    if state == "requested":
+        with engine.begin() as conn:
+            landing.set_state(conn, request_id, "expired", error=message)
+    return message
+
+
+def load_request(engine: Engine, request_id: str, *, timezone: str) -> dict[str, Any]:
+    """Normalize and merge every payload landed for the request; return the counts for the task log."""
+    result = warehouse.load_request(engine, request_id, timezone=timezone)
+    counts = asdict(result)
+    log.info("loaded %s: %s", describe_request(engine, request_id), counts)
+    return counts
+
+
+def requests_to_reprocess(
+    engine: Engine, campaigns: Iterable[str], window_start: datetime, window_end: datetime
+) -> list[str]:
+    """Ids of the landed requests of ``campaigns`` whose window overlaps ``[window_start, window_end)``.
+
+    Oldest window first, so the log reads in time order (the merge keeps the newest version regardless).
+    """
+    requests = schema.export_requests
+    query = (
+        select(requests.c.request_id)
+        .where(
+            requests.c.campaign_name.in_(list(campaigns)),
+            requests.c.state.in_(LANDED_STATES),
+            requests.c.window_start < window_end,
+            requests.c.window_end > window_start,
+        )
+        .order_by(requests.c.window_start, requests.c.created_at)
+    )
+    with engine.connect() as conn:
+        return [str(row) for row in conn.scalars(query)]
+
+
+_dial_status = table("dial_status", column("campaign_name"), column("record_key"))
+
+
+def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run_id: str) -> list[str]:
+    """Problems found after a run's loads; an empty list means the run is good.
+
+    Every campaign must have its latest request of this run ``loaded`` (anything else, including a
+    campaign that never got a request, is listed with its error), and the warehouse rows of these
+    campaigns must have no duplicate and no empty keys.
+    """
+    campaigns = list(campaigns)
+    problems: list[str] = []
+    requests = schema.export_requests
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(requests.c.campaign_name, requests.c.request_id, requests.c.state, requests.c.error)
+            .where(requests.c.dag_id == dag_id, requests.c.run_id == run_id)
+            .order_by(requests.c.created_at)
+        ).all()
+        latest = {row.campaign_name: row for row in rows}
+        for campaign in campaigns:
+            row = latest.get(campaign)
+            if row is None:
+                problems.append(f"campaign {campaign!r}: no export request was made in this run")
+            elif row.state != "loaded":
+                problems.append(
+                    f"campaign {campaign!r}: request {row.request_id} is {row.state}"
+                    + (f": {row.error}" if row.error else "")
+                )
+        duplicates = conn.execute(
+            select(_dial_status.c.campaign_name, _dial_status.c.record_key, func.count().label("n"))
+            .where(_dial_status.c.campaign_name.in_(campaigns))
+            .group_by(_dial_status.c.campaign_name, _dial_status.c.record_key)
+            .having(func.count() > 1)
+            .limit(10)
+        ).all()
+        problems.extend(
+            f"campaign {row.campaign_name!r}: record_key {row.record_key!r} is in dial_status {row.n} times"
+            for row in duplicates
+        )
+        empty_keys = conn.execute(
+            select(func.count())
+            .select_from(_dial_status)
+            .where(
+                or_(
+                    _dial_status.c.campaign_name.is_(None),
+                    _dial_status.c.record_key.is_(None),
+                    and_(_dial_status.c.campaign_name.in_(campaigns), _dial_status.c.record_key == ""),
+                )
+            )
+        ).scalar_one()
+        if empty_keys:
+            problems.append(f"dial_status has {empty_keys} rows with an empty campaign_name or record_key")
+    return problems

@@ -1,0 +1,135 @@
+"""Hooks that turn the project's two Airflow connections into the settings the product code takes.
+
+``cloudagent_default`` (CloudAgent API: host = base URL, login = userName, password = apiKey, allow-listed
+extras) and ``cloudagent_db`` (the project database, given as a URI). Both can come from
+``AIRFLOW_CONN_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+    from cloudagent_etl.settings import ApiSettings
+    from sqlalchemy import Engine
+
+#: Connection extras of ``cloudagent_db`` passed on to the PostgreSQL driver; anything else is ignored.
+ALLOWED_DB_EXTRAS = ("sslmode", "sslrootcert", "connect_timeout", "application_name")
+
+
+class CloudAgentHook(BaseHook):
+    """The CloudAgent API account of connection ``cloudagent_default`` as :class:`ApiSettings`."""
+
+    conn_name_attr = "cloudagent_conn_id"
+    default_conn_name = "cloudagent_default"
+    conn_type = "cloudagent"
+    hook_name = "Ozonetel CloudAgent"
+
+    def __init__(self, cloudagent_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.cloudagent_conn_id = cloudagent_conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "port"],
+            "relabeling": {"host": "Base URL", "login": "userName", "password": "apiKey"},
+            "placeholders": {
+                "host": "https://in1-ccaas-api.ozonetel.com",
+                "extra": '{"timezone": "Asia/Kolkata", "rate_limit_per_minute": 10, "api_key_in": "header"}',
+            },
+        }
+
+    def get_settings(self) -> ApiSettings:
+        """Settings from the connection; extras are read through ``ALLOWED_CONNECTION_EXTRAS`` only."""
+        from cloudagent_etl.settings import ApiSettings
+
+        conn = self.get_connection(self.cloudagent_conn_id)
+        return ApiSettings.from_connection(conn.host, conn.login, conn.password, conn.extra_dejson)
+
+
+def database_uri(
+    conn_type: str | None,
+    host: str | None,
+    schema: str | None,
+    login: str | None,
+    password: str | None,
+    port: int | None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """The database URI of a connection's parts (then made a SQLAlchemy URL by ``db.to_sqlalchemy_url``).
+
+    Built from the parts rather than ``Connection.get_uri()``, which percent-encodes a SQLite path
+    (``sqlite:////abs.db`` comes back as ``sqlite:///%2Fabs.db``, which SQLAlchemy cannot open).
+    """
+    from cloudagent_etl.errors import ConfigurationError
+
+    kind = (conn_type or "").lower()
+    if kind == "sqlite":
+        # 'sqlite:////abs/x.db' parses to host '' and schema '/abs/x.db'; a relative path stays relative.
+        path = "/".join(part for part in (host, schema) if part)
+        if not path:
+            raise ConfigurationError("the sqlite database connection has no file path")
+        return f"sqlite:///{path}"
+    if kind in ("postgres", "postgresql"):
+        userinfo = ""
+        if login:
+            userinfo = quote(login, safe="") + (f":{quote(password, safe='')}" if password else "") + "@"
+        address = (host or "localhost") + (f":{port}" if port else "")
+        query = "&".join(
+            f"{key}={quote(str(value), safe='')}"
+            for key, value in (extra or {}).items()
+            if key in ALLOWED_DB_EXTRAS
+        )
+        return f"postgresql://{userinfo}{address}/{quote(schema or '', safe='')}" + (
+            f"?{query}" if query else ""
+        )
+    raise ConfigurationError(f"the database connection must be sqlite or postgres, not {conn_type!r}")
+
+
+def _sqlalchemy_url(conn: Connection) -> str:
+    from cloudagent_etl.db import to_sqlalchemy_url
+
+    return to_sqlalchemy_url(
+        database_uri(
+            conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port, conn.extra_dejson
+        )
+    )
+
+
+class CloudAgentDbHook(BaseHook):
+    """The project database of connection ``cloudagent_db`` (landing, limiter and warehouse tables)."""
+
+    conn_name_attr = "cloudagent_db_conn_id"
+    default_conn_name = "cloudagent_db"
+    conn_type = "cloudagent_db"
+    hook_name = "cloudagent-etl database"
+
+    def __init__(self, cloudagent_db_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.cloudagent_db_conn_id = cloudagent_db_conn_id
+
+    def get_uri(self) -> str:
+        """The SQLAlchemy URL of the database (psycopg 3 for PostgreSQL)."""
+        return _sqlalchemy_url(self.get_connection(self.cloudagent_db_conn_id))
+
+    async def aget_uri(self) -> str:
+        """:meth:`get_uri` for triggers (reads the connection without blocking the event loop)."""
+        return _sqlalchemy_url(await self.aget_connection(self.cloudagent_db_conn_id))
+
+    @contextmanager
+    def engine(self) -> Iterator[Engine]:
+        """An Engine for one task, disposed afterwards (tasks are short-lived processes)."""
+        from cloudagent_etl.db import create_db_engine
+
+        engine = create_db_engine(self.get_uri())
+        try:
+            yield engine
+        finally:
+            engine.dispose()

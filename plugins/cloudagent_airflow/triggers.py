@@ -1,0 +1,79 @@
+"""The trigger that waits, in the triggerer and without a worker slot, for an export's callback to land."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from cloudagent_airflow.hooks import CloudAgentDbHook
+
+
+class CallbackArrivedTrigger(BaseTrigger):
+    """Poll the landing table every ``poll_interval_s`` until the request's callback is stored.
+
+    Yields exactly one event: ``{"status": "received"}`` once the request is ``received`` (or already
+    ``loaded``), ``{"status": "timeout"}`` once ``deadline`` (UNIX time, fixed when the task deferred, so a
+    triggerer restart does not extend the wait) has passed, or ``{"status": "error", "message": ...}`` when
+    the request was failed or expired by someone else. Only the connection id is serialized, never the
+    database URL (it may hold a password).
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        deadline: float,
+        poll_interval_s: float = 10.0,
+        db_conn_id: str = CloudAgentDbHook.default_conn_name,
+    ) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.deadline = deadline
+        self.poll_interval_s = poll_interval_s
+        self.db_conn_id = db_conn_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "request_id": self.request_id,
+                "deadline": self.deadline,
+                "poll_interval_s": self.poll_interval_s,
+                "db_conn_id": self.db_conn_id,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from cloudagent_etl.db import create_db_engine
+        from cloudagent_etl.pipeline import callback_status
+        from sqlalchemy.exc import OperationalError
+
+        event = {"request_id": self.request_id}
+        url = await CloudAgentDbHook(self.db_conn_id).aget_uri()
+        engine = await asyncio.to_thread(create_db_engine, url)
+        try:
+            while True:
+                try:
+                    # The check is a short synchronous query: run it off the event loop.
+                    state = await asyncio.to_thread(callback_status, engine, self.request_id)
+                except OperationalError as exc:
+                    # The database blinked; keep waiting until the deadline rather than failing the wait.
+                    self.log.warning("could not read request %s, will retry: %s", self.request_id, exc)
+                    state = "requested"
+                if state in ("received", "loaded"):
+                    yield TriggerEvent({**event, "status": "received"})
+                    return
+                if state != "requested":
+                    message = f"request {self.request_id} became {state} while waiting for its callback"
+                    yield TriggerEvent({**event, "status": "error", "message": message})
+                    return
+                remaining = self.deadline - time.time()
+                if remaining <= 0:
+                    yield TriggerEvent({**event, "status": "timeout"})
+                    return
+                await asyncio.sleep(min(self.poll_interval_s, remaining))
+        finally:
+            await asyncio.to_thread(engine.dispose)
