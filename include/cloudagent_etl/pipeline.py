@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, and_, column, func, or_, select, table
 
-from cloudagent_etl import landing, schema, warehouse
+from cloudagent_etl import landing, schema
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
 from cloudagent_etl.errors import ConfigurationError, redact
 from cloudagent_etl.settings import ApiSettings
@@ -219,6 +219,9 @@ def expire_request(engine: Engine, request_id: str, waited_minutes: float) -> st
 
 def load_request(engine: Engine, request_id: str, *, timezone: str) -> dict[str, Any]:
     """Normalize and merge every payload landed for the request; return the counts for the task log."""
+    # Imported here: it brings pandas, which the triggerer (polling via callback_status) does not need.
+    from cloudagent_etl import warehouse
+
     result = warehouse.load_request(engine, request_id, timezone=timezone)
     counts = asdict(result)
     log.info("loaded %s: %s", describe_request(engine, request_id), counts)
