@@ -1,4 +1,4 @@
-"""The Airflow adapters: hooks read connections from AIRFLOW_CONN_* (as deployments give them), the trigger."""
+"""The Airflow adapters: hooks read connections from AIRFLOW_CONN_* (as deployments set them), the trigger."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
 
@@ -50,9 +49,8 @@ def test_cloudagent_hook_reads_the_connection_and_only_allowed_extras(monkeypatc
     ],
 )
 def test_db_hook_turns_the_connection_uri_back_into_a_sqlalchemy_url(monkeypatch, conn_uri, expected) -> None:
-    from sqlalchemy.engine import make_url
-
     from cloudagent_airflow.hooks import CloudAgentDbHook
+    from sqlalchemy.engine import make_url
 
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", conn_uri)
     url = CloudAgentDbHook().get_uri()
