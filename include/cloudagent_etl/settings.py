@@ -160,6 +160,8 @@ class ReceiverSettings:
     body_timeout_s: float = 60.0
     shared_token: Secret | None = field(default=None, repr=False)
     spool_dir: Path = field(default_factory=lambda: data_dir() / "spool")
+    #: How long the fixed callback URL keeps looking for an unknown ``uniqueId`` before answering 404.
+    unique_id_wait_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReceiverSettings:
@@ -172,6 +174,7 @@ class ReceiverSettings:
                 body_timeout_s=float(env.get("CLOUDAGENT_RECEIVER_BODY_TIMEOUT_S", 60.0)),
                 shared_token=Secret(token) if token else None,
                 spool_dir=Path(env.get("CLOUDAGENT_RECEIVER_SPOOL_DIR", str(data_dir(env) / "spool"))),
+                unique_id_wait_s=float(env.get("CLOUDAGENT_RECEIVER_UNIQUE_ID_WAIT_S", 5.0)),
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid receiver setting: {exc}") from None
