@@ -14,6 +14,7 @@ cannot be interpreted.
 """
 
 from cloudagent_etl.api.client import CloudAgentClient, RetryPolicy
+from cloudagent_etl.api.limiter import RateLimiter
 from cloudagent_etl.api.request import DialStatusRequest
 
-__all__ = ["CloudAgentClient", "DialStatusRequest", "RetryPolicy"]
+__all__ = ["CloudAgentClient", "DialStatusRequest", "RateLimiter", "RetryPolicy"]

@@ -1,0 +1,146 @@
+"""A rate limiter shared by every process and DAG run: at most N calls per rolling window per account.
+
+CloudAgent allows 10 requests per minute per account, and a nightly run, a backfill and a manual CLI
+call may all be running at once in different processes. So the budget lives in the project database:
+
+- ``api_call_log`` holds one row per admitted call (account, UNIX time, purpose);
+- ``rate_limit_accounts`` holds one row per account, locked while a call is admitted, so that
+  admissions for one account are serialised: ``SELECT ... FOR UPDATE`` on PostgreSQL, and on SQLite a
+  ``BEGIN IMMEDIATE`` transaction (SQLite locks the whole database for writing; admissions are short).
+
+Inside the lock the limiter counts the calls of the last window. Under budget, it logs the call and
+returns at once. Otherwise it computes exactly when the oldest blocking call leaves the window, releases
+the lock, sleeps until then and tries again: no fixed pause per call. Times are wall-clock
+(``time.time()``) because processes share it, monotonic clocks are per process.
+
+``safety_margin_s`` widens the window a little (default 0.1 s). The limiter records the admission time,
+the server counts arrivals; the oldest call may arrive a few ms after its admission while a new call is
+sent at once, so without a margin the server could see 11 arrivals within 60.000 s. The price is the
+margin once per window (0.1 s per 60 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+
+from cloudagent_etl.errors import ConfigurationError, DatabaseUnavailableError
+from cloudagent_etl.schema import api_call_log, rate_limit_accounts
+
+log = logging.getLogger(__name__)
+
+#: Added to a computed wait so that the blocking call is strictly out of the window when we wake.
+WAKE_SLACK_S = 0.005
+#: Old call-log rows are deleted on an instance's first admission and then every this many admissions.
+PRUNE_EVERY = 100
+
+
+class RateLimiter:
+    """At most ``per_minute`` calls per rolling ``window_s`` seconds for ``account``, across processes.
+
+    Call :meth:`acquire` right before each API call (each retry too: it is a call).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        account: str,
+        per_minute: int = 10,
+        window_s: float = 60.0,
+        *,
+        safety_margin_s: float = 0.1,
+        retention_s: float = 86_400.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not account:
+            raise ConfigurationError("rate limiter account is empty")
+        if per_minute < 1:
+            raise ConfigurationError(f"rate limit must allow at least 1 call per window, not {per_minute}")
+        if window_s <= 0 or safety_margin_s < 0:
+            raise ConfigurationError("rate limit window must be positive and its safety margin not negative")
+        if retention_s < window_s + safety_margin_s:
+            raise ConfigurationError("call-log retention must be at least the rate-limit window")
+        self.engine = engine
+        self.account = account
+        self.per_minute = per_minute
+        self.window_s = window_s
+        self.safety_margin_s = safety_margin_s
+        self.retention_s = retention_s
+        self._sleep = sleep
+        self._admitted = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"RateLimiter(account={self.account!r}, per_minute={self.per_minute}, window_s={self.window_s}, "
+            f"backend={self.engine.dialect.name!r})"
+        )
+
+    @property
+    def effective_window_s(self) -> float:
+        """The window the limiter enforces: the nominal one plus the safety margin."""
+        return self.window_s + self.safety_margin_s
+
+    def acquire(self, purpose: str | None = None) -> float:
+        """Wait until a call is within budget, record it, and return the seconds spent waiting."""
+        started = time.monotonic()
+        while True:
+            wait_s = self._admit_or_wait(purpose)
+            if wait_s is None:
+                return time.monotonic() - started
+            log.info(
+                "rate limit: account=%s has used %d calls in %.1fs; waiting %.2fs (purpose=%s)",
+                self.account,
+                self.per_minute,
+                self.effective_window_s,
+                wait_s,
+                purpose,
+            )
+            self._sleep(wait_s)
+
+    def _admit_or_wait(self, purpose: str | None) -> float | None:
+        """Admit and log one call (None), or return how long until the budget has room again."""
+        try:
+            with self.engine.connect() as conn:
+                self._lock_account(conn)
+                wait_s = self._admit_or_wait_locked(conn, purpose)
+                if wait_s is None:
+                    conn.commit()
+                    self._admitted += 1
+                return wait_s  # leaving the block without a commit rolls back and releases the lock
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(
+                f"rate limiter database unavailable ({self.engine.dialect.name}): {type(exc.orig).__name__}"
+            ) from exc
+
+    def _lock_account(self, conn: Connection) -> None:
+        """Start the transaction holding this account's admission lock (see the module docstring)."""
+        row = {"account": self.account}
+        if conn.dialect.name == "sqlite":
+            # pysqlite would begin a deferred transaction lazily; take the write lock up front instead.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.execute(sqlite.insert(rate_limit_accounts).on_conflict_do_nothing(), row)
+        else:
+            conn.execute(postgresql.insert(rate_limit_accounts).on_conflict_do_nothing(), row)
+        account = rate_limit_accounts.c.account
+        conn.execute(select(account).where(account == self.account).with_for_update())
+
+    def _admit_or_wait_locked(self, conn: Connection, purpose: str | None) -> float | None:
+        calls = api_call_log.c
+        mine = calls.account == self.account
+        now = time.time()
+        window_start = now - self.effective_window_s
+        query = select(calls.called_at).where(mine, calls.called_at > window_start).order_by(calls.called_at)
+        in_window = list(conn.execute(query).scalars())
+        if len(in_window) >= self.per_minute:
+            # The call that must leave the window before one more fits in it.
+            blocking = in_window[len(in_window) - self.per_minute]
+            return blocking + self.effective_window_s - now + WAKE_SLACK_S
+        conn.execute(insert(api_call_log).values(account=self.account, called_at=now, purpose=purpose))
+        if self._admitted % PRUNE_EVERY == 0:
+            conn.execute(delete(api_call_log).where(mine, calls.called_at < now - self.retention_s))
+        return None
