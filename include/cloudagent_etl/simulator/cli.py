@@ -13,21 +13,25 @@ def _run_simulator(args: argparse.Namespace) -> int:
     import uvicorn
 
     campaigns = tuple(name.strip() for name in args.campaigns.split(",") if name.strip())
-    behaviour = Behaviour(
-        delivery=args.delivery,
-        callback_delay_s=args.callback_delay_s,
-        records_per_day=args.records_per_day,
-        delivery_attempts=args.delivery_attempts,
-        delivery_backoff_s=args.delivery_backoff_s,
-    )
-    settings = SimulatorSettings(
-        user=args.user,
-        api_key=args.api_key,
-        campaigns=campaigns,
-        seed=args.seed,
-        rate_limit_per_minute=args.rate_limit_per_minute,
-        behaviour=behaviour,
-    )
+    try:
+        behaviour = Behaviour(
+            delivery=args.delivery,
+            callback_delay_s=args.callback_delay_s,
+            records_per_day=args.records_per_day,
+            delivery_attempts=args.delivery_attempts,
+            delivery_backoff_s=args.delivery_backoff_s,
+        )
+        settings = SimulatorSettings(
+            user=args.user,
+            api_key=args.api_key,
+            campaigns=campaigns,
+            seed=args.seed,
+            rate_limit_per_minute=args.rate_limit_per_minute,
+            behaviour=behaviour,
+        )
+    except ValueError as exc:
+        logging.getLogger(__name__).error("invalid simulator settings: %s", exc)
+        return 2
     # httpx logs every request URL at INFO; a callback URL carries the receiver's token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger(__name__).info(

@@ -44,7 +44,7 @@ _MAX_ATTEMPTS = 3
 #: The latest UpdatedDate is this many days after the CreatedDate's day (bounds the days to scan).
 _MAX_LAG_DAYS = 3
 _MIN_CALL_ID = 2**53 + 1  # call ids above 2^53: a float would silently change them
-_MAX_RECORDS_PER_DAY = 999_999  # DataUniqueId keeps six digits for the index
+MAX_RECORDS_PER_DAY = 999_999  # DataUniqueId keeps six digits for the index
 
 SYNTHETIC_START_DAY = date(2024, 1, 1)
 SYNTHETIC_RECORDS_PER_DAY = 10_000
@@ -158,8 +158,8 @@ def generate_records(
         wanted_dispositions = set(DISPOSITIONS) | {""}
     elif not wanted_dispositions <= set(DISPOSITIONS):
         raise ValueError(f"dispositions must be ALL or a comma-separated subset of {DISPOSITIONS}")
-    if not 0 <= records_per_day <= _MAX_RECORDS_PER_DAY:
-        raise ValueError(f"records_per_day must be between 0 and {_MAX_RECORDS_PER_DAY}")
+    if not 0 <= records_per_day <= MAX_RECORDS_PER_DAY:
+        raise ValueError(f"records_per_day must be between 0 and {MAX_RECORDS_PER_DAY}")
     start, end = _to_ist_naive(window_start, "window_start"), _to_ist_naive(window_end, "window_end")
     if start >= end:
         return []

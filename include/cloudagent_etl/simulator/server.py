@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -47,7 +47,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from cloudagent_etl.simulator import contract
-from cloudagent_etl.simulator.data import DISPOSITIONS, generate_records
+from cloudagent_etl.simulator.data import DISPOSITIONS, MAX_RECORDS_PER_DAY, generate_records
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Behaviour:
                 raise ValueError(f"{name} must not be negative")
         if self.late_delay_s is not None and self.late_delay_s < 0:
             raise ValueError("late_delay_s must not be negative")
+        if self.records_per_day > MAX_RECORDS_PER_DAY:
+            raise ValueError(f"records_per_day must be at most {MAX_RECORDS_PER_DAY}")
         if self.delivery_attempts < 1:
             raise ValueError("delivery_attempts must be at least 1")
 
@@ -111,6 +113,14 @@ class SimulatorSettings:
     seed: int = 42
     rate_limit_per_minute: int = 10
     behaviour: Behaviour = field(default_factory=Behaviour)
+
+    def __post_init__(self) -> None:
+        if not self.user or not self.api_key:
+            raise ValueError("the user and the api key must not be empty")
+        if not self.campaigns:
+            raise ValueError("at least one campaign is needed")
+        if self.rate_limit_per_minute < 1:
+            raise ValueError("rate_limit_per_minute must be at least 1")
 
 
 def mask_callback_url(url: str) -> str:
@@ -156,7 +166,7 @@ class SimulatorState:
         window.append(now)
         return True
 
-    def schedule(self, coro: Any) -> None:
+    def schedule(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -81,3 +83,17 @@ def test_undocumented_parameters_get_a_named_error(change, expected):
 def test_sortby_defaults_to_all_data_and_dispositions_may_be_a_list():
     body = {k: v for k, v in VALID.items() if k != "sortby"}
     assert validate({**body, "dispositions": "Converted, Call Back"}).sortby == "0"
+
+
+def test_the_simulator_imports_nothing_from_the_client():
+    """Its own copy of the contract: a shared mistake would pass both sides' tests."""
+    package = Path(contract.__file__).parent
+    imported = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "cloudagent_etl.simulator.contract" in imported
+    assert not any(name.startswith("cloudagent_etl.api") for name in imported)
