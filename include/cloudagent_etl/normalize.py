@@ -1,0 +1,482 @@
+"""Raw callback bytes -> typed pandas frames of dial-status rows, plus the rows that broke the contract.
+
+Pure: bytes (or an iterator of byte chunks) and a content type in, frames out; no database. The
+document is parsed as a stream (ijson, yajl2 C backend) into batches of records, so a payload of
+hundreds of MB is never held as one list of Python objects.
+
+The rules (DESIGN.md sections 2 and 5; issue 4):
+
+- Shapes: a JSON array of records; a JSON object holding them under ``data``/``records``/``details``/
+  ``Data`` (the value may also be a JSON string); a form body whose ``data`` field holds either.
+  Anything else raises :class:`PayloadError` (the load records it as a failed load).
+- Field names map to columns through :data:`FIELD_ALIASES`, ignoring case and ``_``/``-``/space, so
+  ``DataUniqueId``, ``dataUniqueId`` and ``data_unique_id`` are one field. A field holding an API key
+  (``Apikey``, ``apiKey``, ``api_key``, ...) is dropped everywhere; every other unknown field is kept,
+  per row, in the JSON column ``extra`` with its raw value.
+- ``""``, ``"None"``, ``"null"``, ``"NA"`` (any case, surrounding blanks ignored) are NULL.
+- Times are wall-clock in ``timezone`` (``YYYY-MM-DD HH:MM:SS``) and become UTC; durations ``HH:MM:SS``
+  (or plain seconds) become integer seconds; ids stay text (JSON numbers are never read as floats).
+- ``phone_number`` is the digits of the raw number with the country code 91: 10 digits get ``91``
+  prefixed, a trunk ``0`` + 10 digits becomes ``91`` + 10 digits, anything else keeps its digits.
+- ``dial_status`` keeps the full text; ``dial_status_first``/``dial_status_last`` are the legs of
+  ``"a -> b -> c"``.
+- ``record_key`` is the lead id, else ``sha256:`` + 32 hex chars of campaign, canonical phone and the
+  UTC created time; a row with neither is rejected.
+- A row is rejected (with every reason found) when it has no campaign, no usable ``updated_at``, no
+  record key, or a value that does not parse as its type.
+- Within a batch, rows of one key are ordered by (``updated_at``, position): ``is_latest`` marks the
+  one that may become current, and an earlier row with the same key *and* ``updated_at`` is dropped
+  (the later one is the same version, as received last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from itertools import chain, islice
+from typing import IO, Any, Final
+from urllib.parse import parse_qs
+
+import ijson
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cloudagent_etl.errors import PayloadError
+from cloudagent_etl.settings import zone
+
+#: Warehouse column -> the source field names that feed it (compared by :func:`field_token`).
+#: The first alias present in a record wins; another alias of the same column in that record goes to
+#: ``extra`` so that nothing is lost.
+FIELD_ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
+    "campaign_name": ("CampaignName", "Campaign"),
+    "lead_id": ("DataUniqueId", "DataId", "LeadId", "LeadUniqueId"),
+    "phone_number_raw": ("PhoneNumber", "Phone", "PhoneNo", "MobileNumber", "CustomerNumber"),
+    "customer_name": ("Name", "CustomerName"),
+    "lead_status": ("Status", "LeadStatus"),
+    "dial_status": ("DialStatus",),
+    "disposition": ("Disposition",),
+    "attempts": ("Attempts", "AttemptCount", "NoOfAttempts"),
+    "agent_id": ("AgentID", "AgentId"),
+    "agent_name": ("AgentName",),
+    "ucid": ("UCID", "CallID"),
+    "monitor_ucid": ("monitorUCID",),
+    "call_started_at": ("StartTime", "CallStartTime"),
+    "call_ended_at": ("EndTime", "CallEndTime"),
+    "call_duration_s": ("Duration", "CallDuration"),
+    "skill": ("Skill", "SkillName"),
+    "priority": ("Priority",),
+    "created_at": ("CreatedDate", "CreatedTime", "CreatedAt"),
+    "updated_at": ("UpdatedDate", "UpdatedTime", "UpdatedAt", "ModifiedDate"),
+}
+
+#: Columns of a normalized row, in warehouse order (``position`` and ``is_latest`` are load metadata).
+ROW_COLUMNS: Final = (
+    "campaign_name",
+    "record_key",
+    "phone_number",
+    "phone_number_raw",
+    "customer_name",
+    "lead_status",
+    "dial_status",
+    "dial_status_first",
+    "dial_status_last",
+    "disposition",
+    "attempts",
+    "agent_id",
+    "agent_name",
+    "ucid",
+    "monitor_ucid",
+    "call_started_at",
+    "call_ended_at",
+    "call_duration_s",
+    "skill",
+    "priority",
+    "created_at",
+    "updated_at",
+    "extra",
+)
+TIME_COLUMNS: Final = ("call_started_at", "call_ended_at", "created_at", "updated_at")
+INTEGER_COLUMNS: Final = ("attempts", "call_duration_s")
+REJECT_COLUMNS: Final = ("position", "reason", "raw_record")
+
+#: Keys of a JSON object body that may hold the records (DESIGN.md section 2).
+RECORD_CONTAINER_KEYS: Final = ("data", "records", "details", "Data")
+NULL_MARKERS: Final = ("", "none", "null", "na")
+TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+LEG_SEPARATOR: Final = " -> "
+DEFAULT_BATCH_SIZE: Final = 50_000
+
+
+def field_token(name: str) -> str:
+    """A field name compared without case or separators: ``Data_Unique-Id`` -> ``datauniqueid``."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def is_secret_field(name: str) -> bool:
+    """Whether a source field holds an API key; such a field is never copied anywhere."""
+    return "apikey" in field_token(name)
+
+
+_COLUMN_BY_TOKEN: Final[dict[str, str]] = {
+    field_token(alias): column for column, aliases in FIELD_ALIASES.items() for alias in aliases
+}
+_ALIAS_RANK: Final[dict[str, int]] = {
+    field_token(alias): rank for aliases in FIELD_ALIASES.values() for rank, alias in enumerate(aliases)
+}
+
+
+@dataclass(frozen=True)
+class NormalizedBatch:
+    """One batch of a payload: ``rows`` (``ROW_COLUMNS`` + ``position``, ``is_latest``) and ``rejects``.
+
+    ``records_in`` counts every record of the batch, so ``records_in == len(rows) + len(rejects) +``
+    the rows dropped as earlier copies of the same version.
+    """
+
+    rows: pd.DataFrame
+    rejects: pd.DataFrame
+    records_in: int
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+Body = bytes | IO[bytes]
+"""A payload body: its bytes, or a binary file to stream it from (``landing.open_payload_body``)."""
+
+
+class _PrefixedReader:
+    """A file object giving ``head`` (read to sniff the shape), then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self._head = head
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._stream.read(size)
+        if size < 0:
+            data, self._head = self._head + self._stream.read(), b""
+        else:
+            data, self._head = self._head[:size], self._head[size:]
+        return data
+
+
+def _json_records(stream: IO[bytes]) -> Iterator[Any]:
+    """The records of a JSON body (an array, or an object holding them), streamed."""
+    head = b""
+    while not head.strip():
+        piece = stream.read(4096)
+        if not piece:
+            raise PayloadError("payload is empty")
+        head += piece
+    source = _PrefixedReader(head, stream)
+    first = head.lstrip()[:1]
+    if first == b"[":
+        yield from ijson.items(source, "item", use_float=False)
+    elif first == b"{":
+        yield from _object_records(ijson.parse(source, use_float=False))
+    else:
+        raise PayloadError("payload is neither a JSON array nor a JSON object")
+
+
+def _object_records(events: Iterator[tuple[str, str, Any]]) -> Iterator[Any]:
+    """The records held by the first top-level key of ``RECORD_CONTAINER_KEYS`` (array or JSON string)."""
+    for prefix, event, value in events:
+        if prefix == "" and event == "map_key" and value in RECORD_CONTAINER_KEYS:
+            start = next(events)
+            if start[1] == "start_array":
+                yield from ijson.items(chain([start], events), f"{value}.item")
+            elif start[1] == "string":  # a JSON string holding the records, as form-style callbacks send them
+                yield from _json_records(io.BytesIO(start[2].encode()))
+            else:
+                raise PayloadError(
+                    f"{value!r} of the payload holds a {start[1].replace('start_', '')}, not records"
+                )
+            return
+    raise PayloadError(
+        f"JSON object payload holds no records under any of {', '.join(RECORD_CONTAINER_KEYS)}"
+    )
+
+
+def iter_records(body: Body, content_type: str | None) -> Iterator[Any]:
+    """Every record of a callback body, in order (a record is whatever the array holds, usually a dict).
+
+    Raises :class:`PayloadError` when the body is not one of the accepted shapes or is not valid JSON;
+    the error may come after some records were yielded (a truncated document).
+    """
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    try:
+        if media_type == "application/x-www-form-urlencoded":
+            raw = body if isinstance(body, bytes) else body.read()
+            fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+            if "data" not in fields:
+                raise PayloadError("form payload has no 'data' field")
+            yield from _json_records(io.BytesIO(fields["data"][0].encode()))
+        else:
+            yield from _json_records(io.BytesIO(body) if isinstance(body, bytes) else body)
+    except ijson.JSONError as exc:
+        raise PayloadError(f"payload is not valid JSON: {str(exc)[:200]}") from None
+    except UnicodeDecodeError:
+        raise PayloadError("form payload is not UTF-8") from None
+
+
+def iter_record_batches(
+    body: Body, content_type: str | None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Iterator[list[Any]]:
+    """The records of :func:`iter_records` in lists of at most ``batch_size``."""
+    records = iter_records(body, content_type)
+    while batch := list(islice(records, batch_size)):
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------- typing
+# Text columns are Arrow arrays typed with pyarrow.compute (vectorized, no Python loop per value); the
+# output is a pandas frame.
+_TEXT = pa.string()
+_NULL_TEXT = pa.scalar(None, _TEXT)
+_NULL_PATTERN = r"^\s*(?i:none|null|na)?\s*$"
+_DURATION_PATTERN = r"^(?:(?P<h>\d{1,6}):(?P<m>[0-5]\d):(?P<s>[0-5]\d)|(?P<n>\d{1,9}))$"
+_PANDAS_TYPES = {_TEXT: pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}
+
+
+def _as_text(value: Any) -> str | None:
+    """A source value as text: numbers exactly as written (ints and Decimals, never floats)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | Decimal):
+        return str(value)
+    return orjson.dumps(value, default=str).decode()
+
+
+def _text_columns(records: list[dict[str, Any]], fields: list[str]) -> dict[str, pa.Array]:
+    """Each of ``fields`` as a text array, NULL where a record lacks it (fields not listed are never read)."""
+    struct = pa.struct([(field, _TEXT) for field in fields])
+    try:
+        array = pa.array(records, type=struct)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # a non-text JSON value somewhere: convert, exactly
+        array = pa.array(
+            [{field: _as_text(record.get(field)) for field in fields} for record in records], struct
+        )
+    return {field: array.field(index) for index, field in enumerate(fields)}
+
+
+def _nulled(text: pa.Array) -> pa.Array:
+    """NULL for the null markers, the value otherwise."""
+    return pc.if_else(pc.match_substring_regex(text, _NULL_PATTERN), _NULL_TEXT, text)
+
+
+def _series(array: pa.Array) -> pd.Series:
+    return pd.Series(array.to_pandas(types_mapper=_PANDAS_TYPES.get))
+
+
+def _parse_time(text: pa.Array, tz: str) -> pd.Series:
+    """Wall-clock text in ``tz`` -> UTC (NaT where absent or unparseable)."""
+    local = pc.strptime(pc.utf8_trim_whitespace(text), format=TIME_FORMAT, unit="s", error_is_null=True)
+    naive = pd.Series(local.to_pandas()).astype("datetime64[us]")
+    return naive.dt.tz_localize(zone(tz), ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+
+
+def _whole_number(text: pa.Array) -> pa.Array:
+    return pc.cast(pc.if_else(pc.equal(text, ""), "0", text), pa.int64())
+
+
+def _parse_duration(text: pa.Array) -> pa.Array:
+    parts = pc.extract_regex(pc.utf8_trim_whitespace(text), _DURATION_PATTERN)
+    hours, minutes, seconds, plain = (pc.struct_field(parts, name) for name in ("h", "m", "s", "n"))
+    hms = pc.add(
+        pc.add(pc.multiply(_whole_number(hours), 3600), pc.multiply(_whole_number(minutes), 60)),
+        _whole_number(seconds),
+    )
+    return pc.if_else(pc.equal(plain, ""), hms, _whole_number(plain))
+
+
+def _parse_count(text: pa.Array) -> pa.Array:
+    trimmed = pc.utf8_trim_whitespace(text)
+    digits = pc.if_else(pc.match_substring_regex(trimmed, r"^\d{1,9}$"), trimmed, _NULL_TEXT)
+    return pc.cast(digits, pa.int64())
+
+
+def _canonical_phone(raw: pa.Array) -> pa.Array:
+    """Digits with country code 91 (see module docstring); NULL when no digit is left."""
+    digits = pc.replace_substring_regex(raw, r"\D", "")
+    length = pc.utf8_length(digits)
+    national = pc.equal(length, 10)
+    trunk = pc.and_(pc.equal(length, 11), pc.starts_with(digits, "0"))
+    canonical = pc.if_else(national, pc.binary_join_element_wise("91", digits, ""), digits)
+    canonical = pc.if_else(
+        trunk, pc.binary_join_element_wise("91", pc.utf8_slice_codeunits(digits, 1), ""), canonical
+    )
+    return pc.if_else(pc.equal(canonical, ""), _NULL_TEXT, canonical)
+
+
+def _legs(dial_status: pa.Array) -> tuple[pa.Array, pa.Array]:
+    first = pc.utf8_trim_whitespace(pc.replace_substring_regex(dial_status, r" -> .*$", ""))
+    last = pc.utf8_trim_whitespace(pc.replace_substring_regex(dial_status, r"^.* -> ", ""))
+    return _nulled(first), _nulled(last)
+
+
+def hashed_record_key(campaign_name: str, phone_number: str, created_at: pd.Timestamp) -> str:
+    """The record key of a lead without a lead id: stable across loads, time zones and re-deliveries."""
+    material = f"{campaign_name}\x1f{phone_number}\x1f{created_at.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    return "sha256:" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def _without_secrets(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: _as_text(value) for key, value in record.items() if not is_secret_field(str(key))}
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def _field_plan(records: list[dict[str, Any]]) -> tuple[dict[str, list[str]], list[str]]:
+    """Source fields per column (best alias first) and the unknown fields; API-key fields are in neither."""
+    by_column: dict[str, list[str]] = {}
+    extra_fields: list[str] = []
+    for field in dict.fromkeys(chain.from_iterable(records)):
+        token = field_token(str(field))
+        if "apikey" in token:
+            continue
+        column = _COLUMN_BY_TOKEN.get(token)
+        if column is None:
+            extra_fields.append(field)
+        else:
+            by_column.setdefault(column, []).append(field)
+    for fields in by_column.values():
+        fields.sort(key=lambda name: _ALIAS_RANK[field_token(str(name))])
+    return by_column, extra_fields
+
+
+def _extra_json(
+    records: list[dict[str, Any]], by_column: dict[str, list[str]], extra_fields: list[str]
+) -> list:
+    """Per record, the JSON text of its unknown fields and of aliases shadowed by a better-ranked one."""
+    shadowed = [
+        (field, fields[:rank]) for fields in by_column.values() for rank, field in enumerate(fields) if rank
+    ]
+    if not extra_fields and not shadowed:
+        return [None] * len(records)
+    extras: list[str | None] = []
+    for record in records:
+        kept = {field: _as_text(record[field]) for field in extra_fields if field in record}
+        for field, better in shadowed:
+            if record.get(field) is not None and any(record.get(name) is not None for name in better):
+                kept[field] = _as_text(record[field])
+        extras.append(orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode() if kept else None)
+    return extras
+
+
+def normalize_records(records: list[Any], *, first_position: int = 0, timezone: str) -> NormalizedBatch:
+    """Type one batch of records (``first_position`` is the payload position of ``records[0]``)."""
+    reject_rows: list[tuple[int, str, str]] = []
+    dicts: list[dict[str, Any]] = []
+    positions: list[int] = []
+    for position, record in enumerate(records, start=first_position):
+        if isinstance(record, dict):
+            dicts.append(record)
+            positions.append(position)
+        else:
+            reject_rows.append(
+                (position, "record is not a JSON object", orjson.dumps(record, default=str).decode())
+            )
+    index = pd.Index(positions, name="position")
+
+    by_column, extra_fields = _field_plan(dicts)
+    text = _text_columns(dicts, [field for fields in by_column.values() for field in fields])
+    empty = pa.nulls(len(dicts), _TEXT)
+    source = {
+        column: _nulled(
+            pc.coalesce(*(text[field] for field in by_column[column])) if column in by_column else empty
+        )
+        for column in FIELD_ALIASES
+    }
+
+    columns: dict[str, pd.Series] = {}
+    reasons: list[tuple[np.ndarray, str]] = []
+
+    def typed(column: str, parsed: pd.Series, what: str) -> pd.Series:
+        reasons.append(
+            (parsed.isna().to_numpy() & source[column].is_valid().to_numpy(zero_copy_only=False), what)
+        )
+        return parsed
+
+    for column in TIME_COLUMNS:
+        columns[column] = typed(
+            column, _parse_time(source[column], timezone), f"{column}: not a time {TIME_FORMAT}"
+        )
+    columns["attempts"] = typed(
+        "attempts", _series(_parse_count(source["attempts"])), "attempts: not a count"
+    )
+    columns["call_duration_s"] = typed(
+        "call_duration_s",
+        _series(_parse_duration(source["call_duration_s"])),
+        "call_duration_s: not HH:MM:SS",
+    )
+    phone = _canonical_phone(source["phone_number_raw"])
+    first_leg, last_leg = _legs(source["dial_status"])
+    derived = {"phone_number": phone, "dial_status_first": first_leg, "dial_status_last": last_leg}
+    for column in ROW_COLUMNS:
+        if column in derived:
+            columns[column] = _series(derived[column])
+        elif column in source and column not in columns:
+            columns[column] = _series(source[column])
+    lead_id = pc.utf8_trim_whitespace(source["lead_id"])
+    record_key = _series(lead_id)
+    for row in np.flatnonzero(record_key.isna().to_numpy()):
+        name, number, created = (
+            columns["campaign_name"][row],
+            columns["phone_number"][row],
+            columns["created_at"][row],
+        )
+        if not (pd.isna(name) or pd.isna(number) or pd.isna(created)):
+            record_key.iloc[int(row)] = hashed_record_key(name, number, created)
+    columns["record_key"] = record_key
+    columns["extra"] = pd.Series(_extra_json(dicts, by_column, extra_fields), dtype=pd.StringDtype("pyarrow"))
+    reasons.append((columns["campaign_name"].isna().to_numpy(), "campaign_name: missing"))
+    reasons.append((source["updated_at"].is_null().to_numpy(zero_copy_only=False), "updated_at: missing"))
+    reasons.append(
+        (record_key.isna().to_numpy(), "record_key: no lead id, and no phone number + created time")
+    )
+
+    frame = pd.DataFrame({column: columns[column] for column in ROW_COLUMNS})
+    frame.index = index
+    rejected = np.zeros(len(dicts), dtype=bool)
+    for mask, _ in reasons:
+        rejected |= mask
+    for row in np.flatnonzero(rejected):
+        why = "; ".join(reason for mask, reason in reasons if mask[row])
+        raw_record = orjson.dumps(_without_secrets(dicts[row])).decode()
+        reject_rows.append((positions[row], why, raw_record))
+    rows = _latest_per_version(frame[~rejected] if rejected.any() else frame)
+    rejects = pd.DataFrame(sorted(reject_rows), columns=list(REJECT_COLUMNS)).astype({"position": "int64"})
+    return NormalizedBatch(rows=rows, rejects=rejects, records_in=len(records))
+
+
+def _latest_per_version(rows: pd.DataFrame) -> pd.DataFrame:
+    """Keep the last row per (key, updated_at); ``is_latest`` marks the greatest (updated_at, position)."""
+    keys = ["campaign_name", "record_key"]
+    order = rows[[*keys, "updated_at"]].reset_index().sort_values(["updated_at", "position"], kind="stable")
+    last_of_version = order[~order.duplicated([*keys, "updated_at"], keep="last")]
+    latest = last_of_version["position"][~last_of_version.duplicated(keys, keep="last")]
+    kept = rows.loc[np.sort(last_of_version["position"].to_numpy())]
+    kept = kept.assign(is_latest=kept.index.isin(latest.to_numpy()))
+    return kept.reset_index()[[*ROW_COLUMNS, "position", "is_latest"]]
+
+
+def normalize_payload(
+    body: Body,
+    content_type: str | None,
+    *,
+    timezone: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Iterator[NormalizedBatch]:
+    """The payload as normalized batches, streamed; :class:`PayloadError` if it cannot be parsed."""
+    position = 0
+    for records in iter_record_batches(body, content_type, batch_size):
+        yield normalize_records(records, first_position=position, timezone=timezone)
+        position += len(records)
