@@ -32,6 +32,7 @@ from cloudagent_etl.errors import (
     ApiError,
     AuthenticationFailedError,
     CloudAgentError,
+    ConfigurationError,
     InvalidApiKeyError,
     InvalidCallbackUrlError,
     InvalidCampaignNameError,
@@ -163,8 +164,18 @@ def _secret_forms(*values: str) -> list[str]:
     """Each secret as sent and as a JSON encoder that escapes ``/`` would echo it back."""
     forms: list[str] = []
     for value in values:
-        forms += [value, value.replace("/", "\\/")]
+        if value.strip():  # a blank "secret" would redact every space
+            forms += [value, value.replace("/", "\\/")]
     return forms
+
+
+def _check_header_value(api_key: str) -> None:
+    """Refuse a key that HTTP cannot carry as a header value, before httpx (and its debug log) sees it."""
+    if api_key != api_key.strip() or not api_key.isprintable() or not api_key.isascii():
+        raise ConfigurationError(
+            "the apiKey cannot be sent in the apiKey header: it has surrounding whitespace or "
+            "non-printable or non-ASCII characters (check the connection password, or use api_key_in=body)"
+        )
 
 
 class CloudAgentClient:
@@ -182,6 +193,8 @@ class CloudAgentClient:
         transport: httpx.BaseTransport | None = None,
         retry: RetryPolicy = RetryPolicy(),
     ) -> None:
+        if settings.api_key_in == "header":
+            _check_header_value(settings.api_key.get())
         self.settings = settings
         self.limiter = limiter
         self.retry = retry

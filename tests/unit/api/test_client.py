@@ -17,6 +17,7 @@ from cloudagent_etl.errors import (
     ApiError,
     AuthenticationFailedError,
     CloudAgentError,
+    ConfigurationError,
     InvalidApiKeyError,
     InvalidCallbackUrlError,
     InvalidCampaignNameError,
@@ -468,3 +469,29 @@ def test_reprs_never_show_the_key(settings: ApiSettings, request_model: DialStat
             repr(client), str(client), repr(settings), repr(request_model), repr(client.settings.api_key)
         )
         assert "test_user" in repr(client)
+
+
+@pytest.mark.parametrize(
+    "bad_key", [" SECRET-lead", "SECRET-trail ", "SECRET\nnewline", "SECRET-naïve", "   "]
+)
+def test_key_that_a_header_cannot_carry_is_refused_before_anything_is_sent(bad_key: str) -> None:
+    settings = ApiSettings(user_name="test_user", api_key=Secret(bad_key), base_url="https://cloudagent.test")
+    with pytest.raises(ConfigurationError, match="cannot be sent in the apiKey header") as info:
+        CloudAgentClient(settings, transport=httpx.MockTransport(ScriptedCloudAgent(ok())))
+    assert "SECRET" not in str(info.value)
+
+
+def test_key_that_a_header_cannot_carry_still_goes_in_the_body(
+    request_model: DialStatusRequest, policy: RetryPolicy
+) -> None:
+    settings = ApiSettings(
+        user_name="test_user",
+        api_key=Secret(" SECRET\n"),
+        base_url="https://cloudagent.test",
+        api_key_in="body",
+    )
+    agent = ScriptedCloudAgent(error_body("apiKey is invalid"))
+    with client_for(settings, agent, policy) as client, pytest.raises(InvalidApiKeyError) as info:
+        client.request_export(request_model)
+    assert agent.bodies()[0]["apiKey"] == " SECRET\n"
+    assert "SECRET" not in str(info.value)
