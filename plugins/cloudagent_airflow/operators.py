@@ -30,7 +30,7 @@ class WaitForCallbackOperator(BaseOperator):
         request_id: str,
         campaign_name: str = "",
         timeout_minutes: float | str = 60,
-        poll_interval_s: float = 10.0,
+        poll_interval_s: float = 15.0,
         db_conn_id: str = CloudAgentDbHook.default_conn_name,
         **kwargs: Any,
     ) -> None:

@@ -11,9 +11,14 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from cloudagent_airflow.hooks import CloudAgentDbHook
 
+FIRST_POLL_DELAY_S = 0.5
+
 
 class CallbackArrivedTrigger(BaseTrigger):
-    """Poll the landing table every ``poll_interval_s`` until the request's callback is stored.
+    """Poll the landing table until the request's callback is stored.
+
+    Polls after 0.5 s, then at doubling intervals up to ``poll_interval_s``: quick callbacks are seen at
+    once, and a long wait costs the database one small query per ``poll_interval_s``.
 
     Yields exactly one event: ``{"status": "received"}`` once the request is ``received`` (or already
     ``loaded``), ``{"status": "timeout"}`` once ``deadline`` (UNIX time, fixed when the task deferred, so a
@@ -26,7 +31,7 @@ class CallbackArrivedTrigger(BaseTrigger):
         self,
         request_id: str,
         deadline: float,
-        poll_interval_s: float = 10.0,
+        poll_interval_s: float = 15.0,
         db_conn_id: str = CloudAgentDbHook.default_conn_name,
     ) -> None:
         super().__init__()
@@ -54,6 +59,7 @@ class CallbackArrivedTrigger(BaseTrigger):
         event = {"request_id": self.request_id}
         url = await CloudAgentDbHook(self.db_conn_id).aget_uri()
         engine = await asyncio.to_thread(create_db_engine, url)
+        delay = min(FIRST_POLL_DELAY_S, self.poll_interval_s)
         try:
             while True:
                 try:
@@ -74,6 +80,7 @@ class CallbackArrivedTrigger(BaseTrigger):
                 if remaining <= 0:
                     yield TriggerEvent({**event, "status": "timeout"})
                     return
-                await asyncio.sleep(min(self.poll_interval_s, remaining))
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, self.poll_interval_s)
         finally:
             await asyncio.to_thread(engine.dispose)
