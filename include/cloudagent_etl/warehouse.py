@@ -1,0 +1,390 @@
+"""Merge normalized dial-status rows into the warehouse: idempotent, newest wins, every version kept.
+
+Semantics (DESIGN.md section 5; issue 4):
+
+- ``dial_status`` holds one row per (``campaign_name``, ``record_key``). An incoming version replaces
+  the stored one only when its ``updated_at`` is newer **or equal** and some value differs (lineage
+  columns do not count); an older version never overwrites a newer one. For equal ``updated_at`` with
+  different values, the later load (and, inside a payload, the later position) wins.
+- ``dial_status_history`` holds every distinct version, keyed by (``campaign_name``, ``record_key``,
+  ``updated_at``): a version is identified by its ``updated_at``. If the same ``updated_at`` arrives
+  again with different values, the history row takes the values received last, so history and the
+  current row never disagree about a version; older versions are recorded even when they do not
+  become current.
+- Rejected records go to ``dial_status_rejects`` once per (payload, position) (a reload adds nothing).
+- All effects of one payload (current rows, history, rejects, its ``load_runs`` row, the payload's
+  ``parse_state`` and the request's ``loaded`` state) commit in one transaction: a failure half-way
+  leaves nothing behind, and the load can simply be run again.
+- A payload that cannot be parsed at all (:class:`PayloadError`) rolls back whatever it merged, then
+  records a ``failed`` ``load_runs`` row with the reason and ``parse_state = 'failed'``; the request
+  becomes ``failed`` only when none of its payloads loaded. Nothing raises for a bad payload.
+
+Counts of a load (``load_runs``): per distinct key of the payload, ``inserted`` (new key), ``updated``
+(existing key this load changed) or ``unchanged``; ``duplicates`` = valid records beyond one per key;
+``rows_in = inserted + updated + unchanged + duplicates + rejected``.
+
+How it is fast: the payload is parsed as a stream in batches (:mod:`cloudagent_etl.normalize`) while a
+worker thread merges the previous batch, so client-side parsing and the server-side merge overlap. Per
+batch, rows go to a TEMP staging table (PostgreSQL: ``COPY`` of CSV written by pyarrow, naive UTC times
+with the session in UTC; SQLite: ``executemany``), then two set-based upserts (history, current) run
+from it. ``previous_load_run_id``, written by the upsert, tells inserted / updated / rewritten apart in
+``RETURNING`` on both databases.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cloudagent_etl import landing
+from cloudagent_etl.errors import PayloadError
+from cloudagent_etl.normalize import (
+    DEFAULT_BATCH_SIZE,
+    INTEGER_COLUMNS,
+    ROW_COLUMNS,
+    TIME_COLUMNS,
+    NormalizedBatch,
+    normalize_payload,
+)
+from cloudagent_etl.schema import (
+    DIAL_STATUS_VALUE_COLUMNS,
+    callback_payloads,
+    dial_status_rejects,
+    export_requests,
+    load_runs,
+)
+from cloudagent_etl.settings import DEFAULT_TIMEZONE
+
+STAGE_TABLE = "dial_status_stage"
+STAGE_COLUMNS = (*ROW_COLUMNS, "position", "is_latest")
+LINEAGE_COLUMNS = ("request_id", "payload_id", "load_run_id", "loaded_at")
+#: How SQLAlchemy stores a UtcDateTime on SQLite; staged times must compare equal to stored ones as text.
+SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+@dataclass
+class LoadResult:
+    """What a load did (summed over payloads for :func:`load_request`)."""
+
+    rows_in: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    payloads: int = 0
+    failed_payloads: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def add(self, other: LoadResult) -> None:
+        for name in ("rows_in", "inserted", "updated", "unchanged", "rejected", "duplicates", "payloads"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failed_payloads += other.failed_payloads
+        self.seconds += other.seconds
+        self.error = "; ".join(e for e in (self.error, other.error) if e) or None
+
+
+# ---------------------------------------------------------------------------------------------- SQL
+def _stage_ddl(dialect: str) -> str:
+    postgres = dialect == "postgresql"
+    types = {column: "TEXT" for column in STAGE_COLUMNS}
+    types.update(dict.fromkeys((*INTEGER_COLUMNS, "position"), "BIGINT"))
+    types.update(dict.fromkeys(TIME_COLUMNS, "TIMESTAMPTZ" if postgres else "TEXT"))
+    types["extra"] = "JSONB" if postgres else "TEXT"
+    types["is_latest"] = "BOOLEAN" if postgres else "INTEGER"
+    columns = ", ".join(f"{column} {types[column]}" for column in STAGE_COLUMNS)
+    return f"CREATE TEMP TABLE {STAGE_TABLE} ({columns})" + (" ON COMMIT DROP" if postgres else "")
+
+
+def _upsert_sql(
+    dialect: str, target: str, key: tuple[str, ...], where: str, *, guard: str = "", extra_set: str = ""
+) -> str:
+    """INSERT ... SELECT from the stage ... ON CONFLICT (key) DO UPDATE ... WHERE some value differs."""
+    distinct = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
+    columns = (*ROW_COLUMNS, *LINEAGE_COLUMNS)
+    values = ", ".join((*ROW_COLUMNS, *(f":{name}" for name in LINEAGE_COLUMNS)))
+    assignments = ", ".join(f"{column} = excluded.{column}" for column in columns if column not in key)
+    differs = " OR ".join(f"t.{column} {distinct} excluded.{column}" for column in DIAL_STATUS_VALUE_COLUMNS)
+    return (
+        f"INSERT INTO {target} AS t ({', '.join(columns)}) "
+        f"SELECT {values} FROM {STAGE_TABLE} WHERE {where} ORDER BY {', '.join(key)} "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {assignments}{extra_set} "
+        f"WHERE {guard}({differs})"
+    )
+
+
+def _history_sql(dialect: str) -> str:
+    return _upsert_sql(dialect, "dial_status_history", ("campaign_name", "record_key", "updated_at"), "1 = 1")
+
+
+def _current_sql(dialect: str) -> str:
+    latest = "is_latest" if dialect == "postgresql" else "is_latest = 1"
+    upsert = _upsert_sql(
+        dialect,
+        "dial_status",
+        ("campaign_name", "record_key"),
+        latest,
+        guard="excluded.updated_at >= t.updated_at AND ",
+        extra_set=", previous_load_run_id = t.load_run_id",
+    )
+    if dialect == "postgresql":
+        return (
+            f"WITH written AS ({upsert} RETURNING t.previous_load_run_id) "
+            "SELECT COUNT(*) FILTER (WHERE previous_load_run_id IS NULL), "
+            "COUNT(*) FILTER (WHERE previous_load_run_id <> :load_run_id) FROM written"
+        )
+    return f"{upsert} RETURNING previous_load_run_id"
+
+
+# ---------------------------------------------------------------------------------------------- staging
+def _naive_utc(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.assign(**{column: rows[column].dt.tz_convert(None) for column in TIME_COLUMNS})
+
+
+def _copy_to_stage(conn: Connection, rows: pd.DataFrame) -> None:
+    """PostgreSQL: COPY the rows as CSV (written by pyarrow; naive UTC times, session time zone UTC)."""
+    table = pa.Table.from_pandas(_naive_utc(rows)[list(STAGE_COLUMNS)], preserve_index=False)
+    buffer = io.BytesIO()
+    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False))
+    driver_connection: Any = conn.connection.driver_connection
+    with driver_connection.cursor() as cursor:
+        copy_sql = f"COPY {STAGE_TABLE} ({', '.join(STAGE_COLUMNS)}) FROM STDIN (FORMAT csv)"
+        with cursor.copy(copy_sql) as copy:
+            copy.write(buffer.getbuffer())
+
+
+def _insert_to_stage(conn: Connection, rows: pd.DataFrame) -> None:
+    """SQLite: executemany into the stage, times in SQLAlchemy's storage format."""
+    staged = rows.assign(**{column: rows[column].dt.strftime(SQLITE_TIME_FORMAT) for column in TIME_COLUMNS})
+    staged = staged[list(STAGE_COLUMNS)].astype(object)
+    records = staged.where(staged.notna(), None).itertuples(index=False, name=None)
+    placeholders = ", ".join("?" for _ in STAGE_COLUMNS)
+    conn.exec_driver_sql(f"INSERT INTO {STAGE_TABLE} VALUES ({placeholders})", list(records))
+
+
+# ---------------------------------------------------------------------------------------------- merge
+@dataclass
+class _Merger:
+    """Merges batches of one payload into the warehouse, on ``conn``, inside the caller's transaction."""
+
+    conn: Connection
+    lineage: dict[str, Any]
+    inserted: int = 0
+    updated: int = 0
+    rejected: int = 0
+    records_in: int = 0
+    key_hashes: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dialect = self.conn.dialect.name
+        if self.dialect == "postgresql":
+            self.conn.exec_driver_sql("SET LOCAL timezone = 'UTC'")
+        self.conn.exec_driver_sql(_stage_ddl(self.dialect))
+        self.params = {**self.lineage, "loaded_at": _bind_time(self.conn, self.lineage["loaded_at"])}
+        self.history_sql = text(_history_sql(self.dialect))
+        self.current_sql = text(_current_sql(self.dialect))
+
+    def merge(self, batch: NormalizedBatch) -> None:
+        self.records_in += batch.records_in
+        self.rejected += len(batch.rejects)
+        if not batch.rejects.empty:
+            self._reject(batch.rejects)
+        if batch.rows.empty:
+            return
+        keys = batch.rows[["campaign_name", "record_key"]]
+        self.key_hashes.append(pd.util.hash_pandas_object(keys, index=False).to_numpy())
+        if self.dialect == "postgresql":
+            _copy_to_stage(self.conn, batch.rows)
+        else:
+            _insert_to_stage(self.conn, batch.rows)
+        self.conn.execute(self.history_sql, self.params)
+        written = self.conn.execute(self.current_sql, self.params).all()
+        if self.dialect == "postgresql":
+            inserted, updated = written[0]
+        else:
+            previous = [row[0] for row in written]
+            inserted = sum(run is None for run in previous)
+            updated = sum(run is not None and run != self.lineage["load_run_id"] for run in previous)
+        self.inserted += inserted
+        self.updated += updated
+        self.conn.exec_driver_sql(f"DELETE FROM {STAGE_TABLE}")
+
+    def _reject(self, rejects: pd.DataFrame) -> None:
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        rows = [
+            {
+                "payload_id": self.lineage["payload_id"],
+                "position": int(position),
+                "request_id": self.lineage["request_id"],
+                "load_run_id": self.lineage["load_run_id"],
+                "reason": reason,
+                "raw_record": orjson.loads(raw_record),
+                "rejected_at": self.lineage["loaded_at"],
+            }
+            for position, reason, raw_record in rejects.itertuples(index=False, name=None)
+        ]
+        statement = dialect_insert(dial_status_rejects).on_conflict_do_nothing(
+            index_elements=["payload_id", "position"]
+        )
+        self.conn.execute(statement, rows)
+
+    def finish(self) -> LoadResult:
+        if self.dialect == "sqlite":  # PostgreSQL drops it on commit
+            self.conn.exec_driver_sql(f"DROP TABLE {STAGE_TABLE}")
+        distinct = int(np.unique(np.concatenate(self.key_hashes)).size) if self.key_hashes else 0
+        return LoadResult(
+            rows_in=self.records_in,
+            inserted=self.inserted,
+            updated=self.updated,
+            unchanged=distinct - self.inserted - self.updated,
+            rejected=self.rejected,
+            duplicates=self.records_in - self.rejected - distinct,
+            payloads=1,
+        )
+
+
+def merge_batches(
+    conn: Connection, batches: Iterable[NormalizedBatch], lineage: dict[str, Any]
+) -> LoadResult:
+    """Merge ``batches`` (one payload) inside ``conn``'s transaction; parsing overlaps the merge.
+
+    ``lineage`` holds ``request_id``, ``payload_id``, ``load_run_id`` and ``loaded_at`` (aware UTC).
+    The worker thread is the only user of ``conn`` until every batch is merged.
+    """
+    merger = _Merger(conn, lineage)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge") as pool:
+        pending: Future[None] | None = None
+        for batch in batches:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(merger.merge, batch)
+        if pending is not None:
+            pending.result()
+    return merger.finish()
+
+
+def _bind_time(conn: Connection, value: datetime) -> Any:
+    """``loaded_at`` as the raw statements bind it: aware on PostgreSQL, SQLAlchemy's text on SQLite."""
+    utc = value.astimezone(UTC)
+    return utc if conn.dialect.name == "postgresql" else utc.replace(tzinfo=None).strftime(SQLITE_TIME_FORMAT)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: parsing makes millions of short-lived dicts and no cycles (DESIGN.md 7)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+# ---------------------------------------------------------------------------------------------- loads
+def load_payload(
+    engine: Engine, payload_id: int, *, timezone: str = DEFAULT_TIMEZONE, batch_size: int = DEFAULT_BATCH_SIZE
+) -> LoadResult:
+    """Normalize and merge one landed payload in one transaction (see the module docstring)."""
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    with engine.connect() as conn:
+        payload = conn.execute(
+            select(callback_payloads.c.request_id, callback_payloads.c.content_type).where(
+                callback_payloads.c.payload_id == payload_id
+            )
+        ).one_or_none()
+    if payload is None:
+        raise PayloadError(f"callback payload {payload_id} does not exist")
+    request_id, content_type = payload
+    run = {"request_id": request_id, "payload_id": payload_id, "started_at": started}
+    try:
+        with _gc_paused(), engine.connect() as reader, engine.begin() as conn:
+            load_run_id = _start_run(conn, run)
+            body = landing.open_payload_body(reader, payload_id)
+            batches = normalize_payload(body, content_type, timezone=timezone, batch_size=batch_size)
+            lineage = {"request_id": request_id, "payload_id": payload_id, "load_run_id": load_run_id}
+            result = merge_batches(conn, batches, {**lineage, "loaded_at": started})
+            result.seconds = time.perf_counter() - clock
+            _finish_run(conn, load_run_id, result, "loaded")
+            _set_parse_state(conn, payload_id, "loaded")
+            landing.set_state(conn, request_id, "loaded")
+    except PayloadError as exc:
+        result = LoadResult(payloads=1, failed_payloads=1, error=f"payload {payload_id}: {exc}")
+        result.seconds = time.perf_counter() - clock
+        with engine.begin() as conn:
+            _finish_run(conn, _start_run(conn, run), result, "failed")
+            _set_parse_state(conn, payload_id, "failed")
+    return result
+
+
+def load_request(engine: Engine, request_id: str, *, timezone: str = DEFAULT_TIMEZONE) -> LoadResult:
+    """Load every payload landed for the request, oldest first, each in its own transaction.
+
+    The request becomes ``loaded`` with its first good payload; when every payload failed to parse it
+    becomes ``failed`` with the reasons (when its state allows it) and the result carries ``error``.
+    """
+    with engine.connect() as conn:
+        payload_ids = landing.received_payload_ids(conn, request_id)
+    if not payload_ids:
+        raise PayloadError(f"no callback payload has landed for request {request_id}")
+    total = LoadResult()
+    for payload_id in payload_ids:
+        total.add(load_payload(engine, payload_id, timezone=timezone))
+    if total.failed_payloads == total.payloads:
+        with engine.begin() as conn:
+            state = conn.execute(
+                select(export_requests.c.state).where(export_requests.c.request_id == request_id)
+            ).scalar_one()
+            if state in landing.ALLOWED_SOURCES["failed"]:
+                landing.set_state(conn, request_id, "failed", error=total.error)
+    return total
+
+
+def _start_run(conn: Connection, run: dict[str, Any]) -> int:
+    counts = dict.fromkeys(("rows_in", "inserted", "updated", "unchanged", "duplicates", "rejected"), 0)
+    values = {**run, **counts, "status": "loaded", "finished_at": run["started_at"], "seconds": 0.0}
+    return int(conn.execute(insert(load_runs).values(values).returning(load_runs.c.load_run_id)).scalar_one())
+
+
+def _finish_run(conn: Connection, load_run_id: int, result: LoadResult, status: str) -> None:
+    conn.execute(
+        update(load_runs)
+        .where(load_runs.c.load_run_id == load_run_id)
+        .values(
+            status=status,
+            finished_at=datetime.now(UTC),
+            rows_in=result.rows_in,
+            inserted=result.inserted,
+            updated=result.updated,
+            unchanged=result.unchanged,
+            duplicates=result.duplicates,
+            rejected=result.rejected,
+            seconds=result.seconds,
+            error=result.error,
+        )
+    )
+
+
+def _set_parse_state(conn: Connection, payload_id: int, state: str) -> None:
+    conn.execute(
+        update(callback_payloads)
+        .where(callback_payloads.c.payload_id == payload_id)
+        .values(parse_state=state)
+    )

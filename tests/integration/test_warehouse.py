@@ -1,0 +1,326 @@
+"""The warehouse merge on real SQLite and PostgreSQL: newest wins, history, rejects, counts, atomicity."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from cloudagent_etl import landing
+from cloudagent_etl.db import create_db_engine
+from cloudagent_etl.schema import (
+    callback_payloads,
+    dial_status,
+    dial_status_history,
+    dial_status_rejects,
+    export_requests,
+    load_runs,
+)
+from cloudagent_etl.warehouse import load_payload, load_request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select, text
+
+WINDOW = {"window_start": datetime(2024, 5, 1, tzinfo=UTC), "window_end": datetime(2024, 5, 2, tzinfo=UTC)}
+
+
+def new_request(engine: Engine, campaign: str = "Sales") -> str:
+    return landing.create_export_request(
+        engine, account="demo", campaign_name=campaign, filters={"sortby": "2"}, **WINDOW
+    ).request_id
+
+
+def land(
+    engine: Engine, request_id: str, body: bytes | list[Any], content_type: str = "application/json"
+) -> int:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    stored = landing.store_callback(
+        engine, request_id, landing.CallbackBody.from_bytes(data), content_type=content_type
+    )
+    return stored.payload_id
+
+
+def record(key: str, updated: str, **fields: str) -> dict[str, str]:
+    base = {
+        "CampaignName": "Sales",
+        "DataUniqueId": key,
+        "PhoneNumber": "9876543210",
+        "DialStatus": "answered",
+        "Attempts": "1",
+        "UpdatedDate": updated,
+        "Apikey": "secret-api-key",
+    }
+    return {**base, **fields}
+
+
+def table_rows(engine: Engine, table: Any, drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    columns = [column for column in table.c if column.name not in drop]
+    order = [column for column in table.primary_key.columns]
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(select(*columns).order_by(*order))]
+
+
+def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    tables = (
+        dial_status,
+        dial_status_history,
+        dial_status_rejects,
+        load_runs,
+        export_requests,
+        callback_payloads,
+    )
+    return {table.name: table_rows(engine, table) for table in tables}
+
+
+def test_newer_wins_older_only_goes_to_history_and_counts_add_up(engine: Engine) -> None:
+    request_id = new_request(engine)
+    first = land(engine, request_id, [record("1", "2024-05-01 10:00:00"), record("2", "2024-05-01 10:00:00")])
+    result = load_payload(engine, first)
+    assert (result.rows_in, result.inserted, result.updated, result.unchanged) == (2, 2, 0, 0)
+
+    second = land(
+        engine,
+        request_id,
+        [
+            record("1", "2024-05-01 12:00:00", Disposition="Callback"),  # newer: updates
+            record("2", "2024-05-01 09:00:00", Disposition="Old"),  # older: history only
+            record("3", "2024-05-01 09:00:00"),  # new
+            record("3", "2024-05-01 09:30:00", Attempts="2"),  # newer duplicate in the payload
+            record("4", "2024-05-01 09:00:00", Attempts="many"),  # rejected
+        ],
+    )
+    result = load_payload(engine, second)
+    assert (result.rows_in, result.inserted, result.updated, result.unchanged) == (5, 1, 1, 1)
+    assert (result.duplicates, result.rejected) == (1, 1)
+
+    current = {row["record_key"]: row for row in table_rows(engine, dial_status)}
+    assert current["1"]["disposition"] == "Callback"
+    assert current["1"]["previous_load_run_id"] == 1
+    assert current["2"]["disposition"] is None
+    assert current["3"]["attempts"] == 2
+    assert current["2"]["updated_at"] == datetime(2024, 5, 1, 4, 30, tzinfo=UTC)
+    history = [
+        (row["record_key"], row["updated_at"].hour, row["updated_at"].minute)
+        for row in table_rows(engine, dial_status_history)
+    ]
+    assert history == [("1", 4, 30), ("1", 6, 30), ("2", 3, 30), ("2", 4, 30), ("3", 3, 30), ("3", 4, 0)]
+    [reject] = table_rows(engine, dial_status_rejects)
+    assert (reject["payload_id"], reject["position"], reject["reason"]) == (
+        second,
+        4,
+        "attempts: not a count",
+    )
+    assert "Apikey" not in reject["raw_record"]
+    assert reject["raw_record"]["DataUniqueId"] == "4"
+    assert landing.get_export_request(engine, request_id).state == "loaded"  # type: ignore[union-attr]
+
+
+def test_the_api_key_is_in_no_warehouse_table(engine: Engine) -> None:
+    request_id = new_request(engine)
+    load_payload(engine, land(engine, request_id, [record("1", "2024-05-01 10:00:00"), record("2", "bad")]))
+    dump = json.dumps(
+        {name: rows for name, rows in snapshot(engine).items() if name != "callback_payloads"}, default=str
+    )
+    assert "secret-api-key" not in dump
+
+
+def test_loading_the_same_payload_twice_changes_nothing_the_second_time(engine: Engine) -> None:
+    request_id = new_request(engine)
+    payload = land(
+        engine, request_id, [record(str(i), "2024-05-01 10:00:00") for i in range(20)] + [record("x", "")]
+    )
+    load_payload(engine, payload)
+    before = snapshot(engine)
+    again = load_payload(engine, payload)
+    assert (again.inserted, again.updated, again.unchanged, again.rejected) == (0, 0, 20, 1)
+    after = snapshot(engine)
+    assert len(after["load_runs"]) == 2
+    for name in ("dial_status", "dial_status_history", "dial_status_rejects"):
+        assert after[name] == before[name]
+
+
+def test_same_updated_at_with_other_values_replaces_the_version_everywhere(engine: Engine) -> None:
+    request_id = new_request(engine)
+    load_payload(engine, land(engine, request_id, [record("1", "2024-05-01 10:00:00", Disposition="A")]))
+    result = load_payload(
+        engine, land(engine, request_id, [record("1", "2024-05-01 10:00:00", Disposition="B")])
+    )
+    assert result.updated == 1
+    assert [row["disposition"] for row in table_rows(engine, dial_status)] == ["B"]
+    assert [row["disposition"] for row in table_rows(engine, dial_status_history)] == ["B"]
+
+
+def _fail_on_key(engine: Engine, key: str) -> None:
+    """A real database failure mid-load: a trigger that aborts when a given record reaches history."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
+            )
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER boom BEFORE INSERT ON dial_status_history FOR EACH ROW "
+                f"WHEN (NEW.record_key = '{key}') EXECUTE FUNCTION boom()"
+            )
+        else:
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER boom BEFORE INSERT ON dial_status_history WHEN NEW.record_key = '{key}' "
+                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            )
+
+
+def test_a_failure_mid_load_leaves_the_database_exactly_as_before(engine: Engine) -> None:
+    request_id = new_request(engine)
+    load_payload(engine, land(engine, request_id, [record("0", "2024-05-01 08:00:00")]))
+    records = [record(str(i), "2024-05-01 10:00:00") for i in range(30)] + [record("bad", "nope")]
+    payload = land(engine, request_id, records)
+    _fail_on_key(engine, "25")
+    before = snapshot(engine)
+    with pytest.raises(Exception, match="injected failure"):
+        load_payload(engine, payload, batch_size=10)  # batches 0-9 and 10-19 merged before it fails
+    assert snapshot(engine) == before
+
+
+def test_an_unparseable_payload_is_a_failed_load_not_a_crash(engine: Engine) -> None:
+    request_id = new_request(engine)
+    payload = land(engine, request_id, b'[{"CampaignName": "Sales"}, {"trunc', "application/json")
+    result = load_request(engine, request_id)
+    assert (result.failed_payloads, result.payloads) == (1, 1)
+    assert "not valid JSON" in (result.error or "")
+    [run] = table_rows(engine, load_runs)
+    assert (run["status"], run["payload_id"], run["rows_in"]) == ("failed", payload, 0)
+    assert "not valid JSON" in run["error"]
+    assert table_rows(engine, dial_status) == []
+    with engine.connect() as conn:
+        assert conn.scalar(select(callback_payloads.c.parse_state)) == "failed"
+    request = landing.get_export_request(engine, request_id)
+    assert request is not None
+    assert request.state == "failed"
+
+
+def test_views_summarise_per_campaign_and_ist_day(engine: Engine) -> None:
+    request_id = new_request(engine)
+    records = [
+        record("1", "2024-05-01 23:00:00", Attempts="3"),  # IST day 2024-05-01 (17:30 UTC)
+        record("2", "2024-05-01 23:30:00", DialStatus="answered -> NoAnswer", Disposition="Busy"),
+    ]
+    load_payload(engine, land(engine, request_id, records))
+    with engine.connect() as conn:
+        summary = conn.execute(
+            text(
+                "SELECT campaign_name, leads, attempts, answered, answer_rate FROM dial_status_daily_summary"
+            )
+        ).all()
+        day = conn.scalar(text("SELECT day_ist FROM dial_status_daily_summary"))
+        coverage = conn.execute(text("SELECT requests, received, loaded, missing FROM export_coverage")).all()
+    assert [tuple(row) for row in summary] == [("Sales", 2, 4, 1, 0.5)]
+    assert str(day) == "2024-05-01"
+    assert [tuple(row) for row in coverage] == [(1, 1, 1, 0)]
+
+
+# ------------------------------------------------------------------------------------ properties
+KEYS = ("k1", "k2", "k3")
+TIMES = ("2024-05-01 10:00:00", "2024-05-01 11:00:00", "2024-05-01 12:00:00")
+record_strategy = st.builds(
+    lambda key, when, disposition: record(key, when, Disposition=disposition),
+    st.sampled_from(KEYS),
+    st.sampled_from(TIMES),
+    st.sampled_from(("A", "B", "")),
+)
+payloads_strategy = st.lists(st.lists(record_strategy, min_size=1, max_size=6), min_size=1, max_size=4)
+
+
+def expected_state(payloads: list[list[dict[str, str]]]) -> tuple[dict[str, tuple], dict[tuple, str | None]]:
+    """Independent model: per key the last-seen row of the greatest updated_at; per version the last seen."""
+    current: dict[str, tuple[str, str | None]] = {}
+    versions: dict[tuple[str, str], str | None] = {}
+    for payload in payloads:
+        for rec in payload:
+            disposition = rec["Disposition"] or None
+            versions[(rec["DataUniqueId"], rec["UpdatedDate"])] = disposition
+            stored = current.get(rec["DataUniqueId"])
+            if stored is None or rec["UpdatedDate"] >= stored[0]:
+                current[rec["DataUniqueId"]] = (rec["UpdatedDate"], disposition)
+    return current, versions
+
+
+def ist_text(value: datetime) -> str:
+    return (
+        value.astimezone(UTC).replace(tzinfo=None) + (datetime(1, 1, 1, 5, 30) - datetime(1, 1, 1))
+    ).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@pytest.mark.parametrize("batch_size", [2, 1000])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payloads=payloads_strategy)
+def test_final_state_is_the_latest_version_per_key(
+    db_url: str, batch_size: int, payloads: list[list[dict[str, str]]]
+) -> None:
+    engine = create_db_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            for table in ("dial_status", "dial_status_history"):
+                conn.exec_driver_sql(f"DELETE FROM {table}")
+        request_id = new_request(engine)
+        for index, payload in enumerate(payloads):
+            body = json.dumps([{**rec, "Nonce": str(index)} for rec in payload]).encode()
+            load_payload(engine, land(engine, request_id, body), batch_size=batch_size)
+        current, versions = expected_state(payloads)
+        got_current = {
+            row["record_key"]: (ist_text(row["updated_at"]), row["disposition"])
+            for row in table_rows(engine, dial_status)
+        }
+        got_versions = {
+            (row["record_key"], ist_text(row["updated_at"])): row["disposition"]
+            for row in table_rows(engine, dial_status_history)
+        }
+        assert got_current == current
+        assert got_versions == versions
+        assert len(table_rows(engine, dial_status_history)) == len(versions)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_and_postgresql_give_identical_rows(sqlite_url: str, pg_url: str) -> None:
+    payloads = [
+        [
+            record(str(i), f"2024-05-0{1 + i % 3} 1{i % 10}:00:00", City=f"c{i}", Name=f"n{i}")
+            for i in range(40)
+        ],
+        [
+            record(str(i), "2024-05-02 10:00:00", Disposition="D", Duration="00:01:05")
+            for i in range(0, 40, 3)
+        ],
+        [
+            record("x", "bad"),
+            {
+                "CampaignName": "Sales",
+                "PhoneNumber": "09876543210",
+                "CreatedDate": "2024-05-01 01:00:00",
+                "UpdatedDate": "2024-05-01 02:00:00",
+            },
+        ],
+    ]
+    results = {}
+    for url in (sqlite_url, pg_url):
+        engine = create_db_engine(url)
+        request_id = new_request(engine)
+        for payload in payloads:
+            load_payload(engine, land(engine, request_id, payload))
+        lineage = ("loaded_at", "request_id", "rejected_at")
+        results[url] = {
+            table.name: table_rows(engine, table, drop=lineage)
+            for table in (dial_status, dial_status_history, dial_status_rejects)
+        }
+        results[url]["counts"] = [
+            {
+                k: v
+                for k, v in row.items()
+                if k in ("rows_in", "inserted", "updated", "unchanged", "duplicates", "rejected")
+            }
+            for row in table_rows(engine, load_runs)
+        ]
+        engine.dispose()
+    assert results[sqlite_url] == results[pg_url]
+    assert len(results[pg_url]["dial_status"]) == 41
