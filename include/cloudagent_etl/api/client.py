@@ -42,6 +42,7 @@ from cloudagent_etl.errors import (
     ServerError,
     TransientError,
     UnexpectedResponseError,
+    ValidationError,
     redact,
 )
 from cloudagent_etl.settings import ApiSettings
@@ -195,6 +196,10 @@ class CloudAgentClient:
     ) -> None:
         if settings.api_key_in == "header":
             _check_header_value(settings.api_key.get())
+        if limiter is not None and limiter.account != settings.user_name:
+            raise ConfigurationError(
+                f"the limiter counts account {limiter.account!r}, the client calls as {settings.user_name!r}"
+            )
         self.settings = settings
         self.limiter = limiter
         self.retry = retry
@@ -220,6 +225,12 @@ class CloudAgentClient:
         ``purpose`` is recorded in the limiter's call log (default: the campaign name).
         Raises a TerminalError at once, or the last TransientError once retries are exhausted.
         """
+        if request.user_name != self.settings.user_name:
+            # The budget is per account: a request for another account would bypass its limiter.
+            raise ValidationError(
+                "userName",
+                f"must be the connection's user {self.settings.user_name!r}; got {request.user_name!r}",
+            )
         body = request.to_body(self.settings.timezone)
         window = f"{body['fromDate']}..{body['toDate']}"
         retrying = tenacity.Retrying(
@@ -274,7 +285,7 @@ class CloudAgentClient:
         payload = {**body, "apiKey": api_key} if self.settings.api_key_in == "body" else body
         # httpx exceptions hold the request (and so the key): build our error outside the except block
         # so that neither __cause__ nor __context__ refers to them.
-        failure: NetworkError | None = None
+        failure: NetworkError | UnexpectedResponseError | None = None
         try:
             response = self._http.post(self.settings.endpoint, json=payload, headers=headers)
         except httpx.TimeoutException as exc:
@@ -282,6 +293,11 @@ class CloudAgentClient:
         except httpx.TransportError as exc:
             reason = redact(str(exc), secrets, limit=EXCERPT_CHARS)
             failure = NetworkError(f"CloudAgent could not be reached ({type(exc).__name__}: {reason})")
+        except httpx.RequestError as exc:  # undecodable content, too many redirects: retrying cannot help
+            reason = redact(str(exc), secrets, limit=EXCERPT_CHARS)
+            failure = UnexpectedResponseError(
+                f"CloudAgent's answer could not be read ({type(exc).__name__}: {reason})"
+            )
         if failure is not None:
             raise failure
         return interpret_response(response, secrets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -28,6 +29,7 @@ from cloudagent_etl.errors import (
     TerminalError,
     TransientError,
     UnexpectedResponseError,
+    ValidationError,
 )
 from cloudagent_etl.settings import ApiSettings, Secret
 
@@ -495,3 +497,32 @@ def test_key_that_a_header_cannot_carry_still_goes_in_the_body(
         client.request_export(request_model)
     assert agent.bodies()[0]["apiKey"] == " SECRET\n"
     assert "SECRET" not in str(info.value)
+
+
+def test_request_for_another_account_is_refused_before_sending(
+    settings: ApiSettings, request_model: DialStatusRequest, policy: RetryPolicy
+) -> None:
+    agent = ScriptedCloudAgent(ok())
+    other = replace(request_model, user_name="someone_else")
+    with (
+        client_for(settings, agent, policy) as client,
+        pytest.raises(ValidationError, match=r"^userName: must be"),
+    ):
+        client.request_export(other)
+    assert agent.requests == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.DecodingError("bad gzip"), httpx.TooManyRedirects("loop")],
+    ids=["decoding", "redirects"],
+)
+def test_unreadable_answer_is_unexpected_and_not_retried(
+    settings: ApiSettings, request_model: DialStatusRequest, policy: RetryPolicy, failure: Exception
+) -> None:
+    agent = ScriptedCloudAgent(failure, ok())
+    with client_for(settings, agent, policy) as client, pytest.raises(UnexpectedResponseError) as info:
+        client.request_export(request_model)
+    assert "could not be read" in str(info.value)
+    assert len(agent.requests) == 1
+    assert info.value.__context__ is None

@@ -175,3 +175,11 @@ def test_client_acquires_the_limiter_for_every_attempt_including_retries(sqlite_
     with sqlite_engine.connect() as conn:
         purposes = conn.execute(select(api_call_log.c.purpose).order_by("call_id")).scalars().all()
     assert purposes == ["req-1", "req-1", "req-1"]
+
+
+def test_client_refuses_a_limiter_of_another_account(sqlite_engine: Engine) -> None:
+    settings = ApiSettings(
+        user_name="test_user", api_key=Secret("k-SECRET"), base_url="https://cloudagent.test"
+    )
+    with pytest.raises(ConfigurationError, match="limiter counts account 'other'"):
+        CloudAgentClient(settings, limiter=RateLimiter(sqlite_engine, "other"))
