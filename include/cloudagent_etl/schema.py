@@ -190,7 +190,7 @@ DATA_DICTIONARY: dict[str, dict[str, str]] = {
         "payload_id": "callback payload the record came from",
         "position": "0-based position of the record in the payload",
         "request_id": "export request of the payload",
-        "load_run_id": "load run that rejected it (the latest, when reloaded)",
+        "load_run_id": "load run that first rejected it (a reload adds nothing)",
         "reason": "every contract rule the record broke, '; '-separated",
         "raw_record": "the record as received (values as text), API key fields removed",
         "rejected_at": "when it was rejected (UTC)",

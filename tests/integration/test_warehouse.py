@@ -324,3 +324,21 @@ def test_sqlite_and_postgresql_give_identical_rows(sqlite_url: str, pg_url: str)
         engine.dispose()
     assert results[sqlite_url] == results[pg_url]
     assert len(results[pg_url]["dial_status"]) == 41
+
+
+def test_simulator_ground_truth_equals_dial_status(engine: Engine) -> None:
+    from cloudagent_etl.simulator.data import generate_records
+
+    truth = generate_records("Sales", seed=3, records_per_day=60, **WINDOW)
+    request_id = new_request(engine)
+    load_payload(engine, land(engine, request_id, {"uniqueId": "u1", "data": truth}))
+    got = {row["record_key"]: row for row in table_rows(engine, dial_status)}
+    assert set(got) == {record["DataUniqueId"] for record in truth}
+    for record in truth:
+        row = got[record["DataUniqueId"]]
+        assert row["phone_number_raw"] == record["PhoneNumber"]
+        assert row["dial_status"] == (record["DialStatus"] or None)
+        assert row["attempts"] == int(record["Attempts"])
+        assert row["ucid"] == (None if record["UCID"] == "None" else record["UCID"])
+        assert ist_text(row["updated_at"]) == record["UpdatedDate"]
+        assert row["extra"] == {key: record[key] for key in ("City", "LoanAmount")}

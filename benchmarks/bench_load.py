@@ -1,0 +1,217 @@
+"""Load benchmark: landed raw bytes -> committed warehouse rows, against the database's own COPY speed.
+
+For each size (100k and 1M synthetic records from the simulator's generator, ~540 bytes each as JSON):
+
+1. the payload is landed through ``landing.store_callback`` (not timed);
+2. a fresh child process runs ``warehouse.load_payload`` (timed: end-to-end rows/s; its peak RSS is
+   the load's alone);
+3. the physical reference, in the same run: the final ``dial_status`` rows, copied out as CSV, are
+   ``COPY``-ed into a new table with the same primary key (and, second figure, with all of
+   ``dial_status``'s indexes). On SQLite the reference is ``executemany`` INSERT of the same rows.
+
+Prints a table and writes ``bench-results/load.json``. ``python -m benchmarks.bench_load [--sizes 100000]``;
+PostgreSQL from ``CLOUDAGENT_BENCH_PG_URL`` (default the local server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cloudagent_etl import landing, warehouse
+from cloudagent_etl.db import create_db_engine, migrate, to_sqlalchemy_url
+from cloudagent_etl.simulator.data import synthetic_records
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+RESULTS = Path("bench-results/load.json")
+
+
+def write_payload(path: Path, count: int) -> landing.CallbackBody:
+    """Write ``count`` synthetic records as one JSON array, streaming; return it ready to land."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        out.write(b"[")
+        digest.update(b"[")
+        for index, record in enumerate(synthetic_records(count, seed=7)):
+            piece = (b"," if index else b"") + orjson.dumps(record)
+            out.write(piece)
+            digest.update(piece)
+        out.write(b"]")
+        digest.update(b"]")
+    return landing.CallbackBody(path.open("rb"), path.stat().st_size, digest.hexdigest())
+
+
+def child_load(url: str, payload_id: int) -> None:
+    """Run in a fresh process: the load, its time and this process's peak RSS, as JSON on stdout."""
+    engine = create_db_engine(url)
+    started = time.perf_counter()
+    result = warehouse.load_payload(engine, payload_id)
+    seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "result": result.__dict__}))
+
+
+def run_load(url: str, payload_id: int) -> dict[str, Any]:
+    out = subprocess.run(  # noqa: S603 - our own interpreter and module, arguments we made
+        [sys.executable, "-m", "benchmarks.bench_load", "--child", url, str(payload_id)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def pg_reference(url: str, count: int) -> dict[str, float]:
+    """COPY the final dial_status rows into tables with the same key (and with every index)."""
+    engine = create_db_engine(url)
+    figures = {}
+    with tempfile.TemporaryFile() as csv:
+        with engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            with raw.cursor() as cursor, cursor.copy("COPY dial_status TO STDOUT (FORMAT csv)") as copy:
+                for data in copy:
+                    csv.write(data)
+        for name, like in (
+            ("reference_pk", "INCLUDING DEFAULTS"),
+            ("reference_all_indexes", "INCLUDING ALL"),
+        ):
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"CREATE TABLE {name} (LIKE dial_status {like})")
+                if name == "reference_pk":
+                    conn.exec_driver_sql(f"ALTER TABLE {name} ADD PRIMARY KEY (campaign_name, record_key)")
+            csv.seek(0)
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                raw = conn.connection.driver_connection
+                with raw.cursor() as cursor, cursor.copy(f"COPY {name} FROM STDIN (FORMAT csv)") as copy:
+                    while data := csv.read(8 * 1024 * 1024):
+                        copy.write(data)
+            figures[name] = count / (time.perf_counter() - started)
+    engine.dispose()
+    return figures
+
+
+def sqlite_reference(url: str, count: int) -> dict[str, float]:
+    """executemany INSERT of the final rows into a table with the same key."""
+    engine = create_db_engine(url)
+    with engine.begin() as conn:
+        rows = conn.exec_driver_sql("SELECT * FROM dial_status").all()
+        columns = ", ".join(f"c{i}" for i in range(len(rows[0])))
+        conn.exec_driver_sql(f"CREATE TABLE reference_pk ({columns}, PRIMARY KEY (c0, c1))")
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        placeholders = ", ".join("?" for _ in rows[0])
+        conn.exec_driver_sql(
+            f"INSERT INTO reference_pk VALUES ({placeholders})", [tuple(row) for row in rows]
+        )
+    figure = count / (time.perf_counter() - started)
+    engine.dispose()
+    return {"reference_pk": figure}
+
+
+def bench(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
+    migrate(url)
+    engine = create_db_engine(url)
+    request = landing.create_export_request(
+        engine,
+        account="bench",
+        campaign_name="BENCH",
+        window_start=datetime(2024, 1, 1, tzinfo=UTC),
+        window_end=datetime(2024, 1, 2, tzinfo=UTC),
+        filters={"sortby": "2"},
+    )
+    body = write_payload(workdir / f"payload-{count}.json", count)
+    with body.file:
+        stored = landing.store_callback(engine, request.request_id, body, content_type="application/json")
+    engine.dispose()
+    load = run_load(url, stored.payload_id)
+    reference = pg_reference(url, count) if database == "postgresql" else sqlite_reference(url, count)
+    rows_per_s = count / load["seconds"]
+    return {
+        "database": database,
+        "records": count,
+        "payload_mb": body.size / 1e6,
+        "seconds": load["seconds"],
+        "rows_per_s": rows_per_s,
+        "peak_rss_mb": load["peak_rss_mb"],
+        **{f"{name}_rows_per_s": value for name, value in reference.items()},
+        "ratio": rows_per_s / reference["reference_pk"],
+        "counts": load["result"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--databases", default="postgresql,sqlite")
+    parser.add_argument("--child", nargs=2, metavar=("URL", "PAYLOAD_ID"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_load(args.child[0], int(args.child[1]))
+        return
+
+    pg_server = os.environ.get("CLOUDAGENT_BENCH_PG_URL", DEFAULT_PG_URL)
+    admin = create_engine(to_sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        workdir = Path(tmp)
+        for database in args.databases.split(","):
+            for count in (int(size) for size in args.sizes.split(",")):
+                if database == "postgresql":
+                    name = f"bench_load_{uuid.uuid4().hex[:8]}"
+                    with admin.connect() as conn:
+                        conn.execute(text(f'CREATE DATABASE "{name}"'))
+                    url = make_url(to_sqlalchemy_url(pg_server)).set(database=name)
+                    try:
+                        results.append(
+                            bench(database, url.render_as_string(hide_password=False), count, workdir)
+                        )
+                    finally:
+                        with admin.connect() as conn:
+                            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                else:
+                    results.append(
+                        bench(database, f"sqlite:///{workdir / f'bench-{count}.db'}", count, workdir)
+                    )
+                print_row(results[-1])
+    admin.dispose()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps({"measured_at": datetime.now(UTC).isoformat(), "results": results}, indent=2)
+    )
+    print(f"\nwritten to {RESULTS}")
+
+
+def print_row(row: dict[str, Any]) -> None:
+    header = (
+        f"{'database':<11}{'records':>9}{'MB':>7}{'seconds':>9}{'rows/s':>9}{'ref PK rows/s':>15}"
+        f"{'ratio':>7}{'ref all-idx rows/s':>20}{'peak RSS MB':>13}"
+    )
+    if not getattr(print_row, "printed", False):
+        print(header)
+        print_row.printed = True  # type: ignore[attr-defined]
+    all_indexes = row.get("reference_all_indexes_rows_per_s")
+    print(
+        f"{row['database']:<11}{row['records']:>9}{row['payload_mb']:>7.0f}{row['seconds']:>9.1f}"
+        f"{row['rows_per_s']:>9.0f}{row['reference_pk_rows_per_s']:>15.0f}{row['ratio']:>7.2f}"
+        f"{(f'{all_indexes:.0f}' if all_indexes else '-'):>20}{row['peak_rss_mb']:>13.0f}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
