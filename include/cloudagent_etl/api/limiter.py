@@ -125,6 +125,8 @@ class RateLimiter:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             conn.execute(sqlite.insert(rate_limit_accounts).on_conflict_do_nothing(), row)
         else:
+            # READ COMMITTED: once the lock is ours, the count sees every call the previous holder logged.
+            conn.execution_options(isolation_level="READ COMMITTED")
             conn.execute(postgresql.insert(rate_limit_accounts).on_conflict_do_nothing(), row)
         account = rate_limit_accounts.c.account
         conn.execute(select(account).where(account == self.account).with_for_update())

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -66,12 +67,12 @@ def test_call_over_budget_waits_exactly_until_the_oldest_leaves_the_window(
     assert WINDOW_S - 0.5 < waited < WINDOW_S + MARGIN_S + 0.25
 
 
-def test_concurrent_threads_with_their_own_engines_never_exceed_the_window(db_url: str) -> None:
-    threads_n, calls_each = 3, 3  # 9 calls: 3 at once, 3 after one window, 3 after two windows
+def fire_from_threads(db_url: str, threads_n: int, calls_each: int, **engine_options: Any) -> list[float]:
+    """Run ``threads_n`` threads, each with its own engine and limiter, making ``calls_each`` calls."""
     errors: list[BaseException] = []
 
     def worker(index: int) -> None:
-        engine = create_db_engine(db_url)
+        engine = create_db_engine(db_url, **engine_options)
         try:
             limiter = RateLimiter(engine, "test_user", per_minute=PER_WINDOW, window_s=WINDOW_S)
             for call in range(calls_each):
@@ -81,7 +82,6 @@ def test_concurrent_threads_with_their_own_engines_never_exceed_the_window(db_ur
         finally:
             engine.dispose()
 
-    started = time.time()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_n)]
     for thread in threads:
         thread.start()
@@ -91,11 +91,24 @@ def test_concurrent_threads_with_their_own_engines_never_exceed_the_window(db_ur
     engine = create_db_engine(db_url)
     times = call_times(engine)
     engine.dispose()
-    assert len(times) == threads_n * calls_each
+    return times
+
+
+def test_concurrent_threads_with_their_own_engines_never_exceed_the_window(db_url: str) -> None:
+    started = time.time()
+    times = fire_from_threads(db_url, 3, 3)  # 9 calls: 3 at once, 3 after one window, 3 after two
+    assert len(times) == 9
     assert busiest_window(times, WINDOW_S + MARGIN_S) == PER_WINDOW
     ideal_s = 2 * (WINDOW_S + MARGIN_S)
     assert ideal_s <= times[-1] - times[0] < ideal_s + 0.5
     assert times[0] - started < 1.0
+
+
+@pytest.mark.postgres
+def test_postgres_engine_defaulting_to_repeatable_read_still_sees_every_call(pg_url: str) -> None:
+    times = fire_from_threads(pg_url, 3, 2, isolation_level="REPEATABLE READ")
+    assert len(times) == 6
+    assert busiest_window(times, WINDOW_S + MARGIN_S) == PER_WINDOW
 
 
 def test_accounts_have_separate_budgets(engine: Engine) -> None:
