@@ -259,6 +259,17 @@ class CallbackBody:
     def from_bytes(cls, data: bytes) -> CallbackBody:
         return cls(io.BytesIO(data), len(data), hashlib.sha256(data).hexdigest())
 
+    @classmethod
+    def from_file(cls, file: IO[bytes]) -> CallbackBody:
+        """Measure and hash a body already written to ``file``, reading it block by block."""
+        file.seek(0)
+        hasher = hashlib.sha256()
+        size = 0
+        while block := file.read(CHUNK_BYTES):
+            hasher.update(block)
+            size += len(block)
+        return cls(file, size, hasher.hexdigest())
+
 
 @dataclass(frozen=True)
 class StoredCallback:

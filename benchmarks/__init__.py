@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`, `make bench-receiver`): real processes and databases on this machine."""
