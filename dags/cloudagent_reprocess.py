@@ -19,6 +19,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from cloudagent_airflow.assets import DIAL_STATUS
+from cloudagent_airflow.errors import terminal_errors_fail_fast
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
 
 
 @dag(
@@ -48,24 +50,24 @@ def cloudagent_reprocess() -> None:
     @task
     def landed_requests() -> list[str]:
         from airflow.sdk import Variable
-        from cloudagent_airflow.hooks import CloudAgentDbHook
         from cloudagent_etl import pipeline
 
         params = get_current_context()["params"]
-        window = pipeline.parse_window(params["window_start"], params["window_end"])
-        campaigns = pipeline.parse_campaigns(
-            params["campaigns"] or Variable.get("cloudagent_campaigns", default=None) or []
-        )
-        with CloudAgentDbHook().engine() as engine:
+        with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
+            window = pipeline.parse_window(params["window_start"], params["window_end"])
+            override = params["campaigns"]
+            campaigns = pipeline.parse_campaigns(
+                override or Variable.get("cloudagent_campaigns", default=None) or []
+            )
             return pipeline.requests_to_reprocess(engine, campaigns, *window)
 
     @task(outlets=[DIAL_STATUS], map_index_template="{{ request_label }}")
     def reload(request_id: str) -> dict:
-        from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
         from cloudagent_etl import pipeline
 
-        with CloudAgentDbHook().engine() as engine:
-            get_current_context()["request_label"] = pipeline.describe_request(engine, request_id)  # type: ignore[typeddict-unknown-key]
+        with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
+            label = pipeline.describe_request(engine, request_id)
+            get_current_context()["request_label"] = label  # type: ignore[typeddict-unknown-key]
             return pipeline.load_request(
                 engine, request_id, timezone=CloudAgentHook().get_settings().timezone
             )

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, and_, column, func, or_, select, table
 
 from cloudagent_etl import landing, schema
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
-from cloudagent_etl.errors import ConfigurationError, redact
+from cloudagent_etl.errors import ConfigurationError, PayloadError, redact
 from cloudagent_etl.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,14 @@ def load_request(engine: Engine, request_id: str, *, timezone: str) -> dict[str,
 
     result = warehouse.load_request(engine, request_id, timezone=timezone)
     counts = asdict(result)
+    if result.error:
+        raise PayloadError(
+            f"nothing could be loaded for {describe_request(engine, request_id)}: {result.error}"
+        )
+    if result.failed_payloads:
+        log.warning(
+            "%s of %s payloads could not be parsed (see load_runs)", result.failed_payloads, result.payloads
+        )
     log.info("loaded %s: %s", describe_request(engine, request_id), counts)
     return counts
 
