@@ -24,7 +24,9 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024
 
 #: Connection extras that are read; anything else in ``extra`` is ignored.
-ALLOWED_CONNECTION_EXTRAS = frozenset({"endpoint", "api_key_in", "timezone", "rate_limit_per_minute", "timeout_s"})
+ALLOWED_CONNECTION_EXTRAS = frozenset(
+    {"endpoint", "api_key_in", "timezone", "rate_limit_per_minute", "timeout_s"}
+)
 
 
 class Secret:
@@ -67,12 +69,14 @@ class ApiSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        if not self.user_name:
+        if not self.user_name.strip():
             raise ConfigurationError("CloudAgent userName (connection login) is empty")
-        if not self.api_key:
+        if not self.api_key.get().strip():
             raise ConfigurationError("CloudAgent apiKey (connection password) is empty")
         if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"CloudAgent base URL must start with http:// or https://: {self.base_url!r}")
+            raise ConfigurationError(
+                f"CloudAgent base URL must start with http:// or https://: {self.base_url!r}"
+            )
         if self.api_key_in not in ("header", "body"):
             raise ConfigurationError(f"api_key_in must be 'header' or 'body', not {self.api_key_in!r}")
         if self.rate_limit_per_minute < 1:
@@ -115,7 +119,10 @@ class ApiSettings:
             if f"CLOUDAGENT_API_{name.upper()}" in env
         }
         return cls.from_connection(
-            env.get("CLOUDAGENT_API_BASE_URL"), env.get("CLOUDAGENT_API_USER"), env.get("CLOUDAGENT_API_KEY"), extras
+            env.get("CLOUDAGENT_API_BASE_URL"),
+            env.get("CLOUDAGENT_API_USER"),
+            env.get("CLOUDAGENT_API_KEY"),
+            extras,
         )
 
 
@@ -147,7 +154,9 @@ def callback_base_url(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     url = env.get("CLOUDAGENT_CALLBACK_BASE_URL", "")
     if not url.startswith(("http://", "https://")):
-        raise ConfigurationError("CLOUDAGENT_CALLBACK_BASE_URL must be set to the receiver's public http(s) URL")
+        raise ConfigurationError(
+            "CLOUDAGENT_CALLBACK_BASE_URL must be set to the receiver's public http(s) URL"
+        )
     return url.rstrip("/")
 
 
