@@ -339,14 +339,21 @@ def load_request(engine: Engine, request_id: str, *, timezone: str = DEFAULT_TIM
 
     The request becomes ``loaded`` with its first good payload; when every payload failed to parse it
     becomes ``failed`` with the reasons (when its state allows it) and the result carries ``error``.
+    A payload that lands while this runs is loaded too: the payloads are listed again after each pass,
+    and one stored after the request became ``loaded`` is at worst flagged late by the receiver.
     """
-    with engine.connect() as conn:
-        payload_ids = landing.received_payload_ids(conn, request_id)
-    if not payload_ids:
-        raise PayloadError(f"no callback payload has landed for request {request_id}")
     total = LoadResult()
-    for payload_id in payload_ids:
-        total.add(load_payload(engine, payload_id, timezone=timezone))
+    seen: set[int] = set()
+    while True:
+        with engine.connect() as conn:
+            pending = [p for p in landing.received_payload_ids(conn, request_id) if p not in seen]
+        if not pending:
+            break
+        for payload_id in pending:
+            total.add(load_payload(engine, payload_id, timezone=timezone))
+            seen.add(payload_id)
+    if not seen:
+        raise PayloadError(f"no callback payload has landed for request {request_id}")
     if total.failed_payloads == total.payloads:
         with engine.begin() as conn:
             state = conn.execute(
