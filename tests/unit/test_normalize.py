@@ -6,11 +6,13 @@ import hashlib
 import io
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 import pandas as pd
 import pytest
+from cloudagent_etl import normalize
 from cloudagent_etl.errors import PayloadError
 from cloudagent_etl.normalize import (
     FIELD_ALIASES,
@@ -339,3 +341,63 @@ def test_batches_stream_with_payload_positions() -> None:
     batches = list(normalize_payload(_records_body(records).encode(), None, timezone=IST, batch_size=2))
     assert [list(b.rows["position"]) for b in batches] == [[0, 1], [2, 3], [4]]
     assert list(iter_records(io.BytesIO(_records_body(records).encode()), None)) == records
+
+
+def _multipart(data: str, boundary: str = "b0undary") -> tuple[bytes, str]:
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="uniqueId"\r\n\r\nu1\r\n'
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="data"\r\n'
+        "Content-Type: application/json\r\n\r\n"
+        f"{data}\r\n"
+        f"--{boundary}--\r\n"
+    )
+    return body.encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [_records_body([FULL_RECORD]), json.dumps({"data": [FULL_RECORD]})],
+    ids=["array", "object"],
+)
+def test_a_multipart_form_body_gives_the_rows_of_its_data_field(data: str) -> None:
+    body, content_type = _multipart(data)
+    [only] = rows_of(normalize_one(io.BytesIO(body), content_type))
+    assert only == dict(FULL_ROW, monitor_ucid=str(BIGGER_ID))
+
+
+def test_a_multipart_form_body_without_a_data_field_is_a_payload_error() -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="other"\r\n\r\n1\r\n--b--\r\n'
+    with pytest.raises(PayloadError, match="no 'data' field"):
+        list(normalize_payload(body, "multipart/form-data; boundary=b", timezone=IST))
+
+
+def test_array_slices_cut_only_between_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny slices: record boundaries inside strings and nested values must not split a record."""
+    monkeypatch.setattr(normalize, "SLICE_BYTES", 7)
+    records: list[Any] = [
+        dict(FULL_RECORD, DataUniqueId=str(i), Note='x},{"y": "}, {', Legs=[{"a": 1}, {"b": 2}])
+        for i in range(6)
+    ]
+    records[2]["LoanAmount"] = 2500.50  # a fraction: must keep its exact text, not a float's
+    records[4]["Big"] = BIGGER_ID
+    records.insert(3, "not an object")
+    body = json.dumps(records, indent=1).replace("2500.5,", "2500.50,").encode()
+    assert list(iter_records(io.BytesIO(body), "application/json")) == [
+        *records[:2],
+        dict(records[2], LoanAmount=Decimal("2500.50")),
+        *records[3:],
+    ]
+    batch = normalize_one(body)
+    extra = dict(zip(batch.rows["position"], batch.rows["extra"].map(json.loads), strict=True))
+    assert extra[2]["LoanAmount"] == "2500.50"
+    assert extra[5]["Big"] == str(BIGGER_ID)
+    assert list(batch.rejects["position"]) == [3]
+
+
+def test_a_truncated_array_raises_after_the_records_before_the_damage() -> None:
+    body = _records_body([dict(FULL_RECORD, DataUniqueId=str(i)) for i in range(3)]).encode()[:-40]
+    records = iter_records(io.BytesIO(body), "application/json")
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        list(records)
