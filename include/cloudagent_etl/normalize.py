@@ -117,9 +117,9 @@ RECORD_CONTAINER_KEYS: Final = ("data", "records", "details", "Data")
 NULL_MARKERS: Final = ("", "none", "null", "na")
 TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 LEG_SEPARATOR: Final = " -> "
-DEFAULT_BATCH_SIZE: Final = 50_000
-#: Bytes of a JSON array parsed at once by the fast path (~30k records of ~540 bytes).
-SLICE_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_BATCH_SIZE: Final = 20_000
+#: Bytes of a JSON array parsed at once by the fast path (~8k records of ~540 bytes).
+SLICE_BYTES: Final = 4 * 1024 * 1024
 
 
 def field_token(name: str) -> str:
@@ -449,15 +449,39 @@ def _field_plan(records: list[dict[str, Any]]) -> tuple[dict[str, list[str]], li
     return by_column, extra_fields
 
 
+_NEEDS_JSON_ESCAPE = r'[\x00-\x1f"\\]'
+
+
+def _extra_json_columnar(extra_fields: list[str], text: dict[str, pa.Array]) -> pa.Array | None:
+    """``extra`` built column-wise, when every record holds every unknown field as plain text.
+
+    The same text as ``orjson.dumps(..., OPT_SORT_KEYS)`` per record; None when a value is missing or
+    null (absent and null differ in ``extra``) or needs escaping: then it is built record by record.
+    """
+    pieces = []
+    for field in sorted(extra_fields):
+        values = text[field]
+        if values.null_count or pc.any(pc.match_substring_regex(values, _NEEDS_JSON_ESCAPE)).as_py():
+            return None
+        quoted = pc.binary_join_element_wise(orjson.dumps(field).decode() + ':"', values, '"', "")
+        pieces.append(quoted)
+    return pc.binary_join_element_wise("{", pc.binary_join_element_wise(*pieces, ","), "}", "")
+
+
 def _extra_json(
-    records: list[dict[str, Any]], by_column: dict[str, list[str]], extra_fields: list[str]
-) -> list:
+    records: list[dict[str, Any]],
+    by_column: dict[str, list[str]],
+    extra_fields: list[str],
+    text: dict[str, pa.Array],
+) -> pa.Array | list:
     """Per record, the JSON text of its unknown fields and of aliases shadowed by a better-ranked one."""
     shadowed = [
         (field, fields[:rank]) for fields in by_column.values() for rank, field in enumerate(fields) if rank
     ]
     if not extra_fields and not shadowed:
         return [None] * len(records)
+    if not shadowed and (columnar := _extra_json_columnar(extra_fields, text)) is not None:
+        return columnar
     extras: list[str | None] = []
     for record in records:
         kept = {field: _as_text(record[field]) for field in extra_fields if field in record}
@@ -484,7 +508,9 @@ def normalize_records(records: list[Any], *, first_position: int = 0, timezone: 
     index = pd.Index(positions, name="position")
 
     by_column, extra_fields = _field_plan(dicts)
-    text = _text_columns(dicts, [field for fields in by_column.values() for field in fields])
+    text = _text_columns(
+        dicts, [*(field for fields in by_column.values() for field in fields), *extra_fields]
+    )
     empty = pa.nulls(len(dicts), _TEXT)
     source = {
         column: _nulled(
@@ -533,7 +559,10 @@ def normalize_records(records: list[Any], *, first_position: int = 0, timezone: 
         if not (pd.isna(name) or pd.isna(number) or pd.isna(created)):
             record_key.iloc[int(row)] = hashed_record_key(name, number, created)
     columns["record_key"] = record_key
-    columns["extra"] = pd.Series(_extra_json(dicts, by_column, extra_fields), dtype=pd.StringDtype("pyarrow"))
+    extra = _extra_json(dicts, by_column, extra_fields, text)
+    columns["extra"] = (
+        _series(extra) if isinstance(extra, pa.Array) else pd.Series(extra, dtype=_PANDAS_TYPES[_TEXT])
+    )
     reasons.append((columns["campaign_name"].isna().to_numpy(), "campaign_name: missing"))
     reasons.append((source["updated_at"].is_null().to_numpy(zero_copy_only=False), "updated_at: missing"))
     reasons.append(

@@ -401,3 +401,23 @@ def test_a_truncated_array_raises_after_the_records_before_the_damage() -> None:
     records = iter_records(io.BytesIO(body), "application/json")
     with pytest.raises(PayloadError, match="not valid JSON"):
         list(records)
+
+
+@pytest.mark.parametrize(
+    "cities",
+    [["Zürich", "São Paulo", "東京"], ['Say "hi"', "back\\slash", "tab\there"], ["Pune", None, "Delhi"]],
+    ids=["unicode", "escapes", "null"],
+)
+def test_extra_is_the_sorted_json_of_the_unknown_fields_whichever_way_it_is_built(
+    cities: list[str | None],
+) -> None:
+    records = [dict(FULL_RECORD, DataUniqueId=str(i), City=city) for i, city in enumerate(cities)]
+    expected = [
+        json.dumps(
+            {"City": city, "LoanAmount": "250000", "UserName": "demo_user"},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        for city in cities
+    ]
+    assert [r["extra"] for r in rows_of(normalize_one(json.dumps(records).encode()))] == expected
