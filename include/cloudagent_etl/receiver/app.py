@@ -65,6 +65,8 @@ SHARED_TOKEN_HEADER = "x-callback-token"  # noqa: S105 - a header name
 #: Bodies up to this size stay in memory while spooled; bigger ones go to a file in ``spool_dir``.
 SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 RETRY_AFTER_S = 5
+#: Database connections per worker process, and the number of callbacks it writes at the same time.
+DB_CONNECTIONS = 10
 #: Request headers kept with a payload (never tokens, cookies or authorization).
 STORED_HEADERS = (
     "content-type",
@@ -91,14 +93,27 @@ class CallbackRejected(Exception):
         self.headers = headers
 
 
+@functools.cache
+def _database_threads() -> anyio.CapacityLimiter:
+    """One limiter per worker process (made lazily: it must be created inside the running event loop)."""
+    return anyio.CapacityLimiter(DB_CONNECTIONS)
+
+
 def _database_unavailable() -> CallbackRejected:
     return CallbackRejected(503, "database unavailable, retry later", {"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def _in_thread(engine_call: Callable[..., T], *args: Any) -> T:
-    """Run blocking database work off the event loop; a database that does not answer becomes a 503."""
+    """Run blocking database work off the event loop; a database that does not answer becomes a 503.
+
+    At most :data:`DB_CONNECTIONS` calls run at once (the pool's size): more would only queue inside
+    the database for the same two cores, and a pool with overflow opens and closes a connection per
+    callback under load (a fork and a login on the server each time).
+    """
     try:
-        return await anyio.to_thread.run_sync(functools.partial(engine_call, *args))
+        return await anyio.to_thread.run_sync(
+            functools.partial(engine_call, *args), limiter=_database_threads()
+        )
     except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
         log.warning("database unavailable: %s", type(exc.orig if hasattr(exc, "orig") else exc).__name__)
         raise _database_unavailable() from None
@@ -238,9 +253,9 @@ def _engine_for(settings: ReceiverSettings) -> Engine:
         # No pre-ping (two extra round trips per callback): a connection that died answers 503 once,
         # is dropped from the pool, and the sender's retry gets a fresh one.
         extra = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": False}
-    # 40 = anyio's default worker threads: no request waits for a connection while holding a thread.
+    # Exactly as many connections as database threads (see _in_thread): none is opened per callback.
     return create_db_engine(
-        url, pool_size=10, max_overflow=30, pool_timeout=10, hide_parameters=True, **extra
+        url, pool_size=DB_CONNECTIONS, max_overflow=0, pool_timeout=10, hide_parameters=True, **extra
     )
 
 
@@ -331,7 +346,7 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         try:
-            await anyio.to_thread.run_sync(landing_answers)
+            await anyio.to_thread.run_sync(landing_answers, limiter=_database_threads())
         except SQLAlchemyError as exc:
             log.warning("health check failed: %s", type(exc).__name__)
             return JSONResponse({"status": "unavailable"}, status_code=503)
