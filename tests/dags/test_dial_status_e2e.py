@@ -110,6 +110,21 @@ def _value(text: str) -> str | None:
     return None if text in ("", "None") else text
 
 
+#: Source fields with a typed warehouse column, compared text to text below.
+TEXT_COLUMNS = {
+    "PhoneNumber": "phone_number_raw",
+    "Name": "customer_name",
+    "Status": "lead_status",
+    "DialStatus": "dial_status",
+    "Disposition": "disposition",
+    "AgentID": "agent_id",
+    "UCID": "ucid",
+    "monitorUCID": "monitor_ucid",
+}
+#: Source fields with no column: they must be kept in ``extra`` (all but the API key).
+EXTRA_FIELDS = ("City", "LoanAmount", "UserName")
+
+
 def assert_warehouse_matches(sync: Sync) -> None:
     truth = sync.ground_truth()
     warehouse = sync.warehouse()
@@ -117,9 +132,24 @@ def assert_warehouse_matches(sync: Sync) -> None:
     assert set(warehouse) == set(truth)
     for key, record in truth.items():
         row = warehouse[key]
-        expected = tuple(_value(record[name]) for name in ("DialStatus", "Disposition", "UCID"))
-        assert (row["dial_status"], row["disposition"], row["ucid"]) == expected, key
+        assert {c: row[c] for c in TEXT_COLUMNS.values()} == {
+            column: _value(record[field]) for field, column in TEXT_COLUMNS.items()
+        }, key
+        assert row["attempts"] == int(record["Attempts"]), key
         assert row["updated_at"] == _ist(record["UpdatedDate"]), key
+        assert row["created_at"] == _ist(record["CreatedDate"]), key
+        assert row["extra"] == {name: record[name] for name in EXTRA_FIELDS if name in record}, key
+    assert_api_key_in_no_warehouse_table(sync)
+
+
+def assert_api_key_in_no_warehouse_table(sync: Sync) -> None:
+    """CloudAgent puts the apiKey in every record: only the raw landing bytes may keep it."""
+    key = sync.simulator.api_key
+    tables = (schema.dial_status, schema.dial_status_history, schema.dial_status_rejects, schema.load_runs)
+    with sync.engine.connect() as conn:
+        for table in (*tables, schema.export_requests):
+            dumped = json.dumps([list(row) for row in conn.execute(select(table))], default=str)
+            assert key not in dumped, f"the API key leaked into {table.name}"
 
 
 @pytest.fixture

@@ -232,6 +232,7 @@ def test_accepted_request_is_delivered_in_each_style(fresh_simulator, callback_s
     if style == "json-object":
         assert json.loads(delivery.body)["uniqueId"] == body["uniqueId"]
     assert all("2025-03-01 00:00:00" <= record["UpdatedDate"] < "2025-03-02 00:00:00" for record in truth)
+    assert {(r["UserName"], r["Apikey"]) for r in truth} == {(fresh_simulator.user, fresh_simulator.api_key)}
 
     [attempt] = fresh_simulator.wait_for_deliveries(body["uniqueId"])
     assert attempt["callback_url"] == f"{callback_sink.base_url}{CALLBACK_BASE_PATH}/***"
@@ -249,6 +250,13 @@ def test_same_window_gives_the_same_records_and_filters_apply(fresh_simulator):
     expected = [r for r in everything if r["Status"] == "Fail" and r["DialStatus"].endswith("NoAnswer")]
     assert expected
     assert fresh_simulator.ground_truth(filtered) == expected
+
+
+def test_credentials_in_records_can_be_switched_off(fresh_simulator):
+    fresh_simulator.configure(embed_credentials=False)
+    truth = fresh_simulator.ground_truth(export(fresh_simulator)["uniqueId"])
+    assert truth
+    assert not any({"UserName", "Apikey"} & set(record) for record in truth)
 
 
 def test_ground_truth_of_an_unknown_unique_id_is_404(fresh_simulator):
