@@ -53,11 +53,15 @@ class ServerProcess:
             self.process.wait(timeout)
 
 
-def wait_healthy(base_url: str, path: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+def wait_healthy(
+    base_url: str, path: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+            raise RuntimeError(
+                f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}"
+            )
         try:
             if httpx.get(base_url + path, timeout=1).status_code < 500:
                 return

@@ -18,7 +18,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
 def to_sqlalchemy_url(uri: str) -> str:
-    """Turn a connection URI (``postgresql://``, ``postgres://``, ``sqlite:////abs.db``) into a SQLAlchemy URL.
+    """A SQLAlchemy URL from a connection URI (``postgresql://``, ``postgres://``, ``sqlite:////abs.db``).
 
     PostgreSQL always goes through the psycopg 3 driver.
     """

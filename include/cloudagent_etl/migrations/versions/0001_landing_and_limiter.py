@@ -39,7 +39,8 @@ def upgrade() -> None:
         sa.Column("run_id", sa.Text(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.CheckConstraint(
-            "state IN ('requested', 'received', 'loaded', 'failed', 'expired')", name="ck_export_requests_state"
+            "state IN ('requested', 'received', 'loaded', 'failed', 'expired')",
+            name="ck_export_requests_state",
         ),
         sa.PrimaryKeyConstraint("request_id", name="pk_export_requests"),
     )
