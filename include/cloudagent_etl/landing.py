@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import json
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping
@@ -293,6 +294,94 @@ def store_callback(
 ) -> StoredCallback:
     """Store one callback body for a request, in one transaction; a body already stored is not stored again.
 
+    On PostgreSQL a body of at most one chunk (nearly every callback) is stored by one statement,
+    :data:`_STORE_IN_ONE_STATEMENT` (one round trip instead of six, prepared by psycopg after a few
+    uses); everything else goes through :func:`_store_in_steps`. Both leave identical rows.
+    """
+    details = {
+        "content_type": content_type,
+        "unique_id": unique_id,
+        "client_addr": client_addr,
+        "headers": dict(headers) if headers is not None else None,
+        "parse_state": parse_state,
+    }
+    if engine.dialect.name == "postgresql" and body.size <= CHUNK_BYTES:
+        return _store_in_one_statement(engine, request_id, body, **details)
+    return _store_in_steps(engine, request_id, body, **details)
+
+
+#: PostgreSQL: lock the request row, insert the payload (flagged late from the state read under the lock)
+#: and its one chunk, and move ``requested -> received``, all in one statement. A duplicate inserts
+#: nothing and returns no row (the caller then looks the stored one up: a row committed by a concurrent
+#: delivery while this statement waited is not in its snapshot, but is in the next statement's).
+_STORE_IN_ONE_STATEMENT = """
+WITH request AS (
+    SELECT state FROM export_requests WHERE request_id = %(request_id)s FOR NO KEY UPDATE
+), payload AS (
+    INSERT INTO callback_payloads (request_id, unique_id, received_at, content_type, sha256, size_bytes,
+                                   client_addr, headers, parse_state, late)
+    SELECT %(request_id)s, %(unique_id)s, %(now)s, %(content_type)s, %(sha256)s, %(size_bytes)s,
+           %(client_addr)s, %(headers)s::json, %(parse_state)s,
+           CASE WHEN request.state IN ('loaded', 'failed', 'expired') THEN 1 ELSE 0 END
+    FROM request
+    ON CONFLICT (request_id, sha256) DO NOTHING
+    RETURNING payload_id, late
+), chunk AS (
+    INSERT INTO callback_payload_chunks (payload_id, seq, data)
+    SELECT payload_id, 0, %(data)s FROM payload WHERE %(size_bytes)s > 0
+), moved AS (
+    UPDATE export_requests
+    SET state = 'received', received_at = coalesce(received_at, %(now)s), updated_at = %(now)s, error = NULL
+    WHERE request_id = %(request_id)s AND state = 'requested' AND EXISTS (SELECT FROM payload)
+)
+SELECT payload_id, late FROM payload
+"""
+_STORED_PAYLOAD = """
+SELECT payload_id, late FROM callback_payloads WHERE request_id = %(request_id)s AND sha256 = %(sha256)s
+"""
+
+
+def _store_in_one_statement(
+    engine: Engine, request_id: str, body: CallbackBody, *, headers: dict[str, str] | None, **details: Any
+) -> StoredCallback:
+    """:func:`store_callback` of a body of at most one chunk on PostgreSQL, in one statement."""
+    body.file.seek(0)
+    data = body.file.read()
+    if len(data) != body.size:
+        raise PayloadError(f"body has {len(data)} bytes, expected {body.size}")
+    params = {
+        **details,
+        "request_id": request_id,
+        "now": _now(),
+        "sha256": body.sha256,
+        "size_bytes": body.size,
+        # the text SQLAlchemy's JSON type would write, so both paths store the same document
+        "headers": json.dumps(headers) if headers is not None else None,
+        "data": data,
+    }
+    with engine.begin() as conn:
+        stored = conn.exec_driver_sql(_STORE_IN_ONE_STATEMENT, params).one_or_none()
+        if stored is not None:
+            return StoredCallback(payload_id=stored.payload_id, duplicate=False, late=bool(stored.late))
+        existing = conn.exec_driver_sql(_STORED_PAYLOAD, params).one_or_none()
+    if existing is None:
+        raise StateTransitionError(f"export request {request_id} does not exist")
+    return StoredCallback(payload_id=existing.payload_id, duplicate=True, late=bool(existing.late))
+
+
+def _store_in_steps(
+    engine: Engine,
+    request_id: str,
+    body: CallbackBody,
+    *,
+    content_type: str | None,
+    unique_id: str | None,
+    client_addr: str | None,
+    headers: dict[str, str] | None,
+    parse_state: str,
+) -> StoredCallback:
+    """:func:`store_callback` in several statements: any body, any database.
+
     Order matters: the payload row is inserted first (on SQLite that takes the write lock, so the state
     read below is current), its chunks next, and only then is the request row locked (``FOR NO KEY
     UPDATE`` on PostgreSQL, compatible with the foreign-key check's lock) to move it ``requested ->
@@ -311,7 +400,7 @@ def store_callback(
                 sha256=body.sha256,
                 size_bytes=body.size,
                 client_addr=client_addr,
-                headers=dict(headers) if headers is not None else None,
+                headers=headers,
                 parse_state=parse_state,
                 late=0,
             )

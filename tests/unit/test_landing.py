@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from cloudagent_etl import landing
+from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.errors import PayloadError, StateTransitionError
 from cloudagent_etl.schema import callback_payload_chunks, callback_payloads, export_requests
 from sqlalchemy import Engine, delete, func, select
@@ -236,3 +239,72 @@ def test_an_empty_body_is_a_payload_without_chunks(engine: Engine) -> None:
     with engine.connect() as conn:
         assert landing.read_payload_body(conn, stored.payload_id) == b""
         assert conn.execute(select(func.count()).select_from(callback_payload_chunks)).scalar_one() == 0
+
+
+@pytest.mark.postgres
+def test_one_statement_and_step_by_step_storage_leave_identical_rows(pg_url: str) -> None:
+    """The PostgreSQL single-statement path (small bodies) and the generic one must be interchangeable."""
+    engine = create_db_engine(pg_url)
+    details: dict[str, Any] = {
+        "content_type": "application/json",
+        "unique_id": "U-1",
+        "client_addr": "127.0.0.1",
+        "headers": {"content-type": "application/json", "user-agent": "CA/1 'x\""},
+        "parse_state": "unparseable",
+    }
+
+    def deliveries(store: Any) -> tuple[list[Any], list[Any]]:
+        """Stored, duplicate, empty, then late after the load: outcomes and the resulting rows."""
+        new = new_request(engine)
+        outcomes = [
+            store(engine, new.request_id, landing.CallbackBody.from_bytes(b'[{"a": 1}]'), **details),
+            store(engine, new.request_id, landing.CallbackBody.from_bytes(b'[{"a": 1}]'), **details),
+            store(
+                engine, new.request_id, landing.CallbackBody.from_bytes(b""), **{**details, "headers": None}
+            ),
+        ]
+        with engine.begin() as conn:
+            landing.set_state(conn, new.request_id, "loaded")
+        outcomes.append(store(engine, new.request_id, landing.CallbackBody.from_bytes(b"[2]"), **details))
+        first_id = outcomes[0].payload_id
+        with engine.connect() as conn:
+            payload_rows = conn.execute(
+                select(callback_payloads)
+                .where(callback_payloads.c.request_id == new.request_id)
+                .order_by(callback_payloads.c.payload_id)
+            ).all()
+            rows = [
+                {
+                    **row._asdict(),
+                    "payload_id": row.payload_id - first_id,
+                    "request_id": None,
+                    "received_at": None,
+                    "body": landing.read_payload_body(conn, row.payload_id),
+                    "chunks": conn.execute(
+                        select(func.count()).where(callback_payload_chunks.c.payload_id == row.payload_id)
+                    ).scalar_one(),
+                }
+                for row in payload_rows
+            ]
+            request = conn.execute(
+                select(export_requests).where(export_requests.c.request_id == new.request_id)
+            ).one()
+        summary = [(o.payload_id - first_id, o.duplicate, o.late) for o in outcomes]
+        return summary, [*rows, (request.state, request.error, request.received_at is not None)]
+
+    one_statement = deliveries(landing._store_in_one_statement)
+    steps = deliveries(landing._store_in_steps)
+    engine.dispose()
+    assert one_statement == steps
+    # ids relative to the first; the refused duplicate used up a sequence value on both paths
+    assert one_statement[0] == [(0, False, False), (0, True, False), (2, False, False), (3, False, True)]
+
+
+@pytest.mark.postgres
+def test_one_statement_storage_refuses_an_unknown_request(pg_url: str) -> None:
+    engine = create_db_engine(pg_url)
+    with pytest.raises(StateTransitionError, match="does not exist"):
+        landing.store_callback(engine, str(uuid.uuid4()), landing.CallbackBody.from_bytes(b"[1]"))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(callback_payloads)).scalar_one() == 0
+    engine.dispose()
