@@ -298,7 +298,7 @@ def store_callback(
     :data:`_STORE_IN_ONE_STATEMENT` (one round trip instead of six, prepared by psycopg after a few
     uses); everything else goes through :func:`_store_in_steps`. Both leave identical rows.
     """
-    details = {
+    details: dict[str, Any] = {
         "content_type": content_type,
         "unique_id": unique_id,
         "client_addr": client_addr,
