@@ -5,7 +5,8 @@ For each size (100k and 1M synthetic records from the simulator's generator, ~54
 1. the payload is landed through ``landing.store_callback`` (not timed);
 2. a fresh child process runs ``warehouse.load_payload`` (timed: end-to-end rows/s; its peak RSS is
    the load's alone);
-3. the physical reference, in the same run: the final ``dial_status`` rows, copied out as CSV, are
+3. the machine's 1-minute load average around the load (the box is shared: read ratios, not absolutes);
+4. the physical reference, in the same run: the final ``dial_status`` rows, copied out as CSV, are
    ``COPY``-ed into a new table with the same primary key (and, second figure, with all of
    ``dial_status``'s indexes). On SQLite the reference is ``executemany`` INSERT of the same rows.
 
@@ -138,7 +139,9 @@ def bench(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
     with body.file:
         stored = landing.store_callback(engine, request.request_id, body, content_type="application/json")
     engine.dispose()
+    load_before = os.getloadavg()[0]
     load = run_load(url, stored.payload_id)
+    machine_load = max(load_before, os.getloadavg()[0])
     reference = pg_reference(url, count) if database == "postgresql" else sqlite_reference(url, count)
     rows_per_s = count / load["seconds"]
     return {
@@ -150,6 +153,8 @@ def bench(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
         "peak_rss_mb": load["peak_rss_mb"],
         **{f"{name}_rows_per_s": value for name, value in reference.items()},
         "ratio": rows_per_s / reference["reference_pk"],
+        "load_avg_1m": machine_load,
+        "cpus": os.cpu_count(),
         "counts": load["result"],
     }
 
@@ -199,7 +204,7 @@ def main() -> None:
 def print_row(row: dict[str, Any]) -> None:
     header = (
         f"{'database':<11}{'records':>9}{'MB':>7}{'seconds':>9}{'rows/s':>9}{'ref PK rows/s':>15}"
-        f"{'ratio':>7}{'ref all-idx rows/s':>20}{'peak RSS MB':>13}"
+        f"{'ratio':>7}{'ref all-idx rows/s':>20}{'peak RSS MB':>13}{'load/CPUs':>11}"
     )
     if not getattr(print_row, "printed", False):
         print(header)
@@ -208,7 +213,8 @@ def print_row(row: dict[str, Any]) -> None:
     print(
         f"{row['database']:<11}{row['records']:>9}{row['payload_mb']:>7.0f}{row['seconds']:>9.1f}"
         f"{row['rows_per_s']:>9.0f}{row['reference_pk_rows_per_s']:>15.0f}{row['ratio']:>7.2f}"
-        f"{(f'{all_indexes:.0f}' if all_indexes else '-'):>20}{row['peak_rss_mb']:>13.0f}",
+        f"{(f'{all_indexes:.0f}' if all_indexes else '-'):>20}{row['peak_rss_mb']:>13.0f}"
+        f"{row['load_avg_1m']:>7.1f}/{row['cpus']:<3}",
         flush=True,
     )
 
