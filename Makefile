@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock test test-fast lint format demo bench bench-receiver clean
+.PHONY: install lock test test-fast lint format demo airflow airflow-stop bench bench-receiver clean
 
 install: $(STAMP)
 
@@ -39,6 +39,14 @@ format: install
 
 demo: install
 	$(PY) -m cloudagent_etl.demo
+
+# The local stack without Docker (Airflow api-server/scheduler/dag-processor/triggerer, receiver, simulator),
+# detached on loopback under data/airflow-local; `make airflow-stop` stops exactly what it started.
+airflow: install
+	$(PY) -m cloudagent_etl.localstack start
+
+airflow-stop:
+	$(PY) -m cloudagent_etl.localstack stop
 
 bench: install
 	$(PY) -m benchmarks.bench_load

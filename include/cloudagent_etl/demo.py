@@ -17,91 +17,30 @@ only ever run as a subprocess (this package never imports it).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import Engine, func, select
 
 from cloudagent_etl import schema
 from cloudagent_etl.db import create_db_engine, migrate
-
-REPO = Path(__file__).resolve().parents[2]
-DEMO_USER = "demo_user"
-DEMO_API_KEY = "demo-api-key"
-DEMO_CAMPAIGNS = ("Sales", "Support", "Renewals")
-DAG_ID = "cloudagent_dial_status"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def _server(name: str, args: list[str], port: int, log_dir: Path, env: Mapping[str, str]) -> Iterator[str]:
-    """Run ``cloudagent-etl <args>`` in its own process group until the block exits; yield its base URL."""
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603  (our own CLI, fixed arguments)
-            [sys.executable, "-m", "cloudagent_etl.cli", *args, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not become healthy in 30 s; see {log_path}")
-            time.sleep(0.1)
-        print(f"  {name} listening on {base_url} (pid {process.pid}, log {log_path})")
-        yield base_url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-
-
-def _airflow(args: list[str], env: Mapping[str, str], log_path: Path) -> float:
-    """Run the venv's ``airflow <args>``, output to ``log_path``; return seconds taken (raise on failure)."""
-    started = time.perf_counter()
-    with log_path.open("ab") as log:
-        result = subprocess.run(  # noqa: S603  (the venv's airflow, fixed arguments)
-            [str(Path(sys.executable).with_name("airflow")), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            check=False,
-        )
-    if result.returncode != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"`airflow {' '.join(args)}` failed ({result.returncode}); last lines:\n{tail}")
-    return time.perf_counter() - started
+from cloudagent_etl.localstack import (
+    DAG_ID,
+    DEMO_API_KEY,
+    DEMO_CAMPAIGNS,
+    DEMO_USER,
+    StartedProcess,
+    airflow_env,
+    free_port,
+    prepare_airflow_metadata,
+    run_airflow,
+    start_cloudagent_server,
+    stop_processes,
+)
 
 
 def latest_requests(engine: Engine) -> dict[str, Any]:
@@ -172,58 +111,35 @@ def run_demo(data_dir: Path) -> int:
     timings["migrate project database"] = time.perf_counter() - started
 
     server_env = {"CLOUDAGENT_DB_URL": db_url, "CLOUDAGENT_DATA_DIR": str(data_dir)}
-    with ExitStack() as servers:
-        simulator_url = servers.enter_context(
-            _server(
-                "simulator",
-                [
-                    "simulate",
-                    "--user",
-                    DEMO_USER,
-                    "--api-key",
-                    DEMO_API_KEY,
-                    "--campaigns",
-                    ",".join(DEMO_CAMPAIGNS),
-                ],
-                _free_port(),
-                data_dir,
-                server_env,
-            )
+    servers: list[StartedProcess] = []
+    urls: dict[str, str] = {}
+    try:
+        simulator_args = ["simulate", "--user", DEMO_USER, "--api-key", DEMO_API_KEY]
+        simulator_args += ["--campaigns", ",".join(DEMO_CAMPAIGNS)]
+        for name, args in (("simulator", simulator_args), ("receiver", ["receiver"])):
+            server, url = start_cloudagent_server(name, args, free_port(), data_dir, server_env)
+            servers.append(server)
+            urls[name] = url
+            print(f"  {name} listening on {url} (pid {server.pid}, log {server.log_path})")
+        env = airflow_env(
+            airflow_home,
+            metadata_db_url=f"sqlite:///{airflow_home / 'airflow.db'}",
+            warehouse_db_url=db_url,
+            api_connection={"host": urls["simulator"], "login": DEMO_USER, "password": DEMO_API_KEY},
+            callback_base_url=urls["receiver"],
+            campaigns=DEMO_CAMPAIGNS,
         )
-        receiver_url = servers.enter_context(
-            _server("receiver", ["receiver"], _free_port(), data_dir, server_env)
-        )
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(airflow_home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-            "AIRFLOW_CONN_CLOUDAGENT_DEFAULT": json.dumps(
-                {
-                    "conn_type": "cloudagent",
-                    "host": simulator_url,
-                    "login": DEMO_USER,
-                    "password": DEMO_API_KEY,
-                }
-            ),
-            "AIRFLOW_CONN_CLOUDAGENT_DB": db_url,
-            "AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS": json.dumps(list(DEMO_CAMPAIGNS)),
-            "CLOUDAGENT_CALLBACK_BASE_URL": receiver_url,
-        }
-        timings["airflow db migrate"] = _airflow(["db", "migrate"], env, log_path)
-        timings["airflow pools set"] = _airflow(
-            ["pools", "set", "cloudagent_api", "1", "CloudAgent API: one export request at a time"],
-            env,
-            log_path,
-        )
+        timings.update(prepare_airflow_metadata(env, log_path))
         today = date.today().isoformat()
         print(f"  running `airflow dags test {DAG_ID} {today}` (log {log_path}) ...")
         try:
-            timings["airflow dags test"] = _airflow(["dags", "test", DAG_ID, today], env, log_path)
+            timings["airflow dags test"] = run_airflow(["dags", "test", DAG_ID, today], env, log_path)
         except RuntimeError as exc:
             print(f"  {exc}")
+    finally:
+        survivors = stop_processes(servers)
+        if survivors:
+            print(f"  could not stop: {'; '.join(survivors)}")
     engine = create_db_engine(db_url)
     try:
         print(summary(engine))
