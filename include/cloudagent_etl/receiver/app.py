@@ -25,31 +25,31 @@ already loaded, failed or expired) is stored, flagged ``late`` and acknowledged,
 
 Access logs are ours (uvicorn's are off, they would print the token): one JSON object per request on the
 ``cloudagent_etl.receiver.access`` logger, with the token masked in the path.
+
+It is a plain ASGI app rather than a framework's: at a few hundred callbacks a second on two cores, a
+framework's routing, dependency and middleware layers cost as much CPU as storing the callback. Database
+work runs on a thread pool of :data:`DB_CONNECTIONS` threads, one pooled connection each.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
-import anyio
-import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+import orjson
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine, to_sqlalchemy_url
@@ -65,7 +65,9 @@ SHARED_TOKEN_HEADER = "x-callback-token"  # noqa: S105 - a header name
 #: Bodies up to this size stay in memory while spooled; bigger ones go to a file in ``spool_dir``.
 SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 RETRY_AFTER_S = 5
-#: Database connections per worker process, and the number of callbacks it writes at the same time.
+#: Database connections per worker process, and the number of callbacks it writes at the same time:
+#: more would only queue inside the database for the same two cores, and a pool with overflow opens and
+#: closes a connection per callback under load (a fork and a login on the server each time).
 DB_CONNECTIONS = 10
 #: Request headers kept with a payload (never tokens, cookies or authorization).
 STORED_HEADERS = (
@@ -79,8 +81,12 @@ STORED_HEADERS = (
     "x-real-ip",
     "x-request-id",
 )
+_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 T = TypeVar("T")
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
 
 
 class CallbackRejected(Exception):
@@ -93,32 +99,6 @@ class CallbackRejected(Exception):
         self.headers = headers
 
 
-@functools.cache
-def _database_threads() -> anyio.CapacityLimiter:
-    """One limiter per worker process (made lazily: it must be created inside the running event loop)."""
-    return anyio.CapacityLimiter(DB_CONNECTIONS)
-
-
-def _database_unavailable() -> CallbackRejected:
-    return CallbackRejected(503, "database unavailable, retry later", {"Retry-After": str(RETRY_AFTER_S)})
-
-
-async def _in_thread(engine_call: Callable[..., T], *args: Any) -> T:
-    """Run blocking database work off the event loop; a database that does not answer becomes a 503.
-
-    At most :data:`DB_CONNECTIONS` calls run at once (the pool's size): more would only queue inside
-    the database for the same two cores, and a pool with overflow opens and closes a connection per
-    callback under load (a fork and a login on the server each time).
-    """
-    try:
-        return await anyio.to_thread.run_sync(
-            functools.partial(engine_call, *args), limiter=_database_threads()
-        )
-    except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
-        log.warning("database unavailable: %s", type(exc.orig if hasattr(exc, "orig") else exc).__name__)
-        raise _database_unavailable() from None
-
-
 def mask_path(path: str) -> str:
     """The path with callback tokens replaced by ``***`` (keeps the request id of per-request URLs)."""
     if not path.startswith(CALLBACK_PATH + "/"):
@@ -128,122 +108,76 @@ def mask_path(path: str) -> str:
     return f"{CALLBACK_PATH}/{'/'.join(masked)}"
 
 
-class AccessLog:
-    """ASGI middleware: one JSON access-log line per HTTP request, token masked, body size counted."""
+@dataclass
+class Exchange:
+    """One HTTP request as the receiver sees it, and what it answered (for the access log)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    scope: Scope
+    receive: Receive
+    send: Send
+    headers: dict[str, str]
+    status: int | None = None
+    bytes_in: int = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: int | None = None
-        bytes_in = 0
+    @classmethod
+    def from_asgi(cls, scope: Scope, receive: Receive, send: Send) -> Exchange:
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))  # the first one wins
+        return cls(scope, receive, send, headers)
 
-        async def counting_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-            return message
+    @property
+    def client_host(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
 
-        async def status_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+    async def answer(
+        self, status: int, document: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        content = orjson.dumps(document)
+        raw_headers = [*_JSON_HEADERS, (b"content-length", str(len(content)).encode())]
+        raw_headers += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+        self.status = status
+        await self.send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await self.send({"type": "http.response.body", "body": content})
 
+    def stored_headers(self) -> dict[str, str]:
+        return {
+            name: self.headers[name].replace("\x00", "") for name in STORED_HEADERS if name in self.headers
+        }
+
+    async def spool_body(self, settings: ReceiverSettings) -> IO[bytes]:
+        """Stream the request body into a spool file, enforcing the size and idle-time limits.
+
+        Hashing happens later, in a database thread (:meth:`landing.CallbackBody.from_file`): ``hashlib``
+        releases the GIL on big buffers, and getting it back in the event loop stalls every other request.
+        """
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, dir=str(settings.spool_dir))  # noqa: SIM115
         try:
-            await self.app(scope, counting_receive, status_send)
-        finally:
-            client = scope.get("client")
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": mask_path(scope["path"]),
-                        "status": status,
-                        "ms": round((time.perf_counter() - started) * 1000, 1),
-                        "bytes_in": bytes_in,
-                        "client": client[0] if client else None,
-                    }
-                )
-            )
-
-
-async def spool_body(request: Request, settings: ReceiverSettings) -> IO[bytes]:
-    """Stream the request body into a spool file, enforcing the size and idle-time limits.
-
-    Hashing happens later, in the worker thread (:meth:`landing.CallbackBody.from_file`): ``hashlib``
-    releases the GIL on big buffers, and getting it back in the event loop stalls every other request.
-    """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, dir=str(settings.spool_dir))  # noqa: SIM115
-    size = 0
-    chunks = request.stream().__aiter__()
-    try:
-        while True:
-            with anyio.fail_after(settings.body_timeout_s):
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
-            spool.write(chunk)
-        if size == 0:
-            raise CallbackRejected(400, "empty body")
-    except TimeoutError:
-        spool.close()
-        raise CallbackRejected(408, f"no body data for {settings.body_timeout_s:g} s") from None
-    except ClientDisconnect:
-        spool.close()
-        raise CallbackRejected(400, "client disconnected before the body was complete") from None
-    except BaseException:
-        spool.close()
-        raise
-    return spool
-
-
-def _stored_headers(request: Request) -> dict[str, str]:
-    return {
-        name: request.headers[name].replace("\x00", "") for name in STORED_HEADERS if name in request.headers
-    }
-
-
-def _ingest(
-    engine: Engine,
-    write_lock: AbstractContextManager[Any],
-    request_id: str,
-    spool: IO[bytes],
-    request: Request,
-    unique_id: str | None,
-) -> landing.StoredCallback:
-    body = landing.CallbackBody.from_file(spool)
-    content_type = request.headers.get("content-type")
-    unique_id = unique_id or find_unique_id(body.file, content_type)
-    state = parse_state(body.file, body.size, content_type)
-    with write_lock:
-        return landing.store_callback(
-            engine,
-            request_id,
-            body,
-            content_type=content_type.replace("\x00", "") if content_type else None,
-            unique_id=unique_id,
-            client_addr=request.client.host if request.client else None,
-            headers=_stored_headers(request),
-            parse_state=state,
-        )
-
-
-def _stored_response(result: landing.StoredCallback) -> JSONResponse:
-    status = "duplicate" if result.duplicate else "stored"
-    return JSONResponse({"status": status, "payload_id": result.payload_id, "late": result.late})
+            more = True
+            while more:
+                async with asyncio.timeout(settings.body_timeout_s):
+                    message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    raise CallbackRejected(400, "client disconnected before the body was complete")
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                self.bytes_in += len(chunk)
+                if self.bytes_in > settings.max_body_bytes:
+                    raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
+                spool.write(chunk)
+            if self.bytes_in == 0:
+                raise CallbackRejected(400, "empty body")
+        except TimeoutError:
+            spool.close()
+            raise CallbackRejected(408, f"no body data for {settings.body_timeout_s:g} s") from None
+        except BaseException:
+            spool.close()
+            raise
+        return spool
 
 
 def _engine_for(settings: ReceiverSettings) -> Engine:
@@ -253,108 +187,184 @@ def _engine_for(settings: ReceiverSettings) -> Engine:
         # No pre-ping (two extra round trips per callback): a connection that died answers 503 once,
         # is dropped from the pool, and the sender's retry gets a fresh one.
         extra = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": False}
-    # Exactly as many connections as database threads (see _in_thread): none is opened per callback.
+    # Exactly one connection per database thread: none is ever opened for a single callback.
     return create_db_engine(
         url, pool_size=DB_CONNECTIONS, max_overflow=0, pool_timeout=10, hide_parameters=True, **extra
     )
 
 
-def create_app(settings: ReceiverSettings) -> FastAPI:
-    """The receiver as an ASGI app bound to ``settings`` (one engine per app, disposed at shutdown)."""
-    engine = _engine_for(settings)
-    # SQLite has one writer at a time: queueing writers on a lock here is fairer and faster than letting
-    # them poll SQLite's busy handler (its back-off sleeps up to 100 ms, which is what p99 would show).
-    write_lock: AbstractContextManager[Any] = (
-        threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
-    )
-    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+class Receiver:
+    """The receiver as an ASGI app bound to ``settings`` (routes and answers: see the module docstring)."""
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+    def __init__(self, settings: ReceiverSettings) -> None:
+        self.settings = settings
+        self.engine = _engine_for(settings)
+        self.database_threads = ThreadPoolExecutor(DB_CONNECTIONS, thread_name_prefix="receiver-db")
+        # SQLite has one writer at a time: queueing writers on a lock here is fairer and faster than letting
+        # them poll SQLite's busy handler (its back-off sleeps up to 100 ms, which is what p99 would show).
+        self.write_lock: AbstractContextManager[Any] = (
+            threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
+        settings.spool_dir.mkdir(parents=True, exist_ok=True)
 
-    app = FastAPI(
-        title="cloudagent-etl callback receiver",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-    app.add_middleware(AccessLog)
-
-    @app.exception_handler(CallbackRejected)
-    async def rejected(_request: Request, exc: CallbackRejected) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
-
-    async def ingest(request: Request, request_id: str, unique_id: str | None) -> JSONResponse:
-        spool = await spool_body(request, settings)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        exchange = Exchange.from_asgi(scope, receive, send)
         try:
-            result = await _in_thread(_ingest, engine, write_lock, request_id, spool, request, unique_id)
+            await self._route(exchange)
+        except CallbackRejected as rejected:
+            await exchange.answer(rejected.status_code, {"error": rejected.message}, rejected.headers)
+        except Exception:
+            log.exception("unexpected error on %s", mask_path(scope["path"]))
+            if exchange.status is None:
+                await exchange.answer(500, {"error": "internal error"})
         finally:
-            spool.close()
-        return _stored_response(result)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    orjson.dumps(
+                        {
+                            "method": scope["method"],
+                            "path": mask_path(scope["path"]),
+                            "status": exchange.status,
+                            "ms": round((time.perf_counter() - started) * 1000, 1),
+                            "bytes_in": exchange.bytes_in,
+                            "client": exchange.client_host,
+                        }
+                    ).decode()
+                )
 
-    @app.post(CALLBACK_PATH + "/{request_id}/{token}")
-    async def per_request_callback(request: Request, request_id: str, token: str) -> JSONResponse:
-        check = await _in_thread(landing.verify_callback_token, engine, request_id, token)
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.database_threads.shutdown(wait=True)
+                self.engine.dispose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, exchange: Exchange) -> None:
+        path: str = exchange.scope["path"]
+        method: str = exchange.scope["method"]
+        if path == "/healthz":
+            if method not in ("GET", "HEAD"):
+                raise CallbackRejected(405, "method not allowed", {"Allow": "GET"})
+            await self._healthz(exchange)
+            return
+        if path == CALLBACK_PATH or path.startswith(CALLBACK_PATH + "/"):
+            parts = path[len(CALLBACK_PATH) + 1 :].split("/") if path != CALLBACK_PATH else []
+            if any(not part for part in parts) or len(parts) > 2:
+                raise CallbackRejected(404, "not found")
+            if method != "POST":
+                raise CallbackRejected(405, "method not allowed", {"Allow": "POST"})
+            if len(parts) == 2:
+                await self._per_request_callback(exchange, *parts)
+            elif parts:
+                await self._shared_token_callback(exchange, parts[0])
+            else:
+                await self._shared_token_callback(exchange, exchange.headers.get(SHARED_TOKEN_HEADER))
+            return
+        raise CallbackRejected(404, "not found")
+
+    async def _in_thread(self, database_call: Callable[..., T], *args: Any) -> T:
+        """Run blocking database work on a database thread; a database that does not answer becomes a 503."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.database_threads, database_call, *args
+            )
+        except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
+            log.warning("database unavailable: %s", type(exc.orig if hasattr(exc, "orig") else exc).__name__)
+            raise CallbackRejected(
+                503, "database unavailable, retry later", {"Retry-After": str(RETRY_AFTER_S)}
+            ) from None
+
+    async def _per_request_callback(self, exchange: Exchange, request_id: str, token: str) -> None:
+        check = await self._in_thread(landing.verify_callback_token, self.engine, request_id, token)
         if check is landing.TokenCheck.UNKNOWN_REQUEST:
             raise CallbackRejected(404, "unknown request")
         if check is landing.TokenCheck.WRONG_TOKEN:
             raise CallbackRejected(401, "invalid token")
-        return await ingest(request, request_id, None)
+        spool = await exchange.spool_body(self.settings)
+        try:
+            result = await self._in_thread(self._ingest, request_id, spool, exchange, None)
+        finally:
+            spool.close()
+        await _answer_stored(exchange, result)
 
-    async def shared_token_callback(request: Request, token: str | None) -> JSONResponse:
-        if settings.shared_token is None:
+    async def _shared_token_callback(self, exchange: Exchange, token: str | None) -> None:
+        if self.settings.shared_token is None:
             raise CallbackRejected(404, "the fixed callback URL is not enabled")
-        expected = hashlib.sha256(settings.shared_token.get().encode()).digest()
+        expected = hashlib.sha256(self.settings.shared_token.get().encode()).digest()
         given = hashlib.sha256((token or "").encode("utf-8", errors="replace")).digest()
         if not hmac.compare_digest(expected, given):
             raise CallbackRejected(401, "invalid token")
-        spool = await spool_body(request, settings)
+        spool = await exchange.spool_body(self.settings)
         try:
-            unique_id = await anyio.to_thread.run_sync(
-                find_unique_id, spool, request.headers.get("content-type")
-            )
+            unique_id = await self._in_thread(find_unique_id, spool, exchange.headers.get("content-type"))
             if unique_id is None:
                 raise CallbackRejected(422, "no uniqueId in the body: cannot tell which request it answers")
-            deadline = time.monotonic() + settings.unique_id_wait_s
+            deadline = time.monotonic() + self.settings.unique_id_wait_s
             while (
-                request_id := await _in_thread(landing.find_request_by_unique_id, engine, unique_id)
+                request_id := await self._in_thread(landing.find_request_by_unique_id, self.engine, unique_id)
             ) is None:
                 if time.monotonic() >= deadline:
                     raise CallbackRejected(404, "unknown uniqueId")
-                await anyio.sleep(0.25)
-            result = await _in_thread(_ingest, engine, write_lock, request_id, spool, request, unique_id)
+                await asyncio.sleep(0.25)
+            result = await self._in_thread(self._ingest, request_id, spool, exchange, unique_id)
         finally:
             spool.close()
-        return _stored_response(result)
+        await _answer_stored(exchange, result)
 
-    @app.post(CALLBACK_PATH)
-    async def fixed_url_callback(request: Request) -> JSONResponse:
-        return await shared_token_callback(request, request.headers.get(SHARED_TOKEN_HEADER))
+    def _ingest(
+        self, request_id: str, spool: IO[bytes], exchange: Exchange, unique_id: str | None
+    ) -> landing.StoredCallback:
+        body = landing.CallbackBody.from_file(spool)
+        content_type = exchange.headers.get("content-type")
+        unique_id = unique_id or find_unique_id(body.file, content_type)
+        state = parse_state(body.file, body.size, content_type)
+        with self.write_lock:
+            return landing.store_callback(
+                self.engine,
+                request_id,
+                body,
+                content_type=content_type.replace("\x00", "") if content_type else None,
+                unique_id=unique_id,
+                client_addr=exchange.client_host,
+                headers=exchange.stored_headers(),
+                parse_state=state,
+            )
 
-    @app.post(CALLBACK_PATH + "/{token}")
-    async def fixed_url_callback_token_in_path(request: Request, token: str) -> JSONResponse:
-        return await shared_token_callback(request, token)
-
-    def landing_answers() -> bool:
-        with engine.connect() as conn:
+    def _landing_answers(self) -> bool:
+        with self.engine.connect() as conn:
             conn.execute(select(export_requests.c.request_id).limit(1)).all()
         return True
 
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
+    async def _healthz(self, exchange: Exchange) -> None:
         try:
-            await anyio.to_thread.run_sync(landing_answers, limiter=_database_threads())
+            await asyncio.get_running_loop().run_in_executor(self.database_threads, self._landing_answers)
         except SQLAlchemyError as exc:
             log.warning("health check failed: %s", type(exc).__name__)
-            return JSONResponse({"status": "unavailable"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+            await exchange.answer(503, {"status": "unavailable"})
+            return
+        await exchange.answer(200, {"status": "ok"})
 
-    return app
+
+async def _answer_stored(exchange: Exchange, result: landing.StoredCallback) -> None:
+    status = "duplicate" if result.duplicate else "stored"
+    await exchange.answer(200, {"status": status, "payload_id": result.payload_id, "late": result.late})
 
 
-def create_app_from_env() -> FastAPI:
+def create_app(settings: ReceiverSettings) -> Receiver:
+    """The receiver as an ASGI app bound to ``settings`` (one engine per app, disposed at shutdown)."""
+    return Receiver(settings)
+
+
+def create_app_from_env() -> Receiver:
     """App factory for uvicorn (``--factory``): settings from the environment of each worker process."""
     return create_app(ReceiverSettings.from_env())
