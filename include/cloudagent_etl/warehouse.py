@@ -29,6 +29,12 @@ batch, rows go to a TEMP staging table (PostgreSQL: ``COPY`` of CSV written by p
 with the session in UTC; SQLite: ``executemany``), then two set-based upserts (history, current) run
 from it. ``previous_load_run_id``, written by the upsert, tells inserted / updated / rewritten apart in
 ``RETURNING`` on both databases.
+
+Where the time goes (``make bench``; 100k rows, PostgreSQL 15, 2 cores): the server spends ~2.0 s CPU
+(stage COPY ~0.3 s, history upsert ~0.6 s, current upsert with its four indexes ~1.0 s), the client
+~1.5 s (parse + typing), the two overlapped. Each upsert costs about what a COPY into its table would,
+so writing two tables bounds the ratio to the one-table COPY reference near 0.35-0.4. Splitting the
+history upsert into UPDATE + INSERT ... WHERE NOT EXISTS was measured slower (+0.3 s CPU) and dropped.
 """
 
 from __future__ import annotations
