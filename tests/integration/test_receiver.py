@@ -158,6 +158,31 @@ def test_wrong_token_or_unknown_request_store_nothing(receiver: ReceiverHandle) 
     assert new.token.get() not in receiver.log()
 
 
+def test_other_routes_and_methods_get_short_json_errors(receiver: ReceiverHandle) -> None:
+    new = new_request(receiver.db_url)
+    base = receiver.base_url
+    callback = receiver.callback_url(new)
+    cases = {
+        ("GET", callback): 405,
+        ("PUT", f"{base}/callbacks/dial-status"): 405,
+        ("POST", f"{base}/healthz"): 405,
+        ("POST", f"{base}/callbacks/dial-status/{new.request_id}/{new.token.get()}/extra"): 404,
+        ("POST", f"{base}/callbacks/dial-status//{new.token.get()}"): 404,
+        ("POST", f"{base}/callbacks/dial-status-other"): 404,
+        ("POST", f"{base}/"): 404,
+    }
+    for (method, url), expected in cases.items():
+        response = httpx.request(method, url, content=b"[1]")
+        assert response.status_code == expected, (method, url)
+        assert set(response.json()) == {"error"}
+        if expected == 405:
+            assert response.headers["allow"] in {"GET", "POST"}
+    assert httpx.head(f"{base}/healthz").status_code == 200
+    assert payloads(receiver.db_url) == []
+    assert state(receiver.db_url, new.request_id) == "requested"
+    assert new.token.get() not in receiver.log()
+
+
 def test_sql_metacharacters_in_every_field_are_just_data(receiver: ReceiverHandle) -> None:
     evil = "'; DROP TABLE callback_payloads; --\"`\\"
     new = new_request(receiver.db_url)
