@@ -125,7 +125,7 @@ def _members(groups: Iterable[int]) -> list[psutil.Process]:
     return found
 
 
-def leftovers(started: Iterable[StartedProcess]) -> list[psutil.Process]:
+def still_running(started: Iterable[StartedProcess]) -> list[psutil.Process]:
     """What is still running of ``started``: each leader and anything else in its process group."""
     started = list(started)
     alive = {process.pid: process for process in _members(s.pid for s in started)}
@@ -171,7 +171,8 @@ def stop_processes(started: Sequence[StartedProcess], timeout: float = 30) -> li
         _signal_groups(groups, signal.SIGKILL)
         time.sleep(0.5)
     _reap()
-    return [f"{p.pid} {_describe(p)}" for p in [*_members(groups), *leftovers(started)]]
+    survivors = {p.pid: p for p in [*_members(groups), *still_running(started)]}
+    return [f"{pid} {_describe(p)}" for pid, p in sorted(survivors.items())]
 
 
 def _reap() -> None:
@@ -374,7 +375,7 @@ def running_stack(settings: StackSettings) -> StackState | None:
     if not settings.state_path.exists():
         return None
     state = StackState.load(settings.state_path)
-    return state if leftovers(state.processes) else None
+    return state if still_running(state.processes) else None
 
 
 def _airflow_health(base_url: str) -> bool:
@@ -406,6 +407,47 @@ def _dag_registered(base_url: str, state: StackState) -> bool:
         return False
     headers = {"Authorization": f"Bearer {api_token(base_url, password)}"}
     return httpx.get(f"{base_url}/api/v2/dags/{DAG_ID}", headers=headers, timeout=5).status_code == 200
+
+
+def stack_airflow_env(
+    settings: StackSettings, receiver_url: str, simulator_url: str | None
+) -> dict[str, str]:
+    """The environment of every Airflow process of the stack (and of ``localstack airflow ...`` commands)."""
+    if settings.real_api is None:
+        assert simulator_url is not None, "the stack runs the simulator when no real CloudAgent is configured"
+        api_connection = {"host": simulator_url, "login": DEMO_USER, "password": DEMO_API_KEY}
+    else:
+        api_connection = dict(settings.real_api)
+    airflow_url = f"http://{LOOPBACK}:{settings.airflow_port}"
+    return {
+        **airflow_env(
+            settings.airflow_home,
+            metadata_db_url=settings.metadata_db_url,
+            warehouse_db_url=settings.warehouse_db_url,
+            api_connection=api_connection,
+            callback_base_url=settings.callback_base_url or receiver_url,
+            campaigns=settings.campaigns,
+        ),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "8",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_url}/execution/",
+        "AIRFLOW__API__BASE_URL": airflow_url,
+        "AIRFLOW__API__HOST": LOOPBACK,
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        # Every component signs and checks task and UI tokens with the same key, kept in the Airflow home.
+        "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(settings.airflow_home),
+    }
+
+
+def _jwt_secret(airflow_home: Path) -> str:
+    path = airflow_home / "jwt_secret"
+    if not path.exists():
+        airflow_home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def start_stack(settings: StackSettings, timeout: float = 240) -> StackState:
@@ -453,34 +495,12 @@ def start_stack(settings: StackSettings, timeout: float = 240) -> StackState:
             )
             started.append(simulator)
             record(simulator_url=simulator_url)
-            api_connection = {"host": simulator_url, "login": DEMO_USER, "password": DEMO_API_KEY}
-        else:
-            api_connection = dict(settings.real_api)
         receiver, receiver_url = start_cloudagent_server(
             "receiver", ["receiver"], settings.receiver_port, log_dir, server_env
         )
         started.append(receiver)
         record(receiver_url, simulator_url)
-        env = {
-            **airflow_env(
-                settings.airflow_home,
-                metadata_db_url=settings.metadata_db_url,
-                warehouse_db_url=settings.warehouse_db_url,
-                api_connection=api_connection,
-                callback_base_url=settings.callback_base_url or receiver_url,
-                campaigns=settings.campaigns,
-            ),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "8",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_url}/execution/",
-            "AIRFLOW__API__BASE_URL": airflow_url,
-            "AIRFLOW__API__HOST": LOOPBACK,
-            "AIRFLOW__API__PORT": str(settings.airflow_port),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
-            # Every component signs or checks task and UI tokens with the same key; a fresh one per start.
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        }
+        env = stack_airflow_env(settings, receiver_url, simulator_url)
         timings.update(prepare_airflow_metadata(env, log_dir / "airflow-setup.log"))
         components = {
             "api-server": ["api-server"],
@@ -546,9 +566,19 @@ def describe(state: StackState) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cloudagent_etl.localstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("action", choices=["start", "stop", "status"])
-    action = parser.parse_args(argv).action
-    settings = StackSettings.from_env()
+    parser.add_argument("action", choices=["start", "stop", "status", "airflow"])
+    parser.add_argument("airflow_args", nargs=argparse.REMAINDER, help="after `airflow`: its CLI arguments")
+    parsed = parser.parse_args(argv)
+    action, settings = parsed.action, StackSettings.from_env()
+    if action == "airflow":
+        # The stack's own environment, so that e.g. `airflow backfill create` uses its metadata DB.
+        state = running_stack(settings)
+        if state is None:
+            print("the local stack is not running (make airflow)", file=sys.stderr)
+            return 3
+        env = stack_airflow_env(settings, state.receiver_url, state.simulator_url)
+        command = [str(VENV_BIN / "airflow"), *parsed.airflow_args]
+        return subprocess.run(command, env=env, check=False).returncode  # noqa: S603
     if action == "start":
         print(f"starting the local Airflow stack in {settings.data_dir} ...")
         try:

@@ -1,0 +1,302 @@
+"""The local stack (``make airflow``) for real: start/stop cycle, and a backfill through the real scheduler.
+
+One stack per module, started and stopped through ``python -m cloudagent_etl.localstack`` exactly as the
+Makefile does, in a temporary folder on free ports, with PostgreSQL for the warehouse and for Airflow's
+metadata. The tests run in file order: the stack answers, a three-day backfill lands the simulator's
+ground truth, then ``stop`` leaves nothing behind. The fixture stops whatever is still recorded on every
+exit path and asserts that none of the recorded process groups survived.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from cloudagent_etl import schema
+from cloudagent_etl.db import create_db_engine, to_sqlalchemy_url
+from cloudagent_etl.localstack import (
+    DAG_ID,
+    StackSettings,
+    StackState,
+    api_token,
+    free_port,
+    still_running,
+    stop_stack,
+)
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from tests.dags.test_dial_status_e2e import Sync, assert_warehouse_matches
+from tests.plugins.simulator import SimulatorHandle
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+CAMPAIGNS = ("Alpha", "Beta", "Gamma")
+#: Logical dates 2025-06-01/02/03 22:00 UTC: the nightly windows ending 2025-06-02/03/04 03:30 IST.
+BACKFILL = {"from_date": "2025-06-01T00:00:00+00:00", "to_date": "2025-06-03T23:59:00+00:00"}
+#: Long enough that the wait task finds no callback yet and defers, short enough to keep the test quick.
+CALLBACK_DELAY_S = 15.0
+
+
+@dataclass
+class Stack:
+    """A running local stack, its settings and an authenticated REST API client."""
+
+    settings: StackSettings
+    state: StackState
+    env: dict[str, str]
+    api: httpx.Client
+    engine: Engine
+    start_seconds: float
+
+    def localstack(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``python -m cloudagent_etl.localstack <args>`` (what ``make airflow`` runs) for this stack."""
+        command = [sys.executable, "-m", "cloudagent_etl.localstack", *args]
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=300, check=False)
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.api.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+    def runs(self) -> list[dict]:
+        return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns", limit=100)["dag_runs"]
+
+    def task_instances(self, task_id: str, **params: Any) -> list[dict]:
+        found = self.get(
+            f"/api/v2/dags/{DAG_ID}/dagRuns/~/taskInstances", task_id=task_id, limit=100, **params
+        )
+        return found["task_instances"]
+
+
+def _create_database(admin: Engine, template: str | None = None) -> str:
+    name = f"cloudagent_stack_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    return name
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str, pg_template: str) -> Iterator[Stack]:
+    admin = create_engine(to_sqlalchemy_url(pg_server_url), isolation_level="AUTOCOMMIT")
+    databases = [_create_database(admin, pg_template), _create_database(admin)]
+    # Airflow gets a plain postgresql:// URL (its own driver); ours become psycopg 3 URLs in db.py.
+    warehouse_url, metadata_url = (
+        make_url(pg_server_url).set(database=name).render_as_string(hide_password=False) for name in databases
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDAGENT_", "AIRFLOW"))}
+    env.update(
+        {
+            "CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path_factory.mktemp("localstack")),
+            "CLOUDAGENT_AIRFLOW_PORT": str(free_port()),
+            "CLOUDAGENT_RECEIVER_PORT": str(free_port()),
+            "CLOUDAGENT_SIMULATOR_PORT": str(free_port()),
+            "CLOUDAGENT_DB_URL": warehouse_url,
+            "CLOUDAGENT_AIRFLOW_DB_URL": metadata_url,
+            "CLOUDAGENT_CAMPAIGNS": ",".join(CAMPAIGNS),
+        }
+    )
+    settings = StackSettings.from_env(env)
+    began = time.perf_counter()
+    started = subprocess.run(
+        [sys.executable, "-m", "cloudagent_etl.localstack", "start"],
+        env=env, capture_output=True, text=True, timeout=360, check=False,
+    )  # fmt: skip
+    start_seconds = time.perf_counter() - began
+    print(f"\nlocal stack started in {start_seconds:.1f} s:\n{started.stdout}")
+    recorded = StackState.load(settings.state_path).processes if settings.state_path.exists() else ()
+    engine = create_db_engine(warehouse_url)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        state = StackState.load(settings.state_path)
+        password = state.admin_password()
+        assert password, "the api-server generated no admin password"
+        headers = {"Authorization": f"Bearer {api_token(state.airflow_url, password)}"}
+        with httpx.Client(base_url=state.airflow_url, headers=headers, timeout=30) as api:
+            yield Stack(settings, state, env, api, engine, start_seconds)
+    finally:
+        engine.dispose()
+        survivors = stop_stack(settings) if settings.state_path.exists() else []
+        left = still_running(recorded)
+        with admin.connect() as conn:
+            for name in databases:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        assert survivors == [], f"processes left running after stop: {survivors}"
+        assert left == [], f"recorded processes still running: {left}"
+
+
+def _simulator(stack: Stack) -> SimulatorHandle:
+    """A handle on the stack's simulator (its control endpoints only need the base URL)."""
+    assert stack.state.simulator_url is not None
+
+    @dataclass
+    class At:
+        base_url: str
+
+    return SimulatorHandle(server=At(stack.state.simulator_url))  # type: ignore[arg-type]
+
+
+def test_the_stack_answers_on_loopback_and_a_second_start_starts_nothing(stack: Stack) -> None:
+    health = stack.get("/api/v2/monitor/health")
+    assert {part: health[part]["status"] for part in ("scheduler", "triggerer", "dag_processor")} == {
+        "scheduler": "healthy",
+        "triggerer": "healthy",
+        "dag_processor": "healthy",
+    }
+    assert stack.get(f"/api/v2/dags/{DAG_ID}")["is_paused"] is False
+    assert stack.get("/api/v2/pools/cloudagent_api")["slots"] == 1
+    for url in (stack.state.receiver_url, stack.state.simulator_url):
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    assert [p.name for p in stack.state.processes] == [
+        "simulator", "receiver", "api-server", "scheduler", "dag-processor", "triggerer"
+    ]  # fmt: skip
+    listening = {
+        (conn.laddr.ip, conn.laddr.port)
+        for process in still_running(stack.state.processes)
+        for conn in process.net_connections(kind="inet")
+        if conn.status == "LISTEN"
+    }
+    assert listening, "no listening socket found: the check would prove nothing"
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}
+
+    again = stack.localstack("start")
+
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout
+    assert StackState.load(stack.settings.state_path) == stack.state
+
+
+def _wait_for(what: str, done: Callable[[], bool], timeout: float, on_poll: Callable[[], None]) -> float:
+    began = time.monotonic()
+    while not done():
+        on_poll()
+        assert time.monotonic() - began < timeout, f"{what}: not done after {timeout:.0f} s"
+        time.sleep(1)
+    return time.monotonic() - began
+
+
+def _backfill_finished(stack: Stack) -> bool:
+    backfills = stack.get("/api/v2/backfills", dag_id=DAG_ID)["backfills"]
+    runs = stack.runs()
+    return (
+        bool(backfills)
+        and all(b["completed_at"] for b in backfills)
+        and all(run["state"] in ("success", "failed") for run in runs)
+    )
+
+
+def _table(engine: Engine, table) -> list[tuple]:
+    with engine.connect() as conn:
+        return sorted(tuple(row) for row in conn.execute(select(table)))
+
+
+@pytest.mark.timeout(600)
+def test_a_three_day_backfill_through_the_scheduler_lands_the_ground_truth_once(stack: Stack) -> None:
+    simulator = _simulator(stack)
+    simulator.configure(callback_delay_s=CALLBACK_DELAY_S)
+    deferred: dict[tuple[str, int], dict] = {}
+
+    def watch_deferrals() -> None:
+        for ti in stack.task_instances("campaign.wait_for_callback", state="deferred"):
+            deferred[(ti["dag_run_id"], ti["map_index"])] = ti
+
+    began = time.monotonic()
+    created = stack.localstack(
+        "airflow", "backfill", "create", "--dag-id", DAG_ID,
+        "--from-date", BACKFILL["from_date"], "--to-date", BACKFILL["to_date"],
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    _wait_for("the backfill", lambda: _backfill_finished(stack), 420, watch_deferrals)
+    backfill_seconds = time.monotonic() - began
+
+    runs = stack.runs()
+    backfill_runs = sorted(run["logical_date"] for run in runs if run["run_type"] == "backfill")
+    assert len(backfill_runs) == 3
+    assert {run["state"] for run in runs} == {"success"}, runs
+    # (a) the warehouse is exactly what the simulator sent (every accepted request, backfill and nightly).
+    sync = Sync(stack.engine, simulator, dags={})
+    assert_warehouse_matches(sync)
+    backfill_requests = [r for r in sync.requests() if r.run_id.startswith("backfill__")]
+    assert {(r.campaign_name, r.state) for r in backfill_requests} == {(c, "loaded") for c in CAMPAIGNS}
+    windows = sorted({(r.window_start, r.window_end) for r in backfill_requests})
+    assert len(windows) == 3
+    assert len(backfill_requests) == 9
+    for (_, end), (next_start, _) in itertools.pairwise(windows):
+        assert next_start == end - timedelta(minutes=15)  # contiguous, with the default look-back
+    # (b) one export request at a time (the pool), never more than 10 in any 60 s (the limiter).
+    arrivals = sorted(entry["arrived_at"] for entry in simulator.requests_log())
+    assert max(sum(1 for t in arrivals if start <= t < start + 60) for start in arrivals) <= 10
+    assert "Max limit exceeded" not in {entry["message"] for entry in simulator.requests_log()}
+    requested = stack.task_instances("campaign.request_export")
+    assert len(requested) == len(arrivals) == 3 * (len(runs))
+    intervals = sorted((ti["start_date"], ti["end_date"]) for ti in requested)
+    for (_, end), (next_start, _) in itertools.pairwise(intervals):
+        assert end <= next_start, intervals
+    # (c) every wait of the backfill was deferred to a trigger that the triggerer ran.
+    waits = [
+        ti
+        for ti in stack.task_instances("campaign.wait_for_callback")
+        if ti["dag_run_id"].startswith("backfill__")
+    ]
+    assert len(waits) == 9
+    assert {ti["state"] for ti in waits} == {"success"}
+    assert {(ti["dag_run_id"], ti["map_index"]) for ti in waits} <= set(deferred)
+    for ti in deferred.values():
+        assert ti["trigger"]["classpath"].endswith("CallbackArrivedTrigger")
+        assert ti["triggerer_job"]["job_type"] == "TriggererJob"
+    print(f"\nbackfill of 3 days x {len(CAMPAIGNS)} campaigns took {backfill_seconds:.1f} s")
+
+    # (d) the same backfill again (reprocess completed runs) changes nothing in the warehouse.
+    before = {name: _table(stack.engine, table) for name, table in _warehouse_tables().items()}
+    first_loads = _loads(stack.engine)
+    response = stack.api.post(
+        "/api/v2/backfills",
+        json={"dag_id": DAG_ID, **BACKFILL, "reprocess_behavior": "completed", "max_active_runs": 3},
+    )
+    assert response.status_code == 200, response.text
+    began = time.monotonic()
+    _wait_for("the second backfill", lambda: _backfill_finished(stack), 420, lambda: None)
+    print(f"the same backfill again took {time.monotonic() - began:.1f} s")
+
+    assert {run["state"] for run in stack.runs()} == {"success"}
+    assert {name: _table(stack.engine, table) for name, table in _warehouse_tables().items()} == before
+    again = [load for key, load in _loads(stack.engine).items() if key not in first_loads]
+    assert len(again) == 9
+    assert {(load.inserted, load.updated, load.rejected) for load in again} == {(0, 0, 0)}
+    rows_in = sorted((r.campaign_name, r.window_start, r.rows_in) for r in first_loads.values())
+    assert sorted((r.campaign_name, r.window_start, r.rows_in) for r in again) == rows_in
+
+
+def _warehouse_tables() -> dict[str, Any]:
+    return {"dial_status": schema.dial_status, "dial_status_history": schema.dial_status_history}
+
+
+def _loads(engine: Engine) -> dict[str, Any]:
+    """Every load of a backfill request, keyed by load run id, with the request's campaign and window."""
+    requests, runs = schema.export_requests, schema.load_runs
+    query = (
+        select(runs, requests.c.campaign_name, requests.c.window_start)
+        .join(requests, requests.c.request_id == runs.c.request_id)
+        .where(requests.c.run_id.like("backfill\\_\\_%", escape="\\"))
+    )
+    with engine.connect() as conn:
+        return {row.load_run_id: row for row in conn.execute(query)}
+
+
+def test_stop_stops_every_recorded_process_and_removes_the_state(stack: Stack) -> None:
+    stopped = stack.localstack("stop")
+
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert still_running(stack.state.processes) == []
+    assert not stack.settings.state_path.exists()
