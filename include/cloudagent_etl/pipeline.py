@@ -239,16 +239,18 @@ def load_request(engine: Engine, request_id: str, *, timezone: str) -> dict[str,
 def requests_to_reprocess(
     engine: Engine, campaigns: Iterable[str], window_start: datetime, window_end: datetime
 ) -> list[str]:
-    """Ids of the landed requests of ``campaigns`` whose window overlaps ``[window_start, window_end)``.
+    """Ids of the requests of ``campaigns`` with landed payloads whose window overlaps the given one.
 
-    Oldest window first, so the log reads in time order (the merge keeps the newest version regardless).
+    Any state counts, so a late callback of an ``expired`` or ``failed`` request is loaded too. Oldest
+    window first, so the log reads in time order (the merge keeps the newest version regardless).
     """
     requests = schema.export_requests
+    payloads = schema.callback_payloads
     query = (
         select(requests.c.request_id)
         .where(
             requests.c.campaign_name.in_(list(campaigns)),
-            requests.c.state.in_(LANDED_STATES),
+            select(payloads.c.payload_id).where(payloads.c.request_id == requests.c.request_id).exists(),
             requests.c.window_start < window_end,
             requests.c.window_end > window_start,
         )

@@ -226,8 +226,12 @@ def test_requests_to_reprocess_picks_landed_requests_overlapping_the_window(engi
     other_campaign = _requested(engine, api_settings, "Support")
     landing.store_callback(engine, other_campaign, landing.CallbackBody.from_bytes(b"[]"))
     _requested(engine, api_settings, "Sales")  # never called back: nothing to reprocess
+    expired = _requested(engine, api_settings, "Sales")
+    assert pipeline.expire_request(engine, expired, waited_minutes=60)
+    late = landing.store_callback(engine, expired, landing.CallbackBody.from_bytes(b"[1]"))
+    assert late.late  # the callback came after the wait gave up: stored, flagged, and reprocessable
 
-    assert pipeline.requests_to_reprocess(engine, ["Sales"], *WINDOW) == [landed]
+    assert pipeline.requests_to_reprocess(engine, ["Sales"], *WINDOW) == [landed, expired]
     assert (
         pipeline.requests_to_reprocess(engine, ["Sales", "Support"], WINDOW[1], WINDOW[1] + timedelta(days=1))
         == []
@@ -236,7 +240,7 @@ def test_requests_to_reprocess_picks_landed_requests_overlapping_the_window(engi
         pipeline.requests_to_reprocess(
             engine, ["Sales", "Support"], WINDOW[0] - timedelta(hours=1), WINDOW[0] + timedelta(hours=1)
         )
-    ) == {landed, other_campaign}
+    ) == {landed, other_campaign, expired}
 
 
 # ------------------------------------------------------------------------------------------ quality
