@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,6 +42,7 @@ from tests.plugins.simulator import SimulatorHandle
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
+REPO = Path(__file__).resolve().parents[2]
 CAMPAIGNS = ("Alpha", "Beta", "Gamma")
 #: Logical dates 2025-06-01/02/03 22:00 UTC: the nightly windows ending 2025-06-02/03/04 03:30 IST.
 BACKFILL = {"from_date": "2025-06-01T00:00:00+00:00", "to_date": "2025-06-03T23:59:00+00:00"}
@@ -300,3 +302,33 @@ def test_stop_stops_every_recorded_process_and_removes_the_state(stack: Stack) -
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert still_running(stack.state.processes) == []
     assert not stack.settings.state_path.exists()
+
+
+@pytest.mark.timeout(600)
+def test_make_airflow_then_airflow_stop_on_the_embedded_sqlite_default(tmp_path) -> None:
+    """The literal Makefile targets, with SQLite for the warehouse and for Airflow's metadata."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDAGENT_", "AIRFLOW"))}
+    env["CLOUDAGENT_LOCALSTACK_DIR"] = str(tmp_path)
+    for name in ("AIRFLOW", "RECEIVER", "SIMULATOR"):
+        env[f"CLOUDAGENT_{name}_PORT"] = str(free_port())
+    settings = StackSettings.from_env(env)
+    make = ["make", "-C", str(REPO)]
+    recorded: tuple = ()
+    try:
+        started = subprocess.run([*make, "airflow"], env=env, capture_output=True, text=True, timeout=360)
+        assert started.returncode == 0, started.stdout + started.stderr
+        state = StackState.load(settings.state_path)
+        recorded = state.processes
+        assert f"login: admin / {state.admin_password()}" in started.stdout
+        health = httpx.get(f"{state.airflow_url}/api/v2/monitor/health", timeout=10).json()
+        assert health["metadatabase"]["status"] == "healthy"
+        assert (tmp_path / "airflow" / "airflow.db").exists()
+        assert (tmp_path / "cloudagent.db").exists()
+    finally:
+        stopped = subprocess.run(
+            [*make, "airflow-stop"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert len(recorded) == 6
+    assert still_running(recorded) == []
+    assert not settings.state_path.exists()
