@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -307,4 +308,29 @@ def test_one_statement_storage_refuses_an_unknown_request(pg_url: str) -> None:
         landing.store_callback(engine, str(uuid.uuid4()), landing.CallbackBody.from_bytes(b"[1]"))
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(callback_payloads)).scalar_one() == 0
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_concurrent_deliveries_to_one_request_are_stored_once_each(pg_url: str) -> None:
+    """Racing deliveries (same body and different bodies) through the single-statement path."""
+    engine = create_db_engine(pg_url, pool_size=8)
+    new = new_request(engine)
+    bodies = [b"[0]"] * 8 + [b"[%d]" % n for n in range(1, 9)]
+
+    def deliver(body: bytes) -> landing.StoredCallback:
+        return landing.store_callback(engine, new.request_id, landing.CallbackBody.from_bytes(body))
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(deliver, bodies))
+    same_body = outcomes[:8]
+    assert len({outcome.payload_id for outcome in same_body}) == 1
+    assert sorted(outcome.duplicate for outcome in same_body) == [False] + [True] * 7
+    assert not any(outcome.duplicate for outcome in outcomes[8:])
+    with engine.connect() as conn:
+        stored = {
+            landing.read_payload_body(conn, pid) for pid in landing.received_payload_ids(conn, new.request_id)
+        }
+    assert stored == set(bodies)
+    assert state_of(engine, new.request_id) == "received"
     engine.dispose()
