@@ -1,4 +1,4 @@
-"""The ``cloudagent-etl`` command: receiver, simulate, migrate and demo helpers.
+"""The ``cloudagent-etl`` command: migrate, data-dictionary, receiver, simulate.
 
 Each sub-command imports its implementation lazily so that ``--help`` stays fast.
 """
@@ -21,6 +21,22 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_dictionary_markdown() -> str:
+    """The warehouse data dictionary as markdown tables (the README embeds this output verbatim)."""
+    from cloudagent_etl.schema import DATA_DICTIONARY
+
+    sections = []
+    for table, columns in DATA_DICTIONARY.items():
+        rows = "\n".join(f"| `{name}` | {meaning} |" for name, meaning in columns.items())
+        sections.append(f"#### `{table}`\n\n| column | meaning |\n|---|---|\n{rows}\n")
+    return "\n".join(sections)
+
+
+def _cmd_data_dictionary(_args: argparse.Namespace) -> int:
+    print(data_dictionary_markdown(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudagent-etl", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -29,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the Alembic migrations (idempotent)")
     migrate.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
     migrate.set_defaults(handler=_cmd_migrate)
+
+    dictionary = commands.add_parser("data-dictionary", help="print the warehouse data dictionary (markdown)")
+    dictionary.set_defaults(handler=_cmd_data_dictionary)
 
     from cloudagent_etl.receiver.cli import add_receiver_command
     from cloudagent_etl.simulator.cli import add_simulate_command
