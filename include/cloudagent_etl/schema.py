@@ -149,6 +149,8 @@ api_call_log = Table(
 # Written only by the load step (warehouse.py); analysts read these tables and the views of migration
 # 0002. DATA_DICTIONARY is the one description of every column: the tables below, the PostgreSQL column
 # comments (migration 0002) and the README's data dictionary all come from it.
+# Versions are stored once: the current one in ``dial_status``, every other (replaced or older) one in
+# ``dial_status_superseded``; ``dial_status_history`` is the view of both (a first load writes one table).
 _VERSION_COLUMNS_DOC = {
     "campaign_name": "CloudAgent campaign (CampaignName); part of the key",
     "record_key": "the lead id (DataUniqueId or alias) or, without one, 'sha256:' + hash of campaign, "
@@ -185,6 +187,7 @@ DATA_DICTIONARY: dict[str, dict[str, str]] = {
         **_VERSION_COLUMNS_DOC,
         "previous_load_run_id": "load run that wrote the version this one replaced (NULL for the first)",
     },
+    "dial_status_superseded": _VERSION_COLUMNS_DOC,
     "dial_status_history": _VERSION_COLUMNS_DOC,
     "dial_status_rejects": {
         "payload_id": "callback payload the record came from",
@@ -224,7 +227,7 @@ def _documented(table: str, *columns: Column[Any]) -> list[Column[Any]]:
 
 
 def _version_columns(table: str) -> list[Column[Any]]:
-    """The columns of one version of a lead, shared by ``dial_status`` and ``dial_status_history``."""
+    """The columns of one version of a lead, shared by ``dial_status`` and ``dial_status_superseded``."""
     text_columns = (
         "phone_number",
         "phone_number_raw",
@@ -251,7 +254,7 @@ def _version_columns(table: str) -> list[Column[Any]]:
         Column("skill", Text, nullable=True),
         Column("priority", Text, nullable=True),
         Column("created_at", UtcDateTime, nullable=True),
-        Column("updated_at", UtcDateTime, nullable=False, primary_key=table == "dial_status_history"),
+        Column("updated_at", UtcDateTime, nullable=False, primary_key=table != "dial_status"),
         Column("extra", JsonDocument, nullable=True),
         Column("request_id", String(36), nullable=False),
         Column("payload_id", BigInteger, nullable=False),
@@ -296,11 +299,27 @@ dial_status = Table(
     comment="current state: one row per campaign_name + record_key, the newest updated_at wins",
 )
 
+dial_status_superseded = Table(
+    "dial_status_superseded",
+    metadata,
+    *_version_columns("dial_status_superseded"),
+    comment="versions that are not current: replaced by a newer one, or older than the current row",
+)
+
+HISTORY_VIEW_COMMENT = (
+    "view: every distinct version seen, keyed by campaign_name + record_key + updated_at "
+    "(dial_status_superseded UNION ALL dial_status)"
+)
+
+#: Views of migration 0002, described as tables so that code can select from them; not created by
+#: ``metadata`` (which holds only real tables).
+view_metadata = MetaData()
+
 dial_status_history = Table(
     "dial_status_history",
-    metadata,
+    view_metadata,
     *_version_columns("dial_status_history"),
-    comment="every distinct version seen, keyed by campaign_name + record_key + updated_at",
+    comment=HISTORY_VIEW_COMMENT,
 )
 
 dial_status_rejects = Table(

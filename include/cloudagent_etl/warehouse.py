@@ -6,11 +6,14 @@ Semantics (DESIGN.md section 5; issue 4):
   the stored one only when its ``updated_at`` is newer **or equal** and some value differs (lineage
   columns do not count); an older version never overwrites a newer one. For equal ``updated_at`` with
   different values, the later load (and, inside a payload, the later position) wins.
-- ``dial_status_history`` holds every distinct version, keyed by (``campaign_name``, ``record_key``,
-  ``updated_at``): a version is identified by its ``updated_at``. If the same ``updated_at`` arrives
-  again with different values, the history row takes the values received last, so history and the
-  current row never disagree about a version; older versions are recorded even when they do not
-  become current.
+- ``dial_status_history`` (a view) holds every distinct version, keyed by (``campaign_name``,
+  ``record_key``, ``updated_at``): a version is identified by its ``updated_at``. If the same
+  ``updated_at`` arrives again with different values, the version takes the values received last, so
+  history and the current row never disagree about a version; older versions are recorded even when
+  they do not become current. Each version is stored once: the current one in ``dial_status``, every
+  other one in ``dial_status_superseded`` (all older than their key's current row). A trigger of
+  migration 0002 moves a row that a newer version replaces into ``dial_status_superseded``; the load
+  upserts there the versions that did not become current.
 - Rejected records go to ``dial_status_rejects`` once per (payload, position) (a reload adds nothing).
 - All effects of one payload (current rows, history, rejects, its ``load_runs`` row, the payload's
   ``parse_state`` and the request's ``loaded`` state) commit in one transaction: a failure half-way
@@ -26,15 +29,10 @@ Counts of a load (``load_runs``): per distinct key of the payload, ``inserted`` 
 How it is fast: the payload is parsed as a stream in batches (:mod:`cloudagent_etl.normalize`) while a
 worker thread merges the previous batch, so client-side parsing and the server-side merge overlap. Per
 batch, rows go to a TEMP staging table (PostgreSQL: ``COPY`` of CSV written by pyarrow, naive UTC times
-with the session in UTC; SQLite: ``executemany``), then two set-based upserts (history, current) run
-from it. ``previous_load_run_id``, written by the upsert, tells inserted / updated / rewritten apart in
-``RETURNING`` on both databases.
-
-Where the time goes (``make bench``; 100k rows, PostgreSQL 15, 2 cores): the server spends ~2.0 s CPU
-(stage COPY ~0.3 s, history upsert ~0.6 s, current upsert with its four indexes ~1.0 s), the client
-~1.5 s (parse + typing), the two overlapped. Each upsert costs about what a COPY into its table would,
-so writing two tables bounds the ratio to the one-table COPY reference near 0.35-0.4. Splitting the
-history upsert into UPDATE + INSERT ... WHERE NOT EXISTS was measured slower (+0.3 s CPU) and dropped.
+with the session in UTC; SQLite: ``executemany``), then one set-based upsert into ``dial_status``
+(``previous_load_run_id``, written by it, tells inserted / updated / rewritten apart in ``RETURNING``
+on both databases), then, only when some staged version did not become current, one upsert into
+``dial_status_superseded``. A first load of new keys writes ``dial_status`` alone.
 """
 
 from __future__ import annotations
@@ -137,8 +135,26 @@ def _upsert_sql(
     )
 
 
-def _history_sql(dialect: str) -> str:
-    return _upsert_sql(dialect, "dial_status_history", ("campaign_name", "record_key", "updated_at"), "1 = 1")
+_SAME_KEY = f"d.campaign_name = {STAGE_TABLE}.campaign_name AND d.record_key = {STAGE_TABLE}.record_key"
+
+
+def _superseded_sql(dialect: str, *, all_latest_inserted: bool) -> str:
+    """Staged versions that did not become current (after the upsert), upserted into superseded.
+
+    Those are the batch's earlier versions of a key and a latest version older than the current row.
+    When every latest version was a new key, only the earlier versions qualify (no lookup needed).
+    """
+    older = (
+        ""
+        if all_latest_inserted
+        else (f" OR updated_at < (SELECT d.updated_at FROM dial_status d WHERE {_SAME_KEY})")
+    )
+    return _upsert_sql(
+        dialect,
+        "dial_status_superseded",
+        ("campaign_name", "record_key", "updated_at"),
+        f"NOT is_latest{older}",
+    )
 
 
 def _current_sql(dialect: str) -> str:
@@ -210,8 +226,11 @@ class _Merger:
             self.conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         self.conn.exec_driver_sql(_stage_ddl(self.dialect))
         self.params = {**self.lineage, "loaded_at": _bind_time(self.conn, self.lineage["loaded_at"])}
-        self.history_sql = text(_history_sql(self.dialect))
         self.current_sql = text(_current_sql(self.dialect))
+        self.superseded_sql = {
+            inserted: text(_superseded_sql(self.dialect, all_latest_inserted=inserted))
+            for inserted in (True, False)
+        }
 
     def merge(self, batch: NormalizedBatch) -> None:
         self.records_in += batch.records_in
@@ -226,7 +245,6 @@ class _Merger:
             _copy_to_stage(self.conn, batch.rows)
         else:
             _insert_to_stage(self.conn, batch.rows)
-        self.conn.execute(self.history_sql, self.params)
         written = self.conn.execute(self.current_sql, self.params).all()
         if self.dialect == "postgresql":
             inserted, updated = written[0]
@@ -236,6 +254,9 @@ class _Merger:
             updated = sum(run is not None and run != self.lineage["load_run_id"] for run in previous)
         self.inserted += inserted
         self.updated += updated
+        latest = int(batch.rows["is_latest"].sum())
+        if inserted < latest or latest < len(batch.rows):
+            self.conn.execute(self.superseded_sql[inserted == latest], self.params)
         self.conn.exec_driver_sql(f"DELETE FROM {STAGE_TABLE}")
 
     def _reject(self, rejects: pd.DataFrame) -> None:

@@ -152,7 +152,7 @@ def test_same_updated_at_with_other_values_replaces_the_version_everywhere(engin
 
 
 def _fail_on_key(engine: Engine, key: str) -> None:
-    """A real database failure mid-load: a trigger that aborts when a given record reaches history."""
+    """A real database failure mid-load: a trigger that aborts when a given (new) key reaches dial_status."""
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql(
@@ -160,12 +160,12 @@ def _fail_on_key(engine: Engine, key: str) -> None:
                 " AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
             )
             conn.exec_driver_sql(
-                f"CREATE TRIGGER boom BEFORE INSERT ON dial_status_history FOR EACH ROW "
+                f"CREATE TRIGGER boom BEFORE INSERT ON dial_status FOR EACH ROW "
                 f"WHEN (NEW.record_key = '{key}') EXECUTE FUNCTION boom()"
             )
         else:
             conn.exec_driver_sql(
-                f"CREATE TRIGGER boom BEFORE INSERT ON dial_status_history WHEN NEW.record_key = '{key}' "
+                f"CREATE TRIGGER boom BEFORE INSERT ON dial_status WHEN NEW.record_key = '{key}' "
                 "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
             )
 
@@ -260,7 +260,7 @@ def test_final_state_is_the_latest_version_per_key(
     engine = create_db_engine(db_url)
     try:
         with engine.begin() as conn:
-            for table in ("dial_status", "dial_status_history"):
+            for table in ("dial_status", "dial_status_superseded"):
                 conn.exec_driver_sql(f"DELETE FROM {table}")
         request_id = new_request(engine)
         for index, payload in enumerate(payloads):

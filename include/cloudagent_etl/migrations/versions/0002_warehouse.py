@@ -1,4 +1,7 @@
-"""Warehouse: dial_status, dial_status_history, dial_status_rejects, load_runs, and the analyst views.
+"""Warehouse: dial_status, dial_status_superseded, dial_status_rejects, load_runs, and the views.
+
+``dial_status_history`` is a view: every version is stored once, the current one in ``dial_status``
+and every other one in ``dial_status_superseded`` (see ``warehouse``).
 
 Column comments (PostgreSQL) come from ``schema.DATA_DICTIONARY``, the data dictionary the README shows.
 Views are plain SQL with one dialect-specific expression: the IST calendar day (Asia/Kolkata is UTC+05:30
@@ -13,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from cloudagent_etl.schema import DATA_DICTIONARY, BigIntId, UtcDateTime
+from cloudagent_etl.schema import DATA_DICTIONARY, HISTORY_VIEW_COMMENT, BigIntId, UtcDateTime
 
 revision = "0002_warehouse"
 down_revision = "0001_landing"
@@ -65,6 +68,45 @@ def _version_columns(table: str) -> list[sa.Column]:
     ]
 
 
+def _keep_replaced_versions(version_columns: str) -> None:
+    """A trigger on dial_status: a current row replaced by a newer version moves to dial_status_superseded.
+
+    It sees the row actually replaced (also under concurrent loads), and costs nothing on inserts:
+    PostgreSQL runs it once per statement over the updated rows (transition tables), SQLite per row.
+    A version replaced in place (same ``updated_at``, other values) is the same version: nothing moves.
+    """
+    if op.get_bind().dialect.name == "postgresql":
+        old_columns = ", ".join(f"replaced.{name.strip()}" for name in version_columns.split(","))
+        op.execute(f"""
+            CREATE FUNCTION dial_status_keep_replaced() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO dial_status_superseded ({version_columns})
+                SELECT {old_columns}
+                FROM replaced JOIN replacing USING (campaign_name, record_key)
+                WHERE replacing.updated_at > replaced.updated_at;
+                RETURN NULL;
+            END $$
+        """)
+        op.execute("""
+            CREATE TRIGGER dial_status_keep_replaced AFTER UPDATE ON dial_status
+            REFERENCING OLD TABLE AS replaced NEW TABLE AS replacing
+            FOR EACH STATEMENT EXECUTE FUNCTION dial_status_keep_replaced()
+        """)
+    else:
+        old_values = ", ".join(f"OLD.{name.strip()}" for name in version_columns.split(","))
+        op.execute(f"""
+            CREATE TRIGGER dial_status_keep_replaced AFTER UPDATE ON dial_status
+            FOR EACH ROW WHEN NEW.updated_at > OLD.updated_at
+            BEGIN
+                INSERT INTO dial_status_superseded ({version_columns}) VALUES ({old_values});
+            END
+        """)
+
+
+def _quoted(comment: str) -> str:
+    return "'" + comment.replace("'", "''") + "'"
+
+
 def _ist_day(column: str) -> str:
     if op.get_bind().dialect.name == "postgresql":
         return f"CAST(({column} AT TIME ZONE 'Asia/Kolkata') AS date)"
@@ -84,11 +126,26 @@ def upgrade() -> None:
     op.create_index("ix_dial_status_disposition", "dial_status", ["disposition"])
 
     op.create_table(
-        "dial_status_history",
-        *_version_columns("dial_status_history"),
-        sa.PrimaryKeyConstraint("campaign_name", "record_key", "updated_at", name="pk_dial_status_history"),
-        comment="every distinct version seen, keyed by campaign_name + record_key + updated_at",
+        "dial_status_superseded",
+        *_version_columns("dial_status_superseded"),
+        sa.PrimaryKeyConstraint(
+            "campaign_name", "record_key", "updated_at", name="pk_dial_status_superseded"
+        ),
+        comment="versions that are not current: replaced by a newer one, or older than the current row",
     )
+    # Every superseded version is older than its key's current one, so the union holds each version once.
+    version_columns = ", ".join(column.name for column in _version_columns("dial_status_history"))
+    op.execute(f"""
+        CREATE VIEW dial_status_history AS
+        SELECT {version_columns} FROM dial_status_superseded
+        UNION ALL
+        SELECT {version_columns} FROM dial_status
+    """)
+    _keep_replaced_versions(version_columns)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"COMMENT ON VIEW dial_status_history IS {_quoted(HISTORY_VIEW_COMMENT)}")
+        for name, meaning in DATA_DICTIONARY["dial_status_history"].items():
+            op.execute(f"COMMENT ON COLUMN dial_status_history.{name} IS {_quoted(meaning)}")
 
     table = "dial_status_rejects"
     op.create_table(
@@ -166,10 +223,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    postgres = op.get_bind().dialect.name == "postgresql"
     op.execute("DROP VIEW IF EXISTS export_coverage")
     op.execute("DROP VIEW IF EXISTS dial_status_daily_dispositions")
     op.execute("DROP VIEW IF EXISTS dial_status_daily_summary")
     op.drop_table("load_runs")
     op.drop_table("dial_status_rejects")
-    op.drop_table("dial_status_history")
+    op.execute("DROP VIEW IF EXISTS dial_status_history")
+    op.execute("DROP TRIGGER IF EXISTS dial_status_keep_replaced" + (" ON dial_status" if postgres else ""))
+    if postgres:
+        op.execute("DROP FUNCTION IF EXISTS dial_status_keep_replaced()")
+    op.drop_table("dial_status_superseded")
     op.drop_table("dial_status")
