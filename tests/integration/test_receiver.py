@@ -342,3 +342,25 @@ def test_database_down_answers_503_and_stores_nothing(start_receiver: StartRecei
         assert response.status_code == 503
         assert response.headers["retry-after"] == "5"
         assert httpx.get(receiver.base_url + "/healthz").status_code == 503
+
+
+@pytest.mark.postgres
+def test_an_unexpected_error_answers_500_and_stores_nothing(
+    start_receiver: StartReceiver, pg_url: str
+) -> None:
+    with start_receiver(pg_url) as receiver:
+        new = new_request(pg_url)
+        engine = create_engine(make_url(pg_url))
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE callback_payload_chunks RENAME TO chunks_elsewhere"))
+        response = httpx.post(receiver.callback_url(new), content=b"[1]")
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error"}
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE chunks_elsewhere RENAME TO callback_payload_chunks"))
+        engine.dispose()
+        assert payloads(pg_url) == []
+        assert state(pg_url, new.request_id) == "requested"
+        assert "unexpected error on /callbacks/dial-status/" in receiver.log()
+        assert new.token.get() not in receiver.log()
+        assert httpx.post(receiver.callback_url(new), content=b"[1]").status_code == 200
