@@ -5,14 +5,18 @@ Runs the real ``cloudagent-etl receiver`` process on loopback against PostgreSQL
 figures are also written to ``bench-results/receiver.json``.
 
 - throughput: 50 concurrent clients post 2,000 distinct ~20 KB JSON callbacks; acknowledged callbacks per
-  second and p50/p99 latency (targets on PostgreSQL: >= 300/s, p99 < 250 ms).
+  second and p50/p99 latency (targets on PostgreSQL: >= 300/s, p99 < 250 ms), and the CPU milliseconds
+  per callback of the receiver's processes, of the PostgreSQL backends serving them and of this load
+  generator (psutil, before/after). acks/s moves with whatever else runs on the two cores; CPU per
+  callback hardly does, so compare that between versions. ``load_1m`` is the load average at the end.
 - big body: one 200 MB callback streamed in; the stored body's SHA-256 must match and the receiver's
   peak RSS growth (psutil, sampled every 10 ms) must stay under 100 MB.
 - zero loss: 2,000 callbacks from 50 clients, the receiver SIGKILLed and restarted halfway; clients retry
   whatever was not acknowledged; every acknowledged body must be stored exactly once.
 
-The load driver (:func:`post_until_acked`) and the loss check (:func:`check_zero_loss`) are also used by
-the zero-loss test in ``tests/integration/test_receiver_zero_loss.py``.
+``--scenarios throughput`` (or ``big_body``, ``zero_loss``), ``--databases`` and ``--workers`` pick what
+to run. The load driver (:func:`post_until_acked`) and the loss check (:func:`check_zero_loss`) are also
+used by the zero-loss test in ``tests/integration/test_receiver_zero_loss.py``.
 """
 
 from __future__ import annotations
