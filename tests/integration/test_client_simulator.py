@@ -102,7 +102,7 @@ ERROR_CASES = [
     ErrorCase("apiKey header misspelt", InvalidApiKeyError, headers={"apiKey": None, "api-key": "x"}),
     ErrorCase("apiKey body key misspelt", InvalidApiKeyError, rename("apiKey", "apikey"), settings=IN_BODY),
     ErrorCase("apiKey header value empty", InvalidApiKeyError, headers={"apiKey": ""}),
-    ErrorCase("apiKey body value blank", InvalidApiKeyError, settings={**IN_BODY, "api_key": Secret(" ")}),
+    ErrorCase("apiKey body value blank", InvalidApiKeyError, set_value("apiKey", " "), settings=IN_BODY),
     ErrorCase("apiKey value wrong", AuthenticationFailedError, settings={"api_key": Secret(WRONG_KEY)}),
     ErrorCase("userName value wrong", AuthenticationFailedError, settings=OTHER_USER, request=OTHER_USER),
     ErrorCase("userName key missing", InvalidUserNameError, drop("userName")),
