@@ -473,9 +473,7 @@ def test_reprs_never_show_the_key(settings: ApiSettings, request_model: DialStat
         assert "test_user" in repr(client)
 
 
-@pytest.mark.parametrize(
-    "bad_key", [" SECRET-lead", "SECRET-trail ", "SECRET\nnewline", "SECRET-naïve"]
-)
+@pytest.mark.parametrize("bad_key", [" SECRET-lead", "SECRET-trail ", "SECRET\nnewline", "SECRET-naïve"])
 def test_key_that_a_header_cannot_carry_is_refused_before_anything_is_sent(bad_key: str) -> None:
     settings = ApiSettings(user_name="test_user", api_key=Secret(bad_key), base_url="https://cloudagent.test")
     with pytest.raises(ConfigurationError, match="cannot be sent in the apiKey header") as info:
