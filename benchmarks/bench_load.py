@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
 from cloudagent_etl import landing, warehouse
 from cloudagent_etl.db import create_db_engine, migrate, to_sqlalchemy_url
 from cloudagent_etl.simulator.data import synthetic_records
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RESULTS = Path("bench-results/load.json")

@@ -41,13 +41,13 @@ from typing import Any
 
 import httpx
 import psutil
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine, migrate, to_sqlalchemy_url
 from cloudagent_etl.schema import callback_payloads
 from cloudagent_etl.simulator.data import synthetic_records
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
-
 from tests.servers import ServerProcess, free_port, run_server
 
 RESULTS = Path("bench-results/receiver.json")

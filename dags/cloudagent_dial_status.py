@@ -23,6 +23,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, task_group
+
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
 from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
@@ -54,6 +55,7 @@ def cloudagent_dial_status() -> None:
     @task
     def campaigns_to_sync() -> list[str]:
         from airflow.sdk import Variable
+
         from cloudagent_etl.pipeline import parse_campaigns
 
         with terminal_errors_fail_fast():
@@ -105,6 +107,7 @@ def cloudagent_dial_status() -> None:
     @task(trigger_rule="all_done", outlets=[DIAL_STATUS])
     def quality_checks(campaigns: list[str]) -> None:
         from airflow.sdk.exceptions import AirflowFailException
+
         from cloudagent_etl import pipeline
 
         context = get_current_context()

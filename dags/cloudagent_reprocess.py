@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
+
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
 from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
@@ -50,6 +51,7 @@ def cloudagent_reprocess() -> None:
     @task
     def landed_requests() -> list[str]:
         from airflow.sdk import Variable
+
         from cloudagent_etl import pipeline
 
         params = get_current_context()["params"]

@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from cloudagent_etl.db import create_db_engine, migrate, to_sqlalchemy_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+
+from cloudagent_etl.db import create_db_engine, migrate, to_sqlalchemy_url
 
 pytest_plugins = ["tests.plugins.simulator", "tests.plugins.receiver"]
 

@@ -16,8 +16,9 @@ from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
-    from cloudagent_etl.settings import ApiSettings
     from sqlalchemy import Engine
+
+    from cloudagent_etl.settings import ApiSettings
 
 #: Connection extras of ``cloudagent_db`` passed on to the PostgreSQL driver; anything else is ignored.
 ALLOWED_DB_EXTRAS = ("sslmode", "sslrootcert", "connect_timeout", "application_name")

@@ -52,9 +52,10 @@ class CallbackArrivedTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from sqlalchemy.exc import OperationalError
+
         from cloudagent_etl.db import create_db_engine
         from cloudagent_etl.pipeline import callback_status
-        from sqlalchemy.exc import OperationalError
 
         event = {"request_id": self.request_id}
         url = await CloudAgentDbHook(self.db_conn_id).aget_uri()

@@ -20,9 +20,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import Engine, func, select
+
 from cloudagent_etl import schema
 from cloudagent_etl.db import create_db_engine
-from sqlalchemy import Engine, func, select
 
 IST = ZoneInfo("Asia/Kolkata")
 #: A manual run at this logical date covers 2025-06-01 03:30 IST .. 2025-06-02 03:30 IST.

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
 
@@ -49,8 +50,9 @@ def test_cloudagent_hook_reads_the_connection_and_only_allowed_extras(monkeypatc
     ],
 )
 def test_db_hook_turns_the_connection_uri_back_into_a_sqlalchemy_url(monkeypatch, conn_uri, expected) -> None:
-    from cloudagent_airflow.hooks import CloudAgentDbHook
     from sqlalchemy.engine import make_url
+
+    from cloudagent_airflow.hooks import CloudAgentDbHook
 
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", conn_uri)
     url = CloudAgentDbHook().get_uri()

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RetryPolicy
 from cloudagent_etl.errors import (
     ApiError,
@@ -34,7 +35,6 @@ from cloudagent_etl.errors import (
     RateLimitedError,
 )
 from cloudagent_etl.settings import ApiSettings, Secret
-
 from tests.plugins.simulator import SimulatorHandle
 from tests.servers import free_port
 

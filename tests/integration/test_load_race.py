@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Engine, event, select
+
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.schema import callback_payloads, dial_status
 from cloudagent_etl.warehouse import load_request
-from sqlalchemy import Engine, event, select
-
 from tests.integration.test_warehouse import land, new_request, record
 
 

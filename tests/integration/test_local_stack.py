@@ -23,6 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.engine import make_url
+
 from cloudagent_etl import schema
 from cloudagent_etl.db import create_db_engine, to_sqlalchemy_url
 from cloudagent_etl.localstack import (
@@ -34,9 +37,6 @@ from cloudagent_etl.localstack import (
     still_running,
     stop_stack,
 )
-from sqlalchemy import Engine, create_engine, select, text
-from sqlalchemy.engine import make_url
-
 from tests.dags.test_dial_status_e2e import Sync, assert_warehouse_matches
 from tests.plugins.simulator import SimulatorHandle
 

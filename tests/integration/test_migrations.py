@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from sqlalchemy import inspect
+
 from cloudagent_etl.db import create_db_engine, migrate
 from cloudagent_etl.schema import metadata
-from sqlalchemy import inspect
 
 
 def test_migrations_create_every_table_in_the_metadata(db_url: str) -> None:
@@ -17,6 +18,7 @@ def test_migrations_create_every_table_in_the_metadata(db_url: str) -> None:
 def test_migrate_twice_is_a_no_op_and_downgrade_upgrade_round_trips(db_url: str) -> None:
     from alembic import command
     from alembic.config import Config
+
     from cloudagent_etl.db import MIGRATIONS_DIR
 
     migrate(db_url)  # already at head: nothing to do, no error

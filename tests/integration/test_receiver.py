@@ -14,12 +14,12 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
-from cloudagent_etl import landing
-from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.schema import callback_payloads
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
+from cloudagent_etl import landing
+from cloudagent_etl.db import create_db_engine
+from cloudagent_etl.schema import callback_payloads
 from tests.plugins.receiver import ReceiverHandle, StartReceiver
 
 WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))

@@ -9,11 +9,11 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from sqlalchemy import Engine, select
+
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.schema import callback_payloads
-from sqlalchemy import Engine, select
-
 from tests.plugins.receiver import ReceiverHandle, StartReceiver
 from tests.plugins.simulator import SimulatorHandle
 from tests.servers import free_port

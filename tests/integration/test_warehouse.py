@@ -7,6 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select, text
+
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.schema import (
@@ -18,9 +22,6 @@ from cloudagent_etl.schema import (
     load_runs,
 )
 from cloudagent_etl.warehouse import load_payload, load_request
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from sqlalchemy import Engine, select, text
 
 WINDOW = {"window_start": datetime(2024, 5, 1, tzinfo=UTC), "window_end": datetime(2024, 5, 2, tzinfo=UTC)}
 

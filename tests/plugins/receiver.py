@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cloudagent_etl import landing
 
+from cloudagent_etl import landing
 from tests.servers import ServerProcess, free_port, run_server
 
 

@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, delete, func, select
+
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.errors import PayloadError, StateTransitionError
 from cloudagent_etl.schema import callback_payload_chunks, callback_payloads, export_requests
-from sqlalchemy import Engine, delete, func, select
 
 WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))
 

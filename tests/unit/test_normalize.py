@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 import pytest
+
 from cloudagent_etl import normalize
 from cloudagent_etl.errors import PayloadError
 from cloudagent_etl.normalize import (

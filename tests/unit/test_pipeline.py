@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import select
+
 from cloudagent_etl import landing, pipeline, schema
 from cloudagent_etl.errors import (
     ConfigurationError,
@@ -15,7 +17,6 @@ from cloudagent_etl.errors import (
     ValidationError,
 )
 from cloudagent_etl.settings import ApiSettings, Secret
-from sqlalchemy import select
 
 API_KEY = "k3y-never-shown-0123456789"
 CALLBACK_BASE = "http://127.0.0.1:9/hooks"

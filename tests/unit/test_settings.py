@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.settings import (
     DEFAULT_BASE_URL,

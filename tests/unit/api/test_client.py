@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RetryPolicy
 from cloudagent_etl.api.client import parse_retry_after
 from cloudagent_etl.errors import (

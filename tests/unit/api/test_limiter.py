@@ -10,12 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine, func, insert, select
+
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter, RetryPolicy
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.schema import api_call_log, rate_limit_accounts
 from cloudagent_etl.settings import ApiSettings, Secret
-from sqlalchemy import Engine, func, insert, select
 
 # A small budget so that tests take seconds: 3 calls per rolling 1.5 s.
 PER_WINDOW = 3

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+
 from cloudagent_etl.api import DialStatusRequest
 from cloudagent_etl.errors import ConfigurationError, ValidationError
 

@@ -7,6 +7,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+
 from cloudagent_etl.receiver import body
 from cloudagent_etl.receiver.app import mask_path
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from cloudagent_etl.simulator import contract
 from cloudagent_etl.simulator.data import DISPOSITIONS
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from cloudagent_etl.simulator.data import (
     CUSTOM_COLUMNS,
     DISPOSITIONS,

@@ -6,6 +6,7 @@ import json
 from urllib.parse import parse_qs
 
 import pytest
+
 from cloudagent_etl.simulator.server import (
     Behaviour,
     SimulatorSettings,
