@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cloudagent_etl.errors import PayloadError
+from cloudagent_etl.schema import DIAL_STATUS_VALUE_COLUMNS
 from cloudagent_etl.settings import zone
 
 #: Warehouse column -> the source field names that feed it (compared by :func:`field_token`).
@@ -83,31 +84,7 @@ FIELD_ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 #: Columns of a normalized row, in warehouse order (``position`` and ``is_latest`` are load metadata).
-ROW_COLUMNS: Final = (
-    "campaign_name",
-    "record_key",
-    "phone_number",
-    "phone_number_raw",
-    "customer_name",
-    "lead_status",
-    "dial_status",
-    "dial_status_first",
-    "dial_status_last",
-    "disposition",
-    "attempts",
-    "agent_id",
-    "agent_name",
-    "ucid",
-    "monitor_ucid",
-    "call_started_at",
-    "call_ended_at",
-    "call_duration_s",
-    "skill",
-    "priority",
-    "created_at",
-    "updated_at",
-    "extra",
-)
+ROW_COLUMNS: Final = ("campaign_name", "record_key", *DIAL_STATUS_VALUE_COLUMNS)
 TIME_COLUMNS: Final = ("call_started_at", "call_ended_at", "created_at", "updated_at")
 INTEGER_COLUMNS: Final = ("attempts", "call_duration_s")
 REJECT_COLUMNS: Final = ("position", "reason", "raw_record")
