@@ -224,13 +224,16 @@ def load_request(engine: Engine, request_id: str, *, timezone: str) -> dict[str,
 
     result = warehouse.load_request(engine, request_id, timezone=timezone)
     counts = asdict(result)
-    if result.error:
+    if result.failed_payloads == result.payloads:
         raise PayloadError(
             f"nothing could be loaded for {describe_request(engine, request_id)}: {result.error}"
         )
     if result.failed_payloads:
         log.warning(
-            "%s of %s payloads could not be parsed (see load_runs)", result.failed_payloads, result.payloads
+            "%s of %s payloads could not be parsed (see load_runs): %s",
+            result.failed_payloads,
+            result.payloads,
+            result.error,
         )
     log.info("loaded %s: %s", describe_request(engine, request_id), counts)
     return counts

@@ -14,6 +14,7 @@ from cloudagent_etl.errors import (
     ConfigurationError,
     InvalidApiKeyError,
     InvalidCampaignNameError,
+    PayloadError,
     ValidationError,
 )
 from cloudagent_etl.settings import ApiSettings, Secret
@@ -242,6 +243,24 @@ def test_requests_to_reprocess_picks_landed_requests_overlapping_the_window(engi
             engine, ["Sales", "Support"], WINDOW[0] - timedelta(hours=1), WINDOW[0] + timedelta(hours=1)
         )
     ) == {landed, other_campaign, expired}
+
+
+# ------------------------------------------------------------------------------------------ load
+def test_load_request_fails_only_when_no_payload_could_be_parsed(engine, api_settings) -> None:
+    record = {"CampaignName": "Sales", "DataUniqueId": "L1", "UpdatedDate": "2025-06-02 10:00:00"}
+    partly = _requested(engine, api_settings)
+    landing.store_callback(engine, partly, landing.CallbackBody.from_bytes(json.dumps([record]).encode()))
+    landing.store_callback(engine, partly, landing.CallbackBody.from_bytes(b"[not json"))
+
+    counts = pipeline.load_request(engine, partly, timezone="Asia/Kolkata")
+    assert (counts["payloads"], counts["failed_payloads"], counts["inserted"]) == (2, 1, 1)
+    assert landing.get_export_request(engine, partly).state == "loaded"
+
+    broken = _requested(engine, api_settings, unique_id="U-10")
+    landing.store_callback(engine, broken, landing.CallbackBody.from_bytes(b"[not json"))
+    with pytest.raises(PayloadError, match="nothing could be loaded"):
+        pipeline.load_request(engine, broken, timezone="Asia/Kolkata")
+    assert landing.get_export_request(engine, broken).state == "failed"
 
 
 # ------------------------------------------------------------------------------------------ quality
