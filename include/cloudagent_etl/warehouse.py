@@ -237,9 +237,6 @@ class _Merger:
             self.conn.exec_driver_sql("SET LOCAL timezone = 'UTC'")
             # The upserts sort each staged batch by key: in memory, not in temp files.
             self.conn.exec_driver_sql(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
-            # The landed bytes stay in callback_payloads: if the server crashes right after this commit
-            # is acknowledged, the lost load is simply run again (the request is still 'received').
-            self.conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         self.conn.exec_driver_sql(_stage_ddl(self.dialect))
         self.params = {**self.lineage, "loaded_at": _bind_time(self.conn, self.lineage["loaded_at"])}
         self.current_sql = text(_current_sql(self.dialect))
