@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, and_, column, func, or_, select, table
+from sqlalchemy import Engine, and_, func, or_, select
 
 from cloudagent_etl import landing, schema
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
@@ -263,9 +263,6 @@ def requests_to_reprocess(
         return [str(row) for row in conn.scalars(query)]
 
 
-_dial_status = table("dial_status", column("campaign_name"), column("record_key"))
-
-
 def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run_id: str) -> list[str]:
     """Problems found after a run's loads; an empty list means the run is good.
 
@@ -275,7 +272,7 @@ def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run
     """
     campaigns = list(campaigns)
     problems: list[str] = []
-    requests = schema.export_requests
+    requests, dial_status = schema.export_requests, schema.dial_status
     with engine.connect() as conn:
         rows = conn.execute(
             select(requests.c.campaign_name, requests.c.request_id, requests.c.state, requests.c.error)
@@ -293,9 +290,9 @@ def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run
                     + (f": {row.error}" if row.error else "")
                 )
         duplicates = conn.execute(
-            select(_dial_status.c.campaign_name, _dial_status.c.record_key, func.count().label("n"))
-            .where(_dial_status.c.campaign_name.in_(campaigns))
-            .group_by(_dial_status.c.campaign_name, _dial_status.c.record_key)
+            select(dial_status.c.campaign_name, dial_status.c.record_key, func.count().label("n"))
+            .where(dial_status.c.campaign_name.in_(campaigns))
+            .group_by(dial_status.c.campaign_name, dial_status.c.record_key)
             .having(func.count() > 1)
             .limit(10)
         ).all()
@@ -305,12 +302,12 @@ def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run
         )
         empty_keys = conn.execute(
             select(func.count())
-            .select_from(_dial_status)
+            .select_from(dial_status)
             .where(
                 or_(
-                    _dial_status.c.campaign_name.is_(None),
-                    _dial_status.c.record_key.is_(None),
-                    and_(_dial_status.c.campaign_name.in_(campaigns), _dial_status.c.record_key == ""),
+                    dial_status.c.campaign_name.is_(None),
+                    dial_status.c.record_key.is_(None),
+                    and_(dial_status.c.campaign_name.in_(campaigns), dial_status.c.record_key == ""),
                 )
             )
         ).scalar_one()
