@@ -55,7 +55,7 @@ class CallbackArrivedTrigger(BaseTrigger):
         from sqlalchemy.exc import OperationalError
 
         from cloudagent_etl.db import create_db_engine
-        from cloudagent_etl.pipeline import callback_status
+        from cloudagent_etl.pipeline import LANDED_STATES, callback_status
 
         event = {"request_id": self.request_id}
         url = await CloudAgentDbHook(self.db_conn_id).aget_uri()
@@ -70,7 +70,7 @@ class CallbackArrivedTrigger(BaseTrigger):
                     # The database blinked; keep waiting until the deadline rather than failing the wait.
                     self.log.warning("could not read request %s, will retry: %s", self.request_id, exc)
                     state = "requested"
-                if state in ("received", "loaded"):
+                if state in LANDED_STATES:
                     yield TriggerEvent({**event, "status": "received"})
                     return
                 if state != "requested":
