@@ -7,22 +7,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import psutil
 
+from cloudagent_etl.localstack import StartedProcess, answers, free_port, wait_until
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["ServerProcess", "free_port", "run_server"]
 
 
 @dataclass
@@ -53,24 +49,6 @@ class ServerProcess:
             self.process.wait(timeout)
 
 
-def wait_healthy(
-    base_url: str, path: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {process.returncode}:\n{log_path.read_text(errors='replace')}"
-            )
-        try:
-            if httpx.get(base_url + path, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"server not healthy after {timeout}s:\n{log_path.read_text(errors='replace')}")
-
-
 @contextmanager
 def run_server(
     args: Sequence[str],
@@ -91,8 +69,11 @@ def run_server(
             start_new_session=True,
         )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    # The Popen stays ours (tests SIGKILL it and read its return code); the wait is the local stack's.
+    started = StartedProcess(args[0], process.pid, psutil.Process(process.pid).create_time(), str(log_path))
     try:
-        wait_healthy(server.base_url, health_path, process, log_path, timeout)
+        url = server.base_url + health_path
+        wait_until(url, lambda: answers(url, lambda r: r.status_code < 500), [started], timeout, poll=0.05)
         yield server
     finally:
         server.kill()
