@@ -24,6 +24,7 @@ from sqlalchemy import Engine, func, select
 
 from cloudagent_etl import schema
 from cloudagent_etl.db import create_db_engine
+from cloudagent_etl.localstack import connection_uri
 
 IST = ZoneInfo("Asia/Kolkata")
 #: A manual run at this logical date covers 2025-06-01 03:30 IST .. 2025-06-02 03:30 IST.
@@ -98,10 +99,6 @@ class Sync:
         return newest
 
 
-def _conn_uri(db_url: str) -> str:
-    return db_url.replace("postgresql+psycopg://", "postgresql://")
-
-
 def _ist(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=IST).astimezone(UTC)
 
@@ -162,7 +159,7 @@ def sync(monkeypatch, db_url, receiver, fresh_simulator, dags) -> Iterator[Sync]
         "password": fresh_simulator.api_key,
     }
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DEFAULT", json.dumps(api))
-    monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", _conn_uri(db_url))
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", connection_uri(db_url))
     monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", json.dumps(CAMPAIGNS))
     monkeypatch.setenv("CLOUDAGENT_CALLBACK_BASE_URL", receiver.base_url)
     engine = create_db_engine(db_url)
