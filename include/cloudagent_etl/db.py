@@ -55,10 +55,6 @@ def create_db_engine(uri: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
-
-
 def migrate(uri: str, revision: str = "head") -> None:
     """Apply the Alembic migrations to ``uri`` (idempotent: an up-to-date database is left as is)."""
     from alembic import command
