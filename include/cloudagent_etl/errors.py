@@ -19,7 +19,6 @@
         ├── UnexpectedResponseError    a body we cannot interpret (quoted truncated and redacted)
         ├── ConfigurationError         a setting or connection is missing or malformed
         ├── PayloadError               a landed callback payload cannot be parsed at all
-        ├── CallbackTimeoutError       the callback never arrived within the allowed time
         └── StateTransitionError       an export request cannot move to that state (or does not exist)
 
 Messages never contain secrets: build them with :func:`redact` when they quote outside text.
@@ -109,10 +108,6 @@ class ConfigurationError(TerminalError):
 
 class PayloadError(TerminalError):
     """A landed callback payload cannot be parsed at all."""
-
-
-class CallbackTimeoutError(TerminalError):
-    """The callback for an export request did not arrive in time."""
 
 
 class StateTransitionError(TerminalError):
