@@ -88,9 +88,7 @@ def cloudagent_dial_status() -> None:
 
         get_current_context()["campaign"] = campaign  # type: ignore[typeddict-unknown-key]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
-            return pipeline.load_request(
-                engine, request_id, timezone=CloudAgentHook().get_settings().timezone
-            )
+            return pipeline.load_request(engine, request_id)
 
     @task_group(group_id="campaign")
     def sync_campaign(campaign: str) -> None:

@@ -21,7 +21,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
-from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
+from cloudagent_airflow.hooks import CloudAgentDbHook
 
 
 @dag(
@@ -52,7 +52,7 @@ def cloudagent_reprocess() -> None:
     def landed_requests() -> list[str]:
         from airflow.sdk import Variable
 
-        from cloudagent_etl import pipeline
+        from cloudagent_etl import landing, pipeline
 
         params = get_current_context()["params"]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
@@ -61,18 +61,16 @@ def cloudagent_reprocess() -> None:
             campaigns = pipeline.parse_campaigns(
                 override or Variable.get("cloudagent_campaigns", default=None) or []
             )
-            return pipeline.requests_to_reprocess(engine, campaigns, *window)
+            return landing.requests_with_payloads(engine, campaigns, *window)
 
     @task(outlets=[DIAL_STATUS], map_index_template="{{ request_label }}")
     def reload(request_id: str) -> dict:
-        from cloudagent_etl import pipeline
+        from cloudagent_etl import landing, pipeline
 
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
-            label = pipeline.describe_request(engine, request_id)
+            label = landing.describe_request(engine, request_id)
             get_current_context()["request_label"] = label  # type: ignore[typeddict-unknown-key]
-            return pipeline.load_request(
-                engine, request_id, timezone=CloudAgentHook().get_settings().timezone
-            )
+            return pipeline.load_request(engine, request_id)
 
     reload.expand(request_id=landed_requests())
 

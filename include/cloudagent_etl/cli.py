@@ -23,7 +23,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def data_dictionary_markdown() -> str:
     """The warehouse data dictionary as markdown tables (the README embeds this output verbatim)."""
-    from cloudagent_etl.schema import DATA_DICTIONARY
+    from cloudagent_etl.warehouse.tables import DATA_DICTIONARY
 
     sections = []
     for table, columns in DATA_DICTIONARY.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 
 from cloudagent_etl.errors import ConfigurationError
@@ -55,12 +55,28 @@ def create_db_engine(uri: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def migrate(uri: str, revision: str = "head") -> None:
-    """Apply the Alembic migrations to ``uri`` (idempotent: an up-to-date database is left as is)."""
-    from alembic import command
+def schema_metadata() -> MetaData:
+    """The MetaData holding every table of the project: each owner registers its tables when imported."""
+    from cloudagent_etl import landing  # noqa: F401  (export requests, callback payloads)
+    from cloudagent_etl.api import limiter  # noqa: F401  (the call log)
+    from cloudagent_etl.sqltypes import metadata
+    from cloudagent_etl.warehouse import tables  # noqa: F401  (dial status, rejects, load runs)
+
+    return metadata
+
+
+def alembic_config(uri: str) -> Any:
+    """The Alembic configuration of our migrations, bound to the database ``uri``."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = uri
-    command.upgrade(config, revision)
+    return config
+
+
+def migrate(uri: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations to ``uri`` (idempotent: an up-to-date database is left as is)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(uri), revision)

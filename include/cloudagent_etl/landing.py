@@ -1,13 +1,20 @@
 """The landing zone: export requests we made, and the raw callback bodies CloudAgent posted back.
 
-``export_requests`` holds one row per API call with its state machine::
+This module owns ``export_requests``, ``callback_payloads`` and ``callback_payload_chunks``: it is the only
+one that writes them and the only one that knows the states of a request. Everything else asks it through
+:func:`callback_status`, the named transitions (:func:`mark_failed`, :func:`mark_expired`,
+:func:`mark_loaded`, :func:`mark_load_failed`) and the readers below.
+
+``export_requests`` holds one row per API call with its :class:`RequestState`::
 
     requested ──> received ──> loaded ──> loaded        (a re-load of a loaded request stays loaded)
         │             │
         └─────────────┴──> failed | expired ──> loaded  (a late payload was loaded after all)
 
-``received -> received`` and ``failed/expired`` to themselves are allowed (idempotent retries);
-:func:`set_state` refuses every other move with :class:`StateTransitionError`.
+``received -> received`` and ``failed/expired`` to themselves are allowed (idempotent retries); every
+other move is refused with :class:`StateTransitionError`. Each row also records what a load needs (the
+export's time zone and filters) and the callback base URL given to CloudAgent (never the token), so that
+loads and reprocessing need only the database.
 
 ``callback_payloads`` holds one row per distinct body per request (the same body delivered twice is
 stored once: unique on request id + SHA-256). The bytes themselves live in ``callback_payload_chunks``
@@ -28,42 +35,148 @@ import io
 import json
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum, auto
-from typing import IO, Any, Literal
+from enum import Enum, StrEnum, auto
+from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cloudagent_etl.errors import PayloadError, StateTransitionError
-from cloudagent_etl.schema import (
-    EXPORT_REQUEST_STATES,
-    UtcDateTime,
-    callback_payload_chunks,
-    callback_payloads,
-    export_requests,
-)
-from cloudagent_etl.settings import Secret
+from cloudagent_etl.errors import ConfigurationError, PayloadError, StateTransitionError
+from cloudagent_etl.settings import DEFAULT_TIMEZONE, Secret
+from cloudagent_etl.sqltypes import BigIntId, UtcDateTime, metadata
 
 AUTOCOMMIT = "AUTOCOMMIT"
 #: Largest piece of a body stored in one ``callback_payload_chunks`` row (and read at once).
 CHUNK_BYTES = 4 * 1024 * 1024
 
-State = Literal["requested", "received", "loaded", "failed", "expired"]
+
+class RequestState(StrEnum):
+    """Where an export request is in its life (see the module docstring's diagram)."""
+
+    REQUESTED = "requested"
+    RECEIVED = "received"
+    LOADED = "loaded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class CallbackStatus(Enum):
+    """What a wait for a request's callback should do next."""
+
+    WAITING = auto()  # no callback yet: keep waiting
+    LANDED = auto()  # a callback is stored: its payloads can be loaded
+    GAVE_UP = auto()  # the request failed or expired: no callback is awaited any more
+
 
 #: For each target state, the states a request may move to it from.
-ALLOWED_SOURCES: Mapping[str, frozenset[str]] = {
-    "requested": frozenset(),
-    "received": frozenset({"requested", "received"}),
-    "loaded": frozenset({"received", "loaded", "failed", "expired"}),
-    "failed": frozenset({"requested", "received", "failed"}),
-    "expired": frozenset({"requested", "received", "expired"}),
+_ALLOWED_SOURCES: Mapping[RequestState, frozenset[RequestState]] = {
+    RequestState.REQUESTED: frozenset(),
+    RequestState.RECEIVED: frozenset({RequestState.REQUESTED, RequestState.RECEIVED}),
+    RequestState.LOADED: frozenset(
+        {RequestState.RECEIVED, RequestState.LOADED, RequestState.FAILED, RequestState.EXPIRED}
+    ),
+    RequestState.FAILED: frozenset({RequestState.REQUESTED, RequestState.RECEIVED, RequestState.FAILED}),
+    RequestState.EXPIRED: frozenset({RequestState.REQUESTED, RequestState.RECEIVED, RequestState.EXPIRED}),
 }
-
+_LANDED = frozenset({RequestState.RECEIVED, RequestState.LOADED})
 #: States in which a new callback is late: the request was already settled without it.
-LATE_STATES = frozenset({"loaded", "failed", "expired"})
+_LATE = frozenset({RequestState.LOADED, RequestState.FAILED, RequestState.EXPIRED})
+
+
+def _sql_list(states: Iterable[RequestState]) -> str:
+    return "(" + ", ".join(f"'{state.value}'" for state in sorted(states)) + ")"
+
+
+# ---------------------------------------------------------------------------------------------- tables
+export_requests = Table(
+    "export_requests",
+    metadata,
+    Column("request_id", String(36), primary_key=True, comment="UUID made by us; part of the callback URL"),
+    Column("account", Text, nullable=False, comment="CloudAgent userName the request was made for"),
+    Column("campaign_name", Text, nullable=False),
+    Column("window_start", UtcDateTime, nullable=False),
+    Column("window_end", UtcDateTime, nullable=False),
+    Column("filters", JSON, nullable=False, comment="sortby, status, dialstatus, dispositions as sent"),
+    Column("unique_id", Text, nullable=True, comment="uniqueId CloudAgent answered with"),
+    Column("callback_token_sha256", String(64), nullable=False, comment="SHA-256 of the per-request token"),
+    Column("state", String(16), nullable=False, server_default=RequestState.REQUESTED.value),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("requested_at", UtcDateTime, nullable=True, comment="when CloudAgent accepted it"),
+    Column("received_at", UtcDateTime, nullable=True, comment="first callback stored"),
+    Column("loaded_at", UtcDateTime, nullable=True),
+    Column("failed_at", UtcDateTime, nullable=True),
+    Column("expired_at", UtcDateTime, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("dag_id", Text, nullable=True),
+    Column("run_id", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column(
+        "timezone",
+        Text,
+        nullable=False,
+        server_default=DEFAULT_TIMEZONE,
+        comment="time zone of the account: the export's window and the records' times are wall clock in it",
+    ),
+    Column("callback_base_url", Text, nullable=True, comment="base of the callBackUrl given (no token)"),
+    CheckConstraint(f"state IN {_sql_list(RequestState)}", name="state"),
+    Index(None, "campaign_name", "window_start"),
+    Index(None, "unique_id"),
+)
+
+callback_payloads = Table(
+    "callback_payloads",
+    metadata,
+    Column("payload_id", BigIntId, primary_key=True, autoincrement=True),
+    Column("request_id", String(36), ForeignKey("export_requests.request_id"), nullable=False),
+    Column("unique_id", Text, nullable=True, comment="uniqueId carried by the body, when it has one"),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("content_type", Text, nullable=True),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("client_addr", Text, nullable=True),
+    Column("headers", JSON, nullable=True, comment="allow-listed request headers"),
+    Column("parse_state", String(16), nullable=False, server_default="pending"),
+    Column("late", Integer, nullable=False, server_default="0", comment="1 when it arrived after the load"),
+    UniqueConstraint("request_id", "sha256"),
+)
+
+#: The raw body of a callback payload, in order, in pieces of at most :data:`CHUNK_BYTES` bytes: a body
+#: of hundreds of MB is written and read a piece at a time, never held whole in memory.
+callback_payload_chunks = Table(
+    "callback_payload_chunks",
+    metadata,
+    Column(
+        "payload_id",
+        BigIntId,
+        ForeignKey("callback_payloads.payload_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True, autoincrement=False, comment="0, 1, 2, ... in body order"),
+    Column("data", LargeBinary, nullable=False),
+)
 
 
 def _now() -> datetime:
@@ -75,6 +188,7 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+# ---------------------------------------------------------------------------------------------- requests
 @dataclass(frozen=True)
 class NewExportRequest:
     """A freshly created request: its id and the callback token (shown once, only its hash is stored)."""
@@ -93,8 +207,10 @@ class ExportRequest:
     window_start: datetime
     window_end: datetime
     filters: dict[str, Any]
+    timezone: str
+    callback_base_url: str | None
     unique_id: str | None
-    state: str
+    state: RequestState
     created_at: datetime
     requested_at: datetime | None
     received_at: datetime | None
@@ -106,8 +222,36 @@ class ExportRequest:
     run_id: str | None
     error: str | None
 
+    @property
+    def is_loaded(self) -> bool:
+        return self.state is RequestState.LOADED
+
+    @property
+    def callback_status(self) -> CallbackStatus:
+        return _callback_status(self.state)
+
+    def describe(self) -> str:
+        """'campaign X, window A .. B (uniqueId U, request R)': how messages name a request."""
+        return (
+            f"campaign {self.campaign_name!r}, window {self.window_start.isoformat()} .. "
+            f"{self.window_end.isoformat()} (uniqueId {self.unique_id or 'none'}, request {self.request_id})"
+        )
+
 
 _REQUEST_COLUMNS = [export_requests.c[name] for name in ExportRequest.__dataclass_fields__]
+
+
+def _request_of(row: Any) -> ExportRequest:
+    values = row._asdict()
+    return ExportRequest(**{**values, "state": RequestState(values["state"])})
+
+
+def _callback_status(state: RequestState) -> CallbackStatus:
+    if state in _LANDED:
+        return CallbackStatus.LANDED
+    if state is RequestState.REQUESTED:
+        return CallbackStatus.WAITING
+    return CallbackStatus.GAVE_UP
 
 
 def create_export_request(
@@ -117,7 +261,9 @@ def create_export_request(
     campaign_name: str,
     window_start: datetime,
     window_end: datetime,
-    filters: dict[str, Any],
+    filters: Mapping[str, Any],
+    timezone: str = DEFAULT_TIMEZONE,
+    callback_base_url: str | None = None,
     dag_id: str | None = None,
     run_id: str | None = None,
 ) -> NewExportRequest:
@@ -134,8 +280,10 @@ def create_export_request(
                 window_start=window_start,
                 window_end=window_end,
                 filters=dict(filters),
+                timezone=timezone,
+                callback_base_url=callback_base_url,
                 callback_token_sha256=token_sha256(token),
-                state="requested",
+                state=RequestState.REQUESTED.value,
                 created_at=now,
                 updated_at=now,
                 dag_id=dag_id,
@@ -168,34 +316,75 @@ def record_unique_id(engine: Engine, request_id: str, unique_id: str) -> None:
             raise StateTransitionError(f"export request {request_id} does not exist")
 
 
-def set_state(conn: Connection, request_id: str, state: str, error: str | None = None) -> None:
-    """Move a request to ``state`` inside the caller's transaction (see the module docstring's diagram).
+def _move(conn: Connection, request_id: str, target: RequestState, error: str | None = None) -> None:
+    """Move a request to ``target`` inside the caller's transaction, or raise StateTransitionError.
 
     Stamps ``<state>_at`` (``received_at`` keeps the first receipt) and ``updated_at``, and sets ``error``
     to the given text (None clears it). The move is one conditional UPDATE, so two writers racing cannot
     both make a move that only one of them may make.
     """
-    if state not in EXPORT_REQUEST_STATES:
-        raise StateTransitionError(f"unknown state {state!r}; expected one of {EXPORT_REQUEST_STATES}")
-    sources = ALLOWED_SOURCES[state]
     now = _now()
-    stamp_column = export_requests.c[f"{state}_at"]
+    stamp_column = export_requests.c[f"{target.value}_at"]
     stamp: Any = now
-    if state == "received":
+    if target is RequestState.RECEIVED:
         stamp = func.coalesce(stamp_column, bindparam(None, now, type_=UtcDateTime()))
+    sources = sorted(state.value for state in _ALLOWED_SOURCES[target])
     result = conn.execute(
         update(export_requests)
-        .where(export_requests.c.request_id == request_id, export_requests.c.state.in_(sorted(sources)))
-        .values({"state": state, stamp_column.name: stamp, "updated_at": now, "error": error})
+        .where(export_requests.c.request_id == request_id, export_requests.c.state.in_(sources))
+        .values({"state": target.value, stamp_column.name: stamp, "updated_at": now, "error": error})
     )
     if result.rowcount == 1:
         return
-    current = conn.execute(
+    current = _state(conn, request_id)
+    raise StateTransitionError(
+        f"export request {request_id} cannot move from {current.value!r} to {target.value!r}"
+    )
+
+
+def _state(conn: Connection, request_id: str) -> RequestState:
+    state = conn.execute(
         select(export_requests.c.state).where(export_requests.c.request_id == request_id)
     ).scalar_one_or_none()
-    if current is None:
+    if state is None:
         raise StateTransitionError(f"export request {request_id} does not exist")
-    raise StateTransitionError(f"export request {request_id} cannot move from {current!r} to {state!r}")
+    return RequestState(state)
+
+
+def mark_failed(engine: Engine, request_id: str, error: str) -> None:
+    """The export call failed: the request becomes ``failed`` with the (already redacted) reason."""
+    with engine.begin() as conn:
+        _move(conn, request_id, RequestState.FAILED, error)
+
+
+def mark_expired(engine: Engine, request_id: str, error: str) -> CallbackStatus:
+    """No callback came in time: a request still waiting becomes ``expired`` with ``error``.
+
+    Returns the request's status afterwards: ``LANDED`` when the callback landed after all (the wait
+    raced its deadline, nothing changes), else ``GAVE_UP``.
+    """
+    with engine.begin() as conn:
+        state = _state(conn, request_id)
+        if state is RequestState.REQUESTED:
+            _move(conn, request_id, RequestState.EXPIRED, error)
+            return CallbackStatus.GAVE_UP
+    return _callback_status(state)
+
+
+def mark_loaded(conn: Connection, request_id: str) -> None:
+    """A payload of the request loaded, in the caller's (the load's) transaction."""
+    _move(conn, request_id, RequestState.LOADED)
+
+
+def mark_load_failed(engine: Engine, request_id: str, error: str) -> None:
+    """No payload of the request could be loaded: it becomes ``failed`` unless it is loaded or expired."""
+    with engine.begin() as conn:
+        if RequestState.FAILED in _next_states(_state(conn, request_id)):
+            _move(conn, request_id, RequestState.FAILED, error)
+
+
+def _next_states(state: RequestState) -> set[RequestState]:
+    return {target for target, sources in _ALLOWED_SOURCES.items() if state in sources}
 
 
 def get_export_request(engine: Engine, request_id: str) -> ExportRequest | None:
@@ -203,7 +392,26 @@ def get_export_request(engine: Engine, request_id: str) -> ExportRequest | None:
         row = conn.execute(
             select(*_REQUEST_COLUMNS).where(export_requests.c.request_id == request_id)
         ).one_or_none()
-    return None if row is None else ExportRequest(**row._asdict())
+    return None if row is None else _request_of(row)
+
+
+def require_export_request(engine: Engine, request_id: str) -> ExportRequest:
+    """The request, or a ConfigurationError: a request id that is not in the database we were given."""
+    request = get_export_request(engine, request_id)
+    if request is None:
+        raise ConfigurationError(f"export request {request_id} does not exist in this database")
+    return request
+
+
+def callback_status(engine: Engine, request_id: str) -> CallbackStatus:
+    """Whether the request's callback has landed, is still awaited, or is no longer awaited."""
+    return require_export_request(engine, request_id).callback_status
+
+
+def describe_request(engine: Engine, request_id: str) -> str:
+    """How messages name a request (see :meth:`ExportRequest.describe`)."""
+    request = get_export_request(engine, request_id)
+    return f"request {request_id} (not found)" if request is None else request.describe()
 
 
 def find_request_by_unique_id(engine: Engine, unique_id: str) -> str | None:
@@ -217,6 +425,49 @@ def find_request_by_unique_id(engine: Engine, unique_id: str) -> str | None:
         ).scalar_one_or_none()
 
 
+def latest_requests_of_run(engine: Engine, dag_id: str, run_id: str) -> dict[str, ExportRequest]:
+    """Per campaign, the newest request a DAG run made."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*_REQUEST_COLUMNS)
+            .where(export_requests.c.dag_id == dag_id, export_requests.c.run_id == run_id)
+            .order_by(export_requests.c.created_at)
+        ).all()
+    return {row.campaign_name: _request_of(row) for row in rows}
+
+
+def latest_request_per_campaign(engine: Engine) -> dict[str, ExportRequest]:
+    """Per campaign, the newest request of any run."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(*_REQUEST_COLUMNS).order_by(export_requests.c.created_at)).all()
+    return {row.campaign_name: _request_of(row) for row in rows}
+
+
+def requests_with_payloads(
+    engine: Engine, campaigns: Iterable[str], window_start: datetime, window_end: datetime
+) -> list[str]:
+    """Ids of the requests of ``campaigns`` with landed payloads whose window overlaps the given one.
+
+    Any state counts, so a late callback of an ``expired`` or ``failed`` request is found too. Oldest
+    window first.
+    """
+    query = (
+        select(export_requests.c.request_id)
+        .where(
+            export_requests.c.campaign_name.in_(list(campaigns)),
+            select(callback_payloads.c.payload_id)
+            .where(callback_payloads.c.request_id == export_requests.c.request_id)
+            .exists(),
+            export_requests.c.window_start < window_end,
+            export_requests.c.window_end > window_start,
+        )
+        .order_by(export_requests.c.window_start, export_requests.c.created_at)
+    )
+    with engine.connect() as conn:
+        return [str(row) for row in conn.scalars(query)]
+
+
+# ---------------------------------------------------------------------------------------------- tokens
 class TokenCheck(Enum):
     VALID = auto()
     UNKNOWN_REQUEST = auto()
@@ -253,9 +504,13 @@ def verify_callback_token(engine: Engine, request_id: str, token: str) -> TokenC
     return TokenCheck.WRONG_TOKEN
 
 
+# ---------------------------------------------------------------------------------------------- storing
 @dataclass(frozen=True)
 class CallbackBody:
-    """A body ready to store: a readable binary file (seekable) with its size and SHA-256 already known."""
+    """A body ready to store: a readable binary file (seekable) with its size and SHA-256 already known.
+
+    The receiver measures and hashes a body while it spools it, so landing never reads it an extra time.
+    """
 
     file: IO[bytes]
     size: int
@@ -264,17 +519,6 @@ class CallbackBody:
     @classmethod
     def from_bytes(cls, data: bytes) -> CallbackBody:
         return cls(io.BytesIO(data), len(data), hashlib.sha256(data).hexdigest())
-
-    @classmethod
-    def from_file(cls, file: IO[bytes]) -> CallbackBody:
-        """Measure and hash a body already written to ``file``, reading it block by block."""
-        file.seek(0)
-        hasher = hashlib.sha256()
-        size = 0
-        while block := file.read(CHUNK_BYTES):
-            hasher.update(block)
-            size += len(block)
-        return cls(file, size, hasher.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -295,7 +539,6 @@ def store_callback(
     unique_id: str | None = None,
     client_addr: str | None = None,
     headers: Mapping[str, str] | None = None,
-    parse_state: str = "pending",
 ) -> StoredCallback:
     """Store one callback body for a request, in one transaction; a body already stored is not stored again.
 
@@ -308,7 +551,6 @@ def store_callback(
         "unique_id": unique_id,
         "client_addr": client_addr,
         "headers": dict(headers) if headers is not None else None,
-        "parse_state": parse_state,
     }
     if engine.dialect.name == "postgresql" and body.size <= CHUNK_BYTES:
         return _store_in_one_statement(engine, request_id, body, **details)
@@ -319,15 +561,15 @@ def store_callback(
 #: and its one chunk, and move ``requested -> received``, all in one statement. A duplicate inserts
 #: nothing and returns no row (the caller then looks the stored one up: a row committed by a concurrent
 #: delivery while this statement waited is not in its snapshot, but is in the next statement's).
-_STORE_IN_ONE_STATEMENT = """
+_STORE_IN_ONE_STATEMENT = f"""
 WITH request AS (
     SELECT state FROM export_requests WHERE request_id = %(request_id)s FOR NO KEY UPDATE
 ), payload AS (
     INSERT INTO callback_payloads (request_id, unique_id, received_at, content_type, sha256, size_bytes,
-                                   client_addr, headers, parse_state, late)
+                                   client_addr, headers, late)
     SELECT %(request_id)s, %(unique_id)s, %(now)s, %(content_type)s, %(sha256)s, %(size_bytes)s,
-           %(client_addr)s, %(headers)s::json, %(parse_state)s,
-           CASE WHEN request.state IN ('loaded', 'failed', 'expired') THEN 1 ELSE 0 END
+           %(client_addr)s, %(headers)s::json,
+           CASE WHEN request.state IN {_sql_list(_LATE)} THEN 1 ELSE 0 END
     FROM request
     ON CONFLICT (request_id, sha256) DO NOTHING
     RETURNING payload_id, late
@@ -336,8 +578,10 @@ WITH request AS (
     SELECT payload_id, 0, %(data)s FROM payload WHERE %(size_bytes)s > 0
 ), moved AS (
     UPDATE export_requests
-    SET state = 'received', received_at = coalesce(received_at, %(now)s), updated_at = %(now)s, error = NULL
-    WHERE request_id = %(request_id)s AND state = 'requested' AND EXISTS (SELECT FROM payload)
+    SET state = '{RequestState.RECEIVED.value}', received_at = coalesce(received_at, %(now)s),
+        updated_at = %(now)s, error = NULL
+    WHERE request_id = %(request_id)s AND state = '{RequestState.REQUESTED.value}'
+      AND EXISTS (SELECT FROM payload)
 )
 SELECT payload_id, late FROM payload
 """
@@ -401,15 +645,14 @@ def _store_in_steps(
     unique_id: str | None,
     client_addr: str | None,
     headers: dict[str, str] | None,
-    parse_state: str,
 ) -> StoredCallback:
     """:func:`store_callback` in several statements: any body, any database.
 
     Order matters: the payload row is inserted first (on SQLite that takes the write lock, so the state
     read below is current), its chunks next, and only then is the request row locked (``FOR NO KEY
     UPDATE`` on PostgreSQL, compatible with the foreign-key check's lock) to move it ``requested ->
-    received`` or to flag the payload late. The lock serialises this with the load step's
-    :func:`set_state`, so a payload either is seen by the load or is flagged late.
+    received`` or to flag the payload late. The lock serialises this with the load's :func:`mark_loaded`,
+    so a payload either is seen by the load or is flagged late.
     """
     with engine.begin() as conn:
         payload_id = conn.execute(
@@ -423,7 +666,6 @@ def _store_in_steps(
                 "size_bytes": body.size,
                 "client_addr": client_addr,
                 "headers": headers,
-                "parse_state": parse_state,
                 "late": 0,
             },
         ).scalar_one_or_none()
@@ -435,10 +677,10 @@ def _store_in_steps(
             ).one()
             return StoredCallback(payload_id=existing.payload_id, duplicate=True, late=bool(existing.late))
         _insert_chunks(conn, payload_id, body)
-        state = conn.execute(_LOCK_REQUEST_STATE, {"request_id": request_id}).scalar_one()
-        late = state in LATE_STATES
-        if state == "requested":
-            set_state(conn, request_id, "received")
+        state = RequestState(conn.execute(_LOCK_REQUEST_STATE, {"request_id": request_id}).scalar_one())
+        late = state in _LATE
+        if state is RequestState.REQUESTED:
+            _move(conn, request_id, RequestState.RECEIVED)
         elif late:
             conn.execute(
                 update(callback_payloads).where(callback_payloads.c.payload_id == payload_id).values(late=1)
@@ -459,6 +701,29 @@ def _insert_chunks(conn: Connection, payload_id: int, body: CallbackBody) -> Non
         raise PayloadError(f"body of payload {payload_id} has {written} bytes, expected {body.size}")
 
 
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class LandedPayload:
+    """What the load needs to know of a payload besides its bytes."""
+
+    payload_id: int
+    request_id: str
+    content_type: str | None
+    timezone: str
+
+
+def landed_payload(conn: Connection, payload_id: int) -> LandedPayload:
+    """The payload's request, content type and the time zone of its export; PayloadError if unknown."""
+    row = conn.execute(
+        select(callback_payloads.c.request_id, callback_payloads.c.content_type, export_requests.c.timezone)
+        .join(export_requests, export_requests.c.request_id == callback_payloads.c.request_id)
+        .where(callback_payloads.c.payload_id == payload_id)
+    ).one_or_none()
+    if row is None:
+        raise PayloadError(f"callback payload {payload_id} does not exist")
+    return LandedPayload(payload_id, row.request_id, row.content_type, row.timezone)
+
+
 def received_payload_ids(conn: Connection, request_id: str) -> list[int]:
     """Ids of every payload stored for the request, in arrival order."""
     return list(
@@ -467,6 +732,24 @@ def received_payload_ids(conn: Connection, request_id: str) -> list[int]:
             .where(callback_payloads.c.request_id == request_id)
             .order_by(callback_payloads.c.payload_id)
         )
+    )
+
+
+def mark_payload_loaded(conn: Connection, payload_id: int) -> None:
+    """The payload was loaded (in the load's transaction)."""
+    _set_parse_state(conn, payload_id, "loaded")
+
+
+def mark_payload_failed(conn: Connection, payload_id: int) -> None:
+    """The payload could not be parsed at all (see ``load_runs`` for why)."""
+    _set_parse_state(conn, payload_id, "failed")
+
+
+def _set_parse_state(conn: Connection, payload_id: int, state: str) -> None:
+    conn.execute(
+        update(callback_payloads)
+        .where(callback_payloads.c.payload_id == payload_id)
+        .values(parse_state=state)
     )
 
 

@@ -7,7 +7,7 @@ parsed by orjson (~2x faster than a streaming parser); a slice whose values are 
 (orjson reads a fraction, or an integer beyond 64 bits, as a float) is parsed again by ijson, which
 keeps numbers exact, and every other shape (object, nested document, invalid JSON) streams through ijson.
 
-The rules (DESIGN.md sections 2 and 5; issue 4):
+The rules (the contract is in ``docs/cloudagent-contract.md``, the data model in ``docs/data-model.md``):
 
 - Shapes: a JSON array of records; a JSON object holding them under ``data``/``records``/``details``/
   ``Data`` (the value may also be a JSON string); a form body (``application/x-www-form-urlencoded`` or
@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cloudagent_etl.errors import PayloadError
-from cloudagent_etl.schema import DIAL_STATUS_VALUE_COLUMNS
+from cloudagent_etl.media_types import FORM_URLENCODED, MULTIPART_FORM, media_type
 from cloudagent_etl.settings import zone
 
 #: Warehouse column -> the source field names that feed it (compared by :func:`field_token`).
@@ -83,15 +83,45 @@ FIELD_ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
     "updated_at": ("UpdatedDate", "UpdatedTime", "UpdatedAt", "ModifiedDate"),
 }
 
-#: Columns of a normalized row, in warehouse order (``position`` and ``is_latest`` are load metadata).
-ROW_COLUMNS: Final = ("campaign_name", "record_key", *DIAL_STATUS_VALUE_COLUMNS)
-TIME_COLUMNS: Final = ("call_started_at", "call_ended_at", "created_at", "updated_at")
-INTEGER_COLUMNS: Final = ("attempts", "call_duration_s")
+#: Every column of a normalized row, in warehouse order, with its kind: ``text``, ``integer``, ``time``
+#: (aware UTC) or ``json`` (text of a JSON object). The warehouse builds its tables from this.
+ROW_COLUMN_KINDS: Final[Mapping[str, str]] = {
+    "campaign_name": "text",
+    "record_key": "text",
+    "phone_number": "text",
+    "phone_number_raw": "text",
+    "customer_name": "text",
+    "lead_status": "text",
+    "dial_status": "text",
+    "dial_status_first": "text",
+    "dial_status_last": "text",
+    "disposition": "text",
+    "attempts": "integer",
+    "agent_id": "text",
+    "agent_name": "text",
+    "ucid": "text",
+    "monitor_ucid": "text",
+    "call_started_at": "time",
+    "call_ended_at": "time",
+    "call_duration_s": "integer",
+    "skill": "text",
+    "priority": "text",
+    "created_at": "time",
+    "updated_at": "time",
+    "extra": "json",
+}
+#: A row's identity: one current row per key in the warehouse.
+KEY_COLUMNS: Final = ("campaign_name", "record_key")
+#: Columns of a normalized row (``position`` and ``is_latest`` are load metadata).
+ROW_COLUMNS: Final = tuple(ROW_COLUMN_KINDS)
+#: Columns compared to decide whether an incoming version differs from the stored one.
+VALUE_COLUMNS: Final = tuple(column for column in ROW_COLUMNS if column not in KEY_COLUMNS)
+TIME_COLUMNS: Final = tuple(column for column, kind in ROW_COLUMN_KINDS.items() if kind == "time")
+INTEGER_COLUMNS: Final = tuple(column for column, kind in ROW_COLUMN_KINDS.items() if kind == "integer")
 REJECT_COLUMNS: Final = ("position", "reason", "raw_record")
 
-#: Keys of a JSON object body that may hold the records (DESIGN.md section 2).
+#: Keys of a JSON object body that may hold the records.
 RECORD_CONTAINER_KEYS: Final = ("data", "records", "details", "Data")
-NULL_MARKERS: Final = ("", "none", "null", "na")
 TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 LEG_SEPARATOR: Final = " -> "
 DEFAULT_BATCH_SIZE: Final = 20_000
@@ -269,15 +299,15 @@ def iter_records(body: Body, content_type: str | None) -> Iterator[Any]:
     Raises :class:`PayloadError` when the body is not one of the accepted shapes or is not valid JSON;
     the error may come after some records were yielded (a truncated document).
     """
-    media_type = (content_type or "").split(";")[0].strip().lower()
+    kind = media_type(content_type)
     try:
-        if media_type == "application/x-www-form-urlencoded":
+        if kind == FORM_URLENCODED:
             raw = body if isinstance(body, bytes) else body.read()
             fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
             if "data" not in fields:
                 raise PayloadError("form payload has no 'data' field")
             yield from _json_records(io.BytesIO(fields["data"][0].encode()))
-        elif media_type == "multipart/form-data":
+        elif kind == MULTIPART_FORM:
             raw = body if isinstance(body, bytes) else body.read()
             yield from _json_records(io.BytesIO(_multipart_data_field(raw, content_type or "")))
         else:

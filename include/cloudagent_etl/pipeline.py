@@ -1,8 +1,8 @@
 """The steps of one sync run as plain functions; the Airflow DAGs only call these.
 
 One run covers one data interval; per campaign it does ``request_export`` -> wait until
-``callback_status`` says the callback landed (or ``expire_request``) -> ``load_request``; at the end
-``quality_checks`` looks at everything the run did. Keeping the steps here (not in the DAG files) lets
+``landing.callback_status`` says the callback landed (or ``expire_request``) -> ``load_request``; at the
+end ``quality_checks`` looks at everything the run did. Keeping the steps here (not in the DAG files) lets
 them be tested on real databases without Airflow, and keeps the DAG files thin.
 """
 
@@ -18,23 +18,20 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, and_, func, or_, select
 
-from cloudagent_etl import landing, schema
+from cloudagent_etl import landing
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
 from cloudagent_etl.errors import ConfigurationError, PayloadError, redact
 from cloudagent_etl.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-#: The export filters a run sends, with the API's defaults (DESIGN.md section 2).
+#: The export filters a run sends, with the API's defaults (``docs/cloudagent-contract.md``).
 DEFAULT_FILTERS: Mapping[str, str] = {
     "sortby": "2",
     "status": "All",
     "dialstatus": "ALL",
     "dispositions": "ALL",
 }
-
-#: States in which a request's callback has landed and its payloads can be (re)loaded.
-LANDED_STATES = ("received", "loaded")
 
 
 def parse_campaigns(value: object) -> list[str]:
@@ -143,7 +140,9 @@ def request_export(
         campaign_name=campaign,
         window_start=window_start,
         window_end=window_end,
-        filters=dict(filters),
+        filters=filters,
+        timezone=api_settings.timezone,
+        callback_base_url=callback_base_url,
         dag_id=dag_id,
         run_id=run_id,
     )
@@ -164,8 +163,7 @@ def request_export(
         message = redact(
             f"{type(exc).__name__}: {exc}", [api_settings.api_key.get(), new.token.get()], limit=2000
         )
-        with engine.begin() as conn:
-            landing.set_state(conn, new.request_id, "failed", error=message)
+        landing.mark_failed(engine, new.request_id, message)
         raise
     landing.record_unique_id(engine, new.request_id, unique_id)
     log.info(
@@ -179,54 +177,35 @@ def request_export(
     return new.request_id
 
 
-def callback_status(engine: Engine, request_id: str) -> str:
-    """The request's state (``requested``, ``received``, ``loaded``, ``failed``, ``expired``)."""
-    request = landing.get_export_request(engine, request_id)
-    if request is None:
-        raise ConfigurationError(f"export request {request_id} does not exist in this database")
-    return str(request.state)
-
-
-def describe_request(engine: Engine, request_id: str) -> str:
-    """'campaign X, window A .. B (uniqueId U, request R)': how messages name a request."""
-    request = landing.get_export_request(engine, request_id)
-    if request is None:
-        return f"request {request_id} (not found)"
-    return (
-        f"campaign {request.campaign_name!r}, window {request.window_start.isoformat()} .. "
-        f"{request.window_end.isoformat()} (uniqueId {request.unique_id or 'none'}, request {request_id})"
-    )
-
-
 def expire_request(engine: Engine, request_id: str, waited_minutes: float) -> str | None:
     """Mark a request whose callback did not come ``expired``; return the message to fail with.
 
     Returns None when the callback landed after all (the wait raced its deadline): nothing to fail.
     """
-    state = callback_status(engine, request_id)
-    if state in LANDED_STATES:
-        return None
+    request = landing.require_export_request(engine, request_id)
     message = (
-        f"no callback within {waited_minutes:g} minutes for {describe_request(engine, request_id)}; "
+        f"no callback within {waited_minutes:g} minutes for {request.describe()}; "
         "the request is marked expired. To retry, clear this campaign's request_export task "
         "(with downstream): that requests a fresh export."
     )
-    if state == "requested":
-        with engine.begin() as conn:
-            landing.set_state(conn, request_id, "expired", error=message)
+    if landing.mark_expired(engine, request_id, message) is landing.CallbackStatus.LANDED:
+        return None
     return message
 
 
-def load_request(engine: Engine, request_id: str, *, timezone: str) -> dict[str, Any]:
-    """Normalize and merge every payload landed for the request; return the counts for the task log."""
-    # Imported here: it brings pandas, which the triggerer (polling via callback_status) does not need.
+def load_request(engine: Engine, request_id: str) -> dict[str, Any]:
+    """Normalize and merge every payload landed for the request; return the counts for the task log.
+
+    Everything the load needs (the payloads, the export's time zone) is in the database.
+    """
+    # Imported here: it brings pandas, which the triggerer (polling landing.callback_status) does not need.
     from cloudagent_etl import warehouse
 
-    result = warehouse.load_request(engine, request_id, timezone=timezone)
+    result = warehouse.load_payloads(engine, request_id)
     counts = asdict(result)
     if result.failed_payloads == result.payloads:
         raise PayloadError(
-            f"nothing could be loaded for {describe_request(engine, request_id)}: {result.error}"
+            f"nothing could be loaded for {landing.describe_request(engine, request_id)}: {result.error}"
         )
     if result.failed_payloads:
         log.warning(
@@ -235,32 +214,8 @@ def load_request(engine: Engine, request_id: str, *, timezone: str) -> dict[str,
             result.payloads,
             result.error,
         )
-    log.info("loaded %s: %s", describe_request(engine, request_id), counts)
+    log.info("loaded %s: %s", landing.describe_request(engine, request_id), counts)
     return counts
-
-
-def requests_to_reprocess(
-    engine: Engine, campaigns: Iterable[str], window_start: datetime, window_end: datetime
-) -> list[str]:
-    """Ids of the requests of ``campaigns`` with landed payloads whose window overlaps the given one.
-
-    Any state counts, so a late callback of an ``expired`` or ``failed`` request is loaded too. Oldest
-    window first, so the log reads in time order (the merge keeps the newest version regardless).
-    """
-    requests = schema.export_requests
-    payloads = schema.callback_payloads
-    query = (
-        select(requests.c.request_id)
-        .where(
-            requests.c.campaign_name.in_(list(campaigns)),
-            select(payloads.c.payload_id).where(payloads.c.request_id == requests.c.request_id).exists(),
-            requests.c.window_start < window_end,
-            requests.c.window_end > window_start,
-        )
-        .order_by(requests.c.window_start, requests.c.created_at)
-    )
-    with engine.connect() as conn:
-        return [str(row) for row in conn.scalars(query)]
 
 
 def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run_id: str) -> list[str]:
@@ -270,25 +225,21 @@ def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run
     campaign that never got a request, is listed with its error), and the warehouse rows of these
     campaigns must have no duplicate and no empty keys.
     """
+    from cloudagent_etl.warehouse.tables import dial_status
+
     campaigns = list(campaigns)
     problems: list[str] = []
-    requests, dial_status = schema.export_requests, schema.dial_status
+    latest = landing.latest_requests_of_run(engine, dag_id, run_id)
+    for campaign in campaigns:
+        request = latest.get(campaign)
+        if request is None:
+            problems.append(f"campaign {campaign!r}: no export request was made in this run")
+        elif not request.is_loaded:
+            problems.append(
+                f"campaign {campaign!r}: request {request.request_id} is {request.state.value}"
+                + (f": {request.error}" if request.error else "")
+            )
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(requests.c.campaign_name, requests.c.request_id, requests.c.state, requests.c.error)
-            .where(requests.c.dag_id == dag_id, requests.c.run_id == run_id)
-            .order_by(requests.c.created_at)
-        ).all()
-        latest = {row.campaign_name: row for row in rows}
-        for campaign in campaigns:
-            row = latest.get(campaign)
-            if row is None:
-                problems.append(f"campaign {campaign!r}: no export request was made in this run")
-            elif row.state != "loaded":
-                problems.append(
-                    f"campaign {campaign!r}: request {row.request_id} is {row.state}"
-                    + (f": {row.error}" if row.error else "")
-                )
         duplicates = conn.execute(
             select(dial_status.c.campaign_name, dial_status.c.record_key, func.count().label("n"))
             .where(dial_status.c.campaign_name.in_(campaigns))

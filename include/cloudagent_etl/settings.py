@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cloudagent_etl.errors import ConfigurationError
 
 DEFAULT_BASE_URL = "https://in1-ccaas-api.ozonetel.com"
-INTERNATIONAL_BASE_URL = "https://api.ccaas.ozonetel.com"
 DEFAULT_ENDPOINT = "/endpoint/dailer/data/preview/download"
 DEFAULT_TIMEZONE = "Asia/Kolkata"
 DEFAULT_RATE_LIMIT_PER_MINUTE = 10
@@ -84,10 +83,6 @@ class ApiSettings:
         if self.timeout_s <= 0:
             raise ConfigurationError("timeout_s must be positive")
         zone(self.timezone)
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return zone(self.timezone)
 
     @classmethod
     def from_connection(

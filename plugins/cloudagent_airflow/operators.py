@@ -43,12 +43,16 @@ class WaitForCallbackOperator(BaseOperator):
         self.db_conn_id = db_conn_id
 
     def execute(self, context: Any) -> str:
-        from cloudagent_etl.pipeline import LANDED_STATES, callback_status
+        from cloudagent_etl import landing
 
         with CloudAgentDbHook(self.db_conn_id).engine() as engine:
-            state = callback_status(engine, self.request_id)
-        if state in LANDED_STATES:
+            status = landing.callback_status(engine, self.request_id)
+        if status is landing.CallbackStatus.LANDED:
             return self.request_id
+        if status is landing.CallbackStatus.GAVE_UP:
+            with CloudAgentDbHook(self.db_conn_id).engine() as engine:
+                description = landing.describe_request(engine, self.request_id)
+            raise AirflowFailException(f"{description} was failed or expired before the wait began")
         deadline = time.time() + float(self.timeout_minutes) * 60
         self.defer(
             trigger=CallbackArrivedTrigger(

@@ -54,8 +54,8 @@ class CallbackArrivedTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from sqlalchemy.exc import OperationalError
 
+        from cloudagent_etl import landing
         from cloudagent_etl.db import create_db_engine
-        from cloudagent_etl.pipeline import LANDED_STATES, callback_status
 
         event = {"request_id": self.request_id}
         url = await CloudAgentDbHook(self.db_conn_id).aget_uri()
@@ -65,16 +65,19 @@ class CallbackArrivedTrigger(BaseTrigger):
             while True:
                 try:
                     # The check is a short synchronous query: run it off the event loop.
-                    state = await asyncio.to_thread(callback_status, engine, self.request_id)
+                    status = await asyncio.to_thread(landing.callback_status, engine, self.request_id)
                 except OperationalError as exc:
-                    # The database blinked; keep waiting until the deadline rather than failing the wait.
+                    # The database blinked: the wait goes on until the deadline rather than failing.
                     self.log.warning("could not read request %s, will retry: %s", self.request_id, exc)
-                    state = "requested"
-                if state in LANDED_STATES:
+                    status = None
+                if status is landing.CallbackStatus.LANDED:
                     yield TriggerEvent({**event, "status": "received"})
                     return
-                if state != "requested":
-                    message = f"request {self.request_id} became {state} while waiting for its callback"
+                if status is landing.CallbackStatus.GAVE_UP:
+                    message = (
+                        f"request {self.request_id} was failed or expired by someone else while waiting "
+                        "for its callback"
+                    )
                     yield TriggerEvent({**event, "status": "error", "message": message})
                     return
                 remaining = self.deadline - time.time()

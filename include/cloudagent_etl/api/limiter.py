@@ -25,12 +25,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Column, Connection, Double, Engine, Index, Table, Text, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from cloudagent_etl.errors import ConfigurationError, DatabaseUnavailableError
-from cloudagent_etl.schema import api_call_log, rate_limit_accounts
+from cloudagent_etl.sqltypes import BigIntId, metadata
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,25 @@ WAKE_SLACK_S = 0.005
 #: Old call-log rows are deleted on an instance's first admission and then every this many admissions.
 PRUNE_EVERY = 100
 
+rate_limit_accounts = Table(
+    "rate_limit_accounts",
+    metadata,
+    Column("account", Text, primary_key=True, comment="row locked while a call is admitted"),
+)
+
+api_call_log = Table(
+    "api_call_log",
+    metadata,
+    Column("call_id", BigIntId, primary_key=True, autoincrement=True),
+    Column("account", Text, nullable=False),
+    Column("called_at", Double, nullable=False, comment="UNIX time (s) the call was admitted"),
+    Column("purpose", Text, nullable=True, comment="e.g. the campaign or request id"),
+    Index(None, "account", "called_at"),
+)
+
 
 class RateLimiter:
-    """At most ``per_minute`` calls per rolling ``window_s`` seconds for ``account``, across processes.
+    """At most ``calls_per_window`` calls per rolling ``window_s`` seconds for ``account``, across processes.
 
     Call :meth:`acquire` right before each API call (each retry too: it is a call).
     """
@@ -50,7 +66,7 @@ class RateLimiter:
         self,
         engine: Engine,
         account: str,
-        per_minute: int = 10,
+        calls_per_window: int = 10,
         window_s: float = 60.0,
         *,
         safety_margin_s: float = 0.1,
@@ -59,15 +75,17 @@ class RateLimiter:
     ) -> None:
         if not account:
             raise ConfigurationError("rate limiter account is empty")
-        if per_minute < 1:
-            raise ConfigurationError(f"rate limit must allow at least 1 call per window, not {per_minute}")
+        if calls_per_window < 1:
+            raise ConfigurationError(
+                f"rate limit must allow at least 1 call per window, not {calls_per_window}"
+            )
         if window_s <= 0 or safety_margin_s < 0:
             raise ConfigurationError("rate limit window must be positive and its safety margin not negative")
         if retention_s < window_s + safety_margin_s:
             raise ConfigurationError("call-log retention must be at least the rate-limit window")
         self.engine = engine
         self.account = account
-        self.per_minute = per_minute
+        self.calls_per_window = calls_per_window
         self.window_s = window_s
         self.safety_margin_s = safety_margin_s
         self.retention_s = retention_s
@@ -76,7 +94,8 @@ class RateLimiter:
 
     def __repr__(self) -> str:
         return (
-            f"RateLimiter(account={self.account!r}, per_minute={self.per_minute}, window_s={self.window_s}, "
+            f"RateLimiter(account={self.account!r}, calls_per_window={self.calls_per_window}, "
+            f"window_s={self.window_s}, "
             f"backend={self.engine.dialect.name!r})"
         )
 
@@ -95,7 +114,7 @@ class RateLimiter:
             log.info(
                 "rate limit: account=%s has used %d calls in %.1fs; waiting %.2fs (purpose=%s)",
                 self.account,
-                self.per_minute,
+                self.calls_per_window,
                 self.effective_window_s,
                 wait_s,
                 purpose,
@@ -138,9 +157,9 @@ class RateLimiter:
         window_start = now - self.effective_window_s
         query = select(calls.called_at).where(mine, calls.called_at > window_start).order_by(calls.called_at)
         in_window = list(conn.execute(query).scalars())
-        if len(in_window) >= self.per_minute:
+        if len(in_window) >= self.calls_per_window:
             # The call that must leave the window before one more fits in it.
-            blocking = in_window[len(in_window) - self.per_minute]
+            blocking = in_window[len(in_window) - self.calls_per_window]
             return blocking + self.effective_window_s - now + WAKE_SLACK_S
         conn.execute(insert(api_call_log).values(account=self.account, called_at=now, purpose=purpose))
         if self._admitted % PRUNE_EVERY == 0:

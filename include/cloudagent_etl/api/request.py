@@ -1,9 +1,9 @@
 """The Campaign Dial Status export request, validated before anything is sent.
 
 CloudAgent answers a malformed request with a terse error body (or silently filters nothing), so every
-parameter of DESIGN.md section 2 is checked here, on construction, with an error that names the
-parameter (as the API spells it) and the values it accepts. The apiKey is not part of the request:
-it comes from :class:`~cloudagent_etl.settings.ApiSettings` and is added by the client.
+parameter of the contract (``docs/cloudagent-contract.md``) is checked here, on construction, with an
+error that names the parameter (as the API spells it) and the values it accepts. The apiKey is not part
+of the request: it comes from :class:`~cloudagent_etl.settings.ApiSettings` and is added by the client.
 """
 
 from __future__ import annotations

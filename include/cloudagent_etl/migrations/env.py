@@ -5,8 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from cloudagent_etl import settings
-from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.schema import metadata
+from cloudagent_etl.db import create_db_engine, schema_metadata
 
 config = context.config
 url = config.attributes.get("database_url") or settings.database_url()
@@ -14,7 +13,7 @@ engine = create_db_engine(url)
 with engine.connect() as connection:
     context.configure(
         connection=connection,
-        target_metadata=metadata,
+        target_metadata=schema_metadata(),
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

@@ -12,9 +12,9 @@ Routes:
   callback can race the commit of the API's answer) and then answers 404, which a sender retries.
 - ``GET /healthz`` — 200 when the landing tables answer, 503 otherwise.
 
-Any content type is accepted and stored verbatim (see :mod:`cloudagent_etl.receiver.body` for the two
-cheap looks it takes). The body is streamed into a spool file (in memory up to 1 MiB, then on disk in
-``spool_dir``) while it is hashed, then written to the database in pieces by
+Any content type is accepted and stored verbatim. The body is read once: streamed into a spool file (in
+memory up to 1 MiB, then on disk in ``spool_dir``) while it is measured, hashed and scanned for its
+``uniqueId`` (:mod:`cloudagent_etl.receiver.body`), then written to the database in pieces by
 :func:`landing.store_callback`, so memory does not grow with the body size.
 
 Answers: 200 ``{"status": "stored"|"duplicate", "payload_id": N, "late": bool}`` only after the commit;
@@ -37,14 +37,13 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Engine, select
@@ -53,8 +52,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine, to_sqlalchemy_url
-from cloudagent_etl.receiver.body import find_unique_id, parse_state
-from cloudagent_etl.schema import export_requests
+from cloudagent_etl.receiver.body import BodySpool
 from cloudagent_etl.settings import ReceiverSettings
 
 log = logging.getLogger(__name__)
@@ -146,16 +144,15 @@ class Exchange:
             name: self.headers[name].replace("\x00", "") for name in STORED_HEADERS if name in self.headers
         }
 
-    async def spool_body(self, settings: ReceiverSettings) -> IO[bytes]:
-        """Stream the request body into a spool file, enforcing the size and idle-time limits.
+    async def spool_body(self, settings: ReceiverSettings) -> BodySpool:
+        """Stream the request body into a :class:`BodySpool`, enforcing the size and idle-time limits.
 
-        Hashing happens later, in a database thread (:meth:`landing.CallbackBody.from_file`): ``hashlib``
-        releases the GIL on big buffers, and getting it back in the event loop stalls every other request.
+        The caller closes the spool; on any refusal here it is closed already.
         """
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.max_body_bytes:
             raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, dir=str(settings.spool_dir))  # noqa: SIM115
+        spool = BodySpool(self.headers.get("content-type"), settings.spool_dir, SPOOL_IN_MEMORY_BYTES)
         try:
             more = True
             while more:
@@ -292,7 +289,8 @@ class Receiver:
             raise CallbackRejected(401, "invalid token")
         spool = await exchange.spool_body(self.settings)
         try:
-            result = await self._in_thread(self._ingest, request_id, spool, exchange, None)
+            body, unique_id = spool.finish()
+            result = await self._in_thread(self._store, request_id, body, unique_id, exchange)
         finally:
             spool.close()
         await _answer_stored(exchange, result)
@@ -306,7 +304,7 @@ class Receiver:
             raise CallbackRejected(401, "invalid token")
         spool = await exchange.spool_body(self.settings)
         try:
-            unique_id = await self._in_thread(find_unique_id, spool, exchange.headers.get("content-type"))
+            body, unique_id = spool.finish()
             if unique_id is None:
                 raise CallbackRejected(422, "no uniqueId in the body: cannot tell which request it answers")
             deadline = time.monotonic() + self.settings.unique_id_wait_s
@@ -316,18 +314,15 @@ class Receiver:
                 if time.monotonic() >= deadline:
                     raise CallbackRejected(404, "unknown uniqueId")
                 await asyncio.sleep(0.25)
-            result = await self._in_thread(self._ingest, request_id, spool, exchange, unique_id)
+            result = await self._in_thread(self._store, request_id, body, unique_id, exchange)
         finally:
             spool.close()
         await _answer_stored(exchange, result)
 
-    def _ingest(
-        self, request_id: str, spool: IO[bytes], exchange: Exchange, unique_id: str | None
+    def _store(
+        self, request_id: str, body: landing.CallbackBody, unique_id: str | None, exchange: Exchange
     ) -> landing.StoredCallback:
-        body = landing.CallbackBody.from_file(spool)
         content_type = exchange.headers.get("content-type")
-        unique_id = unique_id or find_unique_id(body.file, content_type)
-        state = parse_state(body.file, body.size, content_type)
         with self.write_lock:
             return landing.store_callback(
                 self.engine,
@@ -337,12 +332,11 @@ class Receiver:
                 unique_id=unique_id,
                 client_addr=exchange.client_host,
                 headers=exchange.stored_headers(),
-                parse_state=state,
             )
 
     def _landing_answers(self) -> bool:
         with self.engine.connect() as conn:
-            conn.execute(select(export_requests.c.request_id).limit(1)).all()
+            conn.execute(select(landing.export_requests.c.request_id).limit(1)).all()
         return True
 
     async def _healthz(self, exchange: Exchange) -> None:

@@ -2,7 +2,7 @@
 
 Deliberately independent of ``cloudagent_etl.api``: if the client and the simulator shared one table of
 error messages, a mistake in it would pass both sides' tests. Everything here is transcribed from
-DESIGN.md section 2 (Ozonetel's reference page).
+docs/cloudagent-contract.md (from Ozonetel's reference page).
 
 Check order (the first failing check answers; every answer is HTTP 200):
 

@@ -1,4 +1,4 @@
-"""Deterministic dial-status records, shaped like CloudAgent's (DESIGN.md section 2).
+"""Deterministic dial-status records, shaped like CloudAgent's (docs/cloudagent-contract.md).
 
 A campaign's data is a set of leads per IST calendar day: lead ``index`` of ``day`` is created on that
 day (``CreatedDate``), dialled up to three times and last touched (``UpdatedDate``) up to ~2 days later.

@@ -8,7 +8,7 @@ Create Date: 2026-11-27
 import sqlalchemy as sa
 from alembic import op
 
-from cloudagent_etl.schema import BigIntId, UtcDateTime
+from cloudagent_etl.sqltypes import BigIntId, UtcDateTime
 
 revision = "0001_landing"
 down_revision = None

@@ -3,7 +3,8 @@
 ``dial_status_history`` is a view: every version is stored once, the current one in ``dial_status``
 and every other one in ``dial_status_superseded`` (see ``warehouse``).
 
-Column comments (PostgreSQL) come from ``schema.DATA_DICTIONARY``, the data dictionary the README shows.
+Column comments (PostgreSQL) come from ``warehouse.tables.DATA_DICTIONARY``, the data dictionary the
+README shows.
 Views are plain SQL with one dialect-specific expression: the IST calendar day (Asia/Kolkata is UTC+05:30
 all year, without daylight saving).
 
@@ -16,7 +17,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from cloudagent_etl.schema import DATA_DICTIONARY, HISTORY_VIEW_COMMENT, BigIntId, UtcDateTime
+from cloudagent_etl.sqltypes import BigIntId, UtcDateTime
+from cloudagent_etl.warehouse.tables import DATA_DICTIONARY, HISTORY_VIEW_COMMENT
 
 revision = "0002_warehouse"
 down_revision = "0001_landing"

@@ -1,6 +1,6 @@
 """Merge normalized dial-status rows into the warehouse: idempotent, newest wins, every version kept.
 
-Semantics (DESIGN.md section 5; issue 4):
+Semantics:
 
 - ``dial_status`` holds one row per (``campaign_name``, ``record_key``). An incoming version replaces
   the stored one only when its ``updated_at`` is newer **or equal** and some value differs (lineage
@@ -34,21 +34,7 @@ with the session in UTC; SQLite: ``executemany``), then one set-based upsert int
 on both databases), then, only when some staged version did not become current, one upsert into
 ``dial_status_superseded``. A first load of new keys writes ``dial_status`` alone.
 
-Where the time goes (CPU seconds per 100k records, PostgreSQL 15, 2 shared cores; client by
-``getrusage``, server from ``/proc`` of the load's backends). First load: client ~1.55 (JSON parse
-~0.4, typing ~0.8, Arrow CSV ~0.1), server ~1.5 (landed-bytes read ~0.15, stage ``COPY`` ~0.3,
-``dial_status`` upsert ~0.9, of which its three secondary indexes ~0.3: campaign + day ~0.17,
-dial status ~0.07, disposition ~0.07). Storing every version in a history table as well cost ~0.6
-more (server ~2.1). A reload with half the rows newer costs server ~2.6 (was ~2.2): the trigger's
-moves ~0.3 and one current-row lookup per staged key ~0.6 to find versions older than the current
-one. ``make bench`` (load average ~2.3 on 2 cores): 45k rows/s = 0.27x the PK-only ``COPY``
-reference at 100k (0.56x a ``COPY`` into a table with all of ``dial_status``'s indexes), 39k rows/s =
-0.23x (0.37x) at 1M. With client and server each ~1.5 CPU-s per 100k and the reference at
-~0.6, 0.5x needs both under ~1.2 and perfect overlap on otherwise idle cores. Measured and not
-adopted: the move as an explicit join before the upsert (hash join over ``dial_status``, or ~0.3
-per probe pass with nested loops), ``COLLATE "C"`` keys and no ``ORDER BY`` in the upsert (no
-measurable difference), one covering campaign + day index instead of three (-0.1, but filters by
-dial status or disposition alone would scan it).
+Where the time goes, and the alternatives measured and not adopted: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -68,7 +54,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cloudagent_etl import landing
@@ -78,21 +64,14 @@ from cloudagent_etl.normalize import (
     INTEGER_COLUMNS,
     ROW_COLUMNS,
     TIME_COLUMNS,
+    VALUE_COLUMNS,
     NormalizedBatch,
     normalize_payload,
 )
-from cloudagent_etl.schema import (
-    DIAL_STATUS_VALUE_COLUMNS,
-    callback_payloads,
-    dial_status_rejects,
-    export_requests,
-    load_runs,
-)
-from cloudagent_etl.settings import DEFAULT_TIMEZONE
+from cloudagent_etl.warehouse.tables import LINEAGE_COLUMNS, dial_status_rejects, load_runs
 
 STAGE_TABLE = "dial_status_stage"
 STAGE_COLUMNS = (*ROW_COLUMNS, "position", "is_latest")
-LINEAGE_COLUMNS = ("request_id", "payload_id", "load_run_id", "loaded_at")
 #: How SQLAlchemy stores a UtcDateTime on SQLite; staged times must compare equal to stored ones as text.
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 #: PostgreSQL work_mem of a load transaction: a 50k-row batch sorts in ~15 MB.
@@ -142,7 +121,7 @@ def _upsert_sql(
     columns = (*ROW_COLUMNS, *LINEAGE_COLUMNS)
     values = ", ".join((*ROW_COLUMNS, *(f":{name}" for name in LINEAGE_COLUMNS)))
     assignments = ", ".join(f"{column} = excluded.{column}" for column in columns if column not in key)
-    differs = " OR ".join(f"t.{column} {distinct} excluded.{column}" for column in DIAL_STATUS_VALUE_COLUMNS)
+    differs = " OR ".join(f"t.{column} {distinct} excluded.{column}" for column in VALUE_COLUMNS)
     return (
         f"INSERT INTO {target} AS t ({', '.join(columns)}) "
         f"SELECT {values} FROM {STAGE_TABLE} WHERE {where} ORDER BY {', '.join(key)} "
@@ -334,7 +313,7 @@ def _bind_time(conn: Connection, value: datetime) -> Any:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: parsing makes millions of short-lived dicts and no cycles (DESIGN.md 7)."""
+    """Pause the cyclic GC: parsing makes millions of short-lived dicts and no cycles (2.5x faster)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -345,47 +324,43 @@ def _gc_paused() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------- loads
-def load_payload(
-    engine: Engine, payload_id: int, *, timezone: str = DEFAULT_TIMEZONE, batch_size: int = DEFAULT_BATCH_SIZE
-) -> LoadResult:
-    """Normalize and merge one landed payload in one transaction (see the module docstring)."""
+def load_payload(engine: Engine, payload_id: int, *, batch_size: int = DEFAULT_BATCH_SIZE) -> LoadResult:
+    """Normalize and merge one landed payload in one transaction (see the module docstring).
+
+    Times are read in the time zone recorded on the payload's export request.
+    """
     started = datetime.now(UTC)
     clock = time.perf_counter()
     with engine.connect() as conn:
-        payload = conn.execute(
-            select(callback_payloads.c.request_id, callback_payloads.c.content_type).where(
-                callback_payloads.c.payload_id == payload_id
-            )
-        ).one_or_none()
-    if payload is None:
-        raise PayloadError(f"callback payload {payload_id} does not exist")
-    request_id, content_type = payload
-    run = {"request_id": request_id, "payload_id": payload_id, "started_at": started}
+        payload = landing.landed_payload(conn, payload_id)
+    run = {"request_id": payload.request_id, "payload_id": payload_id, "started_at": started}
     try:
         with _gc_paused(), engine.connect() as reader, engine.begin() as conn:
             load_run_id = _start_run(conn, run)
             body = landing.open_payload_body(reader, payload_id)
-            batches = normalize_payload(body, content_type, timezone=timezone, batch_size=batch_size)
-            lineage = {"request_id": request_id, "payload_id": payload_id, "load_run_id": load_run_id}
+            batches = normalize_payload(
+                body, payload.content_type, timezone=payload.timezone, batch_size=batch_size
+            )
+            lineage = {"request_id": payload.request_id, "payload_id": payload_id, "load_run_id": load_run_id}
             result = merge_batches(conn, batches, {**lineage, "loaded_at": started})
             result.seconds = time.perf_counter() - clock
             _finish_run(conn, load_run_id, result, "loaded")
-            _set_parse_state(conn, payload_id, "loaded")
-            landing.set_state(conn, request_id, "loaded")
+            landing.mark_payload_loaded(conn, payload_id)
+            landing.mark_loaded(conn, payload.request_id)
     except PayloadError as exc:
         result = LoadResult(payloads=1, failed_payloads=1, error=f"payload {payload_id}: {exc}")
         result.seconds = time.perf_counter() - clock
         with engine.begin() as conn:
             _finish_run(conn, _start_run(conn, run), result, "failed")
-            _set_parse_state(conn, payload_id, "failed")
+            landing.mark_payload_failed(conn, payload_id)
     return result
 
 
-def load_request(engine: Engine, request_id: str, *, timezone: str = DEFAULT_TIMEZONE) -> LoadResult:
+def load_payloads(engine: Engine, request_id: str) -> LoadResult:
     """Load every payload landed for the request, oldest first, each in its own transaction.
 
     The request becomes ``loaded`` with its first good payload; when every payload failed to parse it
-    becomes ``failed`` with the reasons (when its state allows it) and the result carries ``error``.
+    becomes ``failed`` with the reasons (unless it was loaded or expired) and the result carries ``error``.
     A payload that lands while this runs is loaded too: the payloads are listed again after each pass,
     and one stored after the request became ``loaded`` is at worst flagged late by the receiver.
     """
@@ -397,17 +372,12 @@ def load_request(engine: Engine, request_id: str, *, timezone: str = DEFAULT_TIM
         if not pending:
             break
         for payload_id in pending:
-            total.add(load_payload(engine, payload_id, timezone=timezone))
+            total.add(load_payload(engine, payload_id))
             seen.add(payload_id)
     if not seen:
         raise PayloadError(f"no callback payload has landed for request {request_id}")
     if total.failed_payloads == total.payloads:
-        with engine.begin() as conn:
-            state = conn.execute(
-                select(export_requests.c.state).where(export_requests.c.request_id == request_id)
-            ).scalar_one()
-            if state in landing.ALLOWED_SOURCES["failed"]:
-                landing.set_state(conn, request_id, "failed", error=total.error)
+        landing.mark_load_failed(engine, request_id, total.error or "no payload could be parsed")
     return total
 
 
@@ -433,12 +403,4 @@ def _finish_run(conn: Connection, load_run_id: int, result: LoadResult, status: 
             seconds=result.seconds,
             error=result.error,
         )
-    )
-
-
-def _set_parse_state(conn: Connection, payload_id: int, state: str) -> None:
-    conn.execute(
-        update(callback_payloads)
-        .where(callback_payloads.c.payload_id == payload_id)
-        .values(parse_state=state)
     )
