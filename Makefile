@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock test test-fast lint format demo airflow airflow-stop bench bench-receiver clean
+.PHONY: install lock test lint format demo airflow airflow-stop bench bench-receiver clean
 
 install: $(STAMP)
 
@@ -38,15 +38,15 @@ format: install
 	$(BIN)/ruff format .
 
 demo: install
-	$(PY) -m cloudagent_etl.demo
+	$(PY) -m cloudagent_dev.demo
 
 # The local stack without Docker (Airflow api-server/scheduler/dag-processor/triggerer, receiver, simulator),
 # detached on loopback under data/airflow-local; `make airflow-stop` stops exactly what it started.
 airflow: install
-	$(PY) -m cloudagent_etl.localstack start
+	$(PY) -m cloudagent_dev.localstack start
 
 airflow-stop:
-	$(PY) -m cloudagent_etl.localstack stop
+	$(PY) -m cloudagent_dev.localstack stop
 
 bench: install
 	$(PY) -m benchmarks.bench_load

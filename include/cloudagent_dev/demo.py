@@ -1,0 +1,157 @@
+"""``make demo``: one real run of the ``cloudagent_dial_status`` DAG on the embedded default, then a summary.
+
+What it does, all on loopback and under ``./data/demo`` (nothing else is touched):
+
+1. migrates the SQLite database ``data/demo/cloudagent.db``;
+2. starts the CloudAgent simulator and the callback receiver on free ports;
+3. prepares an Airflow home in ``data/demo/airflow`` (``airflow db migrate``, pool ``cloudagent_api``);
+4. runs ``airflow dags test cloudagent_dial_status <today>`` (the nightly window that ended today at
+   03:30 IST) with the connections and the campaign Variable given as ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*``;
+5. prints rows per campaign and dial status, rejects and timings.
+
+The servers it started are stopped by their PIDs on every exit path (failure and Ctrl-C too). Running it
+again gives the same warehouse: the simulator is seeded and the load is an idempotent merge. Airflow is
+only ever run as a subprocess (this package never imports it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+
+from cloudagent_dev.localstack import (
+    DAG_ID,
+    DEMO_API_KEY,
+    DEMO_CAMPAIGNS,
+    DEMO_USER,
+    airflow_env,
+    prepare_airflow_metadata,
+    run_airflow,
+)
+from cloudagent_dev.processes import StartedProcess, free_port, stop_processes
+from cloudagent_dev.servers import start_server
+from cloudagent_etl import landing
+from cloudagent_etl.db import create_db_engine, migrate
+from cloudagent_etl.normalize import KEY_COLUMNS, VALUE_COLUMNS
+from cloudagent_etl.warehouse.tables import dial_status, dial_status_rejects, load_runs
+
+
+def summary(engine: Engine) -> str:
+    """Rows per campaign and dial status, rejects, the last requests and their loads, as printable text."""
+    ds, runs, rejects = dial_status, load_runs, dial_status_rejects
+    latest = landing.latest_request_per_campaign(engine)
+    lines = ["", "dial_status rows per campaign and dial status (last leg):"]
+    with engine.connect() as conn:
+        for name, status, count in conn.execute(
+            select(ds.c.campaign_name, ds.c.dial_status_last, func.count())
+            .group_by(ds.c.campaign_name, ds.c.dial_status_last)
+            .order_by(ds.c.campaign_name, ds.c.dial_status_last)
+        ):
+            lines.append(f"  {name:<12} {status or '(none)':<20} {count:>6}")
+        total = conn.execute(select(func.count()).select_from(ds)).scalar_one()
+        rejected = conn.execute(select(func.count()).select_from(rejects)).scalar_one()
+        lines.append(f"  total {total} rows; {rejected} rows in dial_status_rejects")
+        # Same fingerprint on every run of the demo = the same warehouse (the merge is idempotent).
+        values = [ds.c[name] for name in (*KEY_COLUMNS, *VALUE_COLUMNS)]
+        digest = hashlib.sha256()
+        for row in conn.execute(select(*values).order_by(ds.c.campaign_name, ds.c.record_key)):
+            digest.update(repr(tuple(row)).encode())
+        lines.append(f"  warehouse fingerprint (values, no lineage): {digest.hexdigest()[:16]}")
+        lines.append("last export request per campaign:")
+        for name, request in sorted(latest.items()):
+            lines.append(
+                f"  {name:<12} {request.state.value:<8} uniqueId={request.unique_id} "
+                f"window={request.window_start:%Y-%m-%d %H:%M}..{request.window_end:%Y-%m-%d %H:%M} UTC"
+                + (f" error={request.error}" if request.error else "")
+            )
+        names = {request.request_id: name for name, request in latest.items()}
+        lines.append("its loads (rows in / inserted / updated / unchanged / rejected, seconds):")
+        for load in conn.execute(
+            select(runs).where(runs.c.request_id.in_(list(names))).order_by(runs.c.started_at)
+        ):
+            lines.append(
+                f"  {names[load.request_id]:<12} {load.rows_in} / {load.inserted} / {load.updated} / "
+                f"{load.unchanged} / {load.rejected}  {load.seconds:.2f} s"
+            )
+    return "\n".join(lines)
+
+
+def run_demo(data_dir: Path) -> int:
+    """Run the demo under ``data_dir``; return the process exit code (0 when every campaign loaded)."""
+    timings: dict[str, float] = {}
+    airflow_home = data_dir / "airflow"
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    db_path = data_dir / "cloudagent.db"
+    db_url = f"sqlite:///{db_path}"
+    log_path = data_dir / "airflow.log"
+    log_path.write_bytes(b"")
+
+    print(f"cloudagent-etl demo in {data_dir}")
+    started = time.perf_counter()
+    migrate(db_url)
+    timings["migrate project database"] = time.perf_counter() - started
+
+    server_env = {"CLOUDAGENT_DB_URL": db_url, "CLOUDAGENT_DATA_DIR": str(data_dir)}
+    servers: list[StartedProcess] = []
+    urls: dict[str, str] = {}
+    try:
+        simulator_args = ["simulate", "--user", DEMO_USER, "--api-key", DEMO_API_KEY]
+        simulator_args += ["--campaigns", ",".join(DEMO_CAMPAIGNS)]
+        for name, args in (("simulator", simulator_args), ("receiver", ["receiver"])):
+            server = start_server(name, args, free_port(), data_dir / f"{name}.log", server_env)
+            servers.append(server.started)
+            urls[name] = server.base_url
+            print(f"  {name} listening on {server.base_url} (pid {server.pid}, log {server.log_path})")
+        env = airflow_env(
+            airflow_home,
+            metadata_db_url=f"sqlite:///{airflow_home / 'airflow.db'}",
+            warehouse_db_url=db_url,
+            api_connection={"host": urls["simulator"], "login": DEMO_USER, "password": DEMO_API_KEY},
+            callback_base_url=urls["receiver"],
+            campaigns=DEMO_CAMPAIGNS,
+        )
+        timings.update(prepare_airflow_metadata(env, log_path))
+        today = date.today().isoformat()
+        print(f"  running `airflow dags test {DAG_ID} {today}` (log {log_path}) ...")
+        try:
+            timings["airflow dags test"] = run_airflow(["dags", "test", DAG_ID, today], env, log_path)
+        except RuntimeError as exc:
+            print(f"  {exc}")
+    finally:
+        survivors = stop_processes(servers)
+        if survivors:
+            print(f"  could not stop: {'; '.join(survivors)}")
+    engine = create_db_engine(db_url)
+    try:
+        print(summary(engine))
+        latest = landing.latest_request_per_campaign(engine)
+    finally:
+        engine.dispose()
+    print("timings:")
+    for step, seconds in timings.items():
+        print(f"  {step:<26} {seconds:6.1f} s")
+    failed = sorted(name for name in DEMO_CAMPAIGNS if name not in latest or not latest[name].is_loaded)
+    if failed:
+        print(f"FAILED: campaigns not loaded: {', '.join(failed)}")
+        return 1
+    print("OK: every campaign loaded")
+    return 0
+
+
+def main() -> int:
+    data_dir = Path(os.environ.get("CLOUDAGENT_DEMO_DIR", "data/demo")).absolute()
+    try:
+        return run_demo(data_dir)
+    except KeyboardInterrupt:
+        print("interrupted; the servers started by the demo were stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
