@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.dags.conftest import DAGS_FOLDER
+from tests.fixtures.airflow import DAGS_FOLDER
 
 EXPECTED_DAG_IDS = {"cloudagent_dial_status", "cloudagent_reprocess"}
 
@@ -41,8 +41,19 @@ def test_dag_follows_conventions(dag_bag, dag_id: str) -> None:
     assert dag.doc_md
     assert len(dag.doc_md) > 200
     assert dag.default_args["owner"] == "data-engineering"
-    assert "retries" in dag.default_args
+    assert dag.default_args["retries"] >= 1, "transient failures must be retried"
     assert dag.catchup is False
+
+
+def test_only_the_wait_opts_out_of_retries(dag_bag) -> None:
+    """A new wait cannot bring a callback back (the export is re-requested instead); the rest retries."""
+    tasks = {task.task_id: task for task in dag_bag.dags["cloudagent_dial_status"].tasks}
+    assert tasks["campaign.wait_for_callback"].retries == 0
+    retried = {
+        task_id: task.retries for task_id, task in tasks.items() if task_id != "campaign.wait_for_callback"
+    }
+    assert all(retries >= 1 for retries in retried.values()), retried
+    assert tasks["campaign.request_export"].pool == "cloudagent_api"
 
 
 def test_dial_status_params_accept_exactly_the_api_values(dag_bag) -> None:

@@ -14,22 +14,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine, func, select
 
-from cloudagent_etl import schema
+from cloudagent_dev.localstack import connection_uri
 from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.localstack import connection_uri
-
-IST = ZoneInfo("Asia/Kolkata")
-#: A manual run at this logical date covers 2025-06-01 03:30 IST .. 2025-06-02 03:30 IST.
-LOGICAL_DATE = datetime(2025, 6, 2, tzinfo=UTC)
-CAMPAIGNS = ["Alpha", "Beta"]
+from cloudagent_etl.warehouse.tables import dial_status_history
+from tests.checks import CAMPAIGNS, LOGICAL_DATE, Sync, assert_warehouse_matches
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
 
@@ -39,115 +32,9 @@ def dags(airflow_home) -> dict:
     """Freshly parsed DAGs: an in-process run's conf leaks into the DAG object's params."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from tests.dags.conftest import DAGS_FOLDER
+    from tests.fixtures.airflow import DAGS_FOLDER
 
     return DagBag(dag_folder=str(DAGS_FOLDER)).dags
-
-
-@dataclass
-class Sync:
-    """One database + simulator + receiver wired to the DAGs through AIRFLOW_CONN_* / AIRFLOW_VAR_*."""
-
-    engine: Engine
-    simulator: object
-    dags: dict
-
-    def run(self, dag_id: str = "cloudagent_dial_status", logical_date: datetime = LOGICAL_DATE, **conf):
-        """Run the DAG once; return the run's state and ``{(task_id, campaign or map index): ti}``."""
-        run = self.dags[dag_id].test(logical_date=logical_date, run_conf=conf)
-        campaigns = conf.get("campaigns", CAMPAIGNS)  # mapped instances follow this order
-        instances = {}
-        for ti in run.get_task_instances():
-            label = campaigns[ti.map_index] if ti.task_id.startswith("campaign.") else ti.map_index
-            if ti.task_id.startswith("campaign.") and ti.state == "success":
-                assert ti.rendered_map_index == str(label)  # instances are named by campaign in the UI
-            instances[(ti.task_id, label)] = ti
-        return run.state, instances
-
-    def warehouse(self) -> dict[tuple[str, str], dict]:
-        """``dial_status`` without lineage columns, keyed by (campaign_name, record_key)."""
-        table = schema.dial_status
-        columns = [
-            table.c.campaign_name,
-            table.c.record_key,
-            *(table.c[c] for c in schema.DIAL_STATUS_VALUE_COLUMNS),
-        ]
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(*columns)).mappings().all()
-        return {(row["campaign_name"], row["record_key"]): dict(row) for row in rows}
-
-    def count(self, table) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(table)).scalar_one()
-
-    def requests(self) -> list:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                select(schema.export_requests).order_by(schema.export_requests.c.created_at)
-            ).all()
-
-    def ground_truth(self) -> dict[tuple[str, str], dict]:
-        """The newest version of every record the simulator delivered, keyed like the warehouse."""
-        newest: dict[tuple[str, str], dict] = {}
-        for logged in self.simulator.requests_log():
-            if logged["outcome"] != "accepted":
-                continue
-            for record in self.simulator.ground_truth(logged["unique_id"]):
-                key = (record["CampaignName"], record["DataUniqueId"])
-                if key not in newest or record["UpdatedDate"] > newest[key]["UpdatedDate"]:
-                    newest[key] = record
-        return newest
-
-
-def _ist(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=IST).astimezone(UTC)
-
-
-def _value(text: str) -> str | None:
-    """How the warehouse stores a source text: CloudAgent writes absent values as "" or "None"."""
-    return None if text in ("", "None") else text
-
-
-#: Source fields with a typed warehouse column, compared text to text below.
-TEXT_COLUMNS = {
-    "PhoneNumber": "phone_number_raw",
-    "Name": "customer_name",
-    "Status": "lead_status",
-    "DialStatus": "dial_status",
-    "Disposition": "disposition",
-    "AgentID": "agent_id",
-    "UCID": "ucid",
-    "monitorUCID": "monitor_ucid",
-}
-#: Source fields with no column: they must be kept in ``extra`` (all but the API key).
-EXTRA_FIELDS = ("City", "LoanAmount", "UserName")
-
-
-def assert_warehouse_matches(sync: Sync) -> None:
-    truth = sync.ground_truth()
-    warehouse = sync.warehouse()
-    assert truth, "the simulator delivered no records: the test would prove nothing"
-    assert set(warehouse) == set(truth)
-    for key, record in truth.items():
-        row = warehouse[key]
-        assert {c: row[c] for c in TEXT_COLUMNS.values()} == {
-            column: _value(record[field]) for field, column in TEXT_COLUMNS.items()
-        }, key
-        assert row["attempts"] == int(record["Attempts"]), key
-        assert row["updated_at"] == _ist(record["UpdatedDate"]), key
-        assert row["created_at"] == _ist(record["CreatedDate"]), key
-        assert row["extra"] == {name: record[name] for name in EXTRA_FIELDS if name in record}, key
-    assert_api_key_in_no_warehouse_table(sync)
-
-
-def assert_api_key_in_no_warehouse_table(sync: Sync) -> None:
-    """CloudAgent puts the apiKey in every record: only the raw landing bytes may keep it."""
-    key = sync.simulator.api_key
-    tables = (schema.dial_status, schema.dial_status_history, schema.dial_status_rejects, schema.load_runs)
-    with sync.engine.connect() as conn:
-        for table in (*tables, schema.export_requests):
-            dumped = json.dumps([list(row) for row in conn.execute(select(table))], default=str)
-            assert key not in dumped, f"the API key leaked into {table.name}"
 
 
 @pytest.fixture
@@ -175,13 +62,13 @@ def test_a_run_loads_exactly_what_cloudagent_sent_and_a_rerun_changes_nothing(sy
     assert_warehouse_matches(sync)
     assert [r.state for r in sync.requests()] == ["loaded", "loaded"]
     first = sync.warehouse()
-    history = sync.count(schema.dial_status_history)
+    history = sync.count(dial_status_history)
 
     state, _ = sync.run()
 
     assert state == "success"
     assert sync.warehouse() == first
-    assert sync.count(schema.dial_status_history) == history
+    assert sync.count(dial_status_history) == history
     assert len(sync.requests()) == 4  # a rerun asks again (fresh exports), and merges to the same state
 
 

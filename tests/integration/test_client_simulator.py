@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cloudagent_dev.processes import free_port
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RetryPolicy
 from cloudagent_etl.errors import (
     ApiError,
@@ -35,8 +36,7 @@ from cloudagent_etl.errors import (
     RateLimitedError,
 )
 from cloudagent_etl.settings import ApiSettings, Secret
-from tests.plugins.simulator import SimulatorHandle
-from tests.servers import free_port
+from tests.fixtures.simulator import SimulatorHandle
 
 CALLBACK = "http://127.0.0.1:9/callbacks/dial-status/req-1/tok-CALLBACK-SECRET"
 WRONG_KEY = "wrong-key-SECRET456"
@@ -95,7 +95,7 @@ class ErrorCase:
 IN_BODY = {"api_key_in": "body"}
 OTHER_USER = {"user_name": "someone_else"}
 
-# The sixteen documented cases (DESIGN.md section 2); the apiKey ones both in the header and in the body.
+# The sixteen documented cases (docs/cloudagent-contract.md); the apiKey ones in the header and in the body.
 ERROR_CASES = [
     ErrorCase("apiKey header missing", InvalidApiKeyError, headers={"apiKey": None}),
     ErrorCase("apiKey body key missing", InvalidApiKeyError, drop("apiKey"), settings=IN_BODY),

@@ -5,13 +5,14 @@ from __future__ import annotations
 from sqlalchemy import Engine, event, select
 
 from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.schema import callback_payloads, dial_status
-from cloudagent_etl.warehouse import load_request
-from tests.integration.test_warehouse import land, new_request, record
+from cloudagent_etl.landing import callback_payloads
+from cloudagent_etl.warehouse import load_payloads
+from cloudagent_etl.warehouse.tables import dial_status
+from tests.factories import land, new_request, record
 
 
 def test_a_payload_landing_after_the_payloads_were_listed_is_loaded(engine: Engine, db_url: str) -> None:
-    request_id = new_request(engine)
+    request_id = new_request(engine).request_id
     land(engine, request_id, [record("lead-1", "2024-05-01 10:00:00")])
     sender = create_db_engine(db_url)
     connects: list[object] = []
@@ -24,7 +25,7 @@ def test_a_payload_landing_after_the_payloads_were_listed_is_loaded(engine: Engi
         if len(connects) == 2:
             land(sender, request_id, [record("lead-2", "2024-05-01 11:00:00")])
 
-    result = load_request(engine, request_id)
+    result = load_payloads(engine, request_id)
     event.remove(engine, "engine_connect", land_second_callback)
     sender.dispose()
 

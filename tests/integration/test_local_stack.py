@@ -1,6 +1,6 @@
 """The local stack (``make airflow``) for real: start/stop cycle, and a backfill through the real scheduler.
 
-One stack per module, started and stopped through ``python -m cloudagent_etl.localstack`` exactly as the
+One stack per module, started and stopped through ``python -m cloudagent_dev.localstack`` exactly as the
 Makefile does, in a temporary folder on free ports, with PostgreSQL for the warehouse and for Airflow's
 metadata. The tests run in file order: the stack answers, a three-day backfill lands the simulator's
 ground truth, then ``stop`` leaves nothing behind. The fixture stops whatever is still recorded on every
@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,22 +22,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, select
 
-from cloudagent_etl import schema
-from cloudagent_etl.db import create_db_engine, to_sqlalchemy_url
-from cloudagent_etl.localstack import (
-    DAG_ID,
-    StackSettings,
-    StackState,
-    api_token,
-    free_port,
-    still_running,
-    stop_stack,
-)
-from tests.dags.test_dial_status_e2e import Sync, assert_warehouse_matches
-from tests.plugins.simulator import SimulatorHandle
+from cloudagent_dev.databases import create_pg_database, database_url, drop_pg_database
+from cloudagent_dev.localstack import DAG_ID, StackSettings, StackState, api_token, stop_stack
+from cloudagent_dev.processes import free_port, still_running
+from cloudagent_etl.db import create_db_engine
+from cloudagent_etl.landing import export_requests
+from cloudagent_etl.warehouse.tables import dial_status, dial_status_history, load_runs
+from tests.checks import Sync, assert_warehouse_matches
+from tests.fixtures.simulator import SimulatorHandle
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -62,8 +55,8 @@ class Stack:
     start_seconds: float
 
     def localstack(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``python -m cloudagent_etl.localstack <args>`` (what ``make airflow`` runs) for this stack."""
-        command = [sys.executable, "-m", "cloudagent_etl.localstack", *args]
+        """``python -m cloudagent_dev.localstack <args>`` (what ``make airflow`` runs) for this stack."""
+        command = [sys.executable, "-m", "cloudagent_dev.localstack", *args]
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=300, check=False)
 
     def get(self, path: str, **params: Any) -> Any:
@@ -81,20 +74,18 @@ class Stack:
         return found["task_instances"]
 
 
-def _create_database(admin: Engine, template: str | None = None) -> str:
-    name = f"cloudagent_stack_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
-    return name
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str, pg_template: str) -> Iterator[Stack]:
-    admin = create_engine(to_sqlalchemy_url(pg_server_url), isolation_level="AUTOCOMMIT")
-    databases = [_create_database(admin, pg_template), _create_database(admin)]
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, pg_server_url: str, pg_admin: Engine, pg_template: str
+) -> Iterator[Stack]:
+    databases = [
+        create_pg_database(pg_admin, "cloudagent_stack", template=pg_template),
+        create_pg_database(pg_admin, "cloudagent_stack_airflow"),
+    ]
     # Airflow gets a plain postgresql:// URL (its own driver); ours become psycopg 3 URLs in db.py.
     warehouse_url, metadata_url = (
-        make_url(pg_server_url).set(database=name).render_as_string(hide_password=False) for name in databases
+        database_url(pg_server_url, name).replace("postgresql+psycopg://", "postgresql://")
+        for name in databases
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDAGENT_", "AIRFLOW"))}
     env.update(
@@ -111,7 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str, pg_templ
     settings = StackSettings.from_env(env)
     began = time.perf_counter()
     started = subprocess.run(
-        [sys.executable, "-m", "cloudagent_etl.localstack", "start"],
+        [sys.executable, "-m", "cloudagent_dev.localstack", "start"],
         env=env, capture_output=True, text=True, timeout=360, check=False,
     )  # fmt: skip
     start_seconds = time.perf_counter() - began
@@ -130,10 +121,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str, pg_templ
         engine.dispose()
         survivors = stop_stack(settings) if settings.state_path.exists() else []
         left = still_running(recorded)
-        with admin.connect() as conn:
-            for name in databases:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        for name in databases:
+            drop_pg_database(pg_admin, name)
         assert survivors == [], f"processes left running after stop: {survivors}"
         assert left == [], f"recorded processes still running: {left}"
 
@@ -281,12 +270,12 @@ def test_a_three_day_backfill_through_the_scheduler_lands_the_ground_truth_once(
 
 
 def _warehouse_tables() -> dict[str, Any]:
-    return {"dial_status": schema.dial_status, "dial_status_history": schema.dial_status_history}
+    return {"dial_status": dial_status, "dial_status_history": dial_status_history}
 
 
 def _loads(engine: Engine) -> dict[str, Any]:
     """Every load of a backfill request, keyed by load run id, with the request's campaign and window."""
-    requests, runs = schema.export_requests, schema.load_runs
+    requests, runs = export_requests, load_runs
     query = (
         select(runs, requests.c.campaign_name, requests.c.window_start)
         .join(requests, requests.c.request_id == runs.c.request_id)

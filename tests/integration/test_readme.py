@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from cloudagent_etl import landing
 from cloudagent_etl.cli import data_dictionary_markdown
 from cloudagent_etl.simulator.data import generate_records
-from cloudagent_etl.warehouse import load_request
+from cloudagent_etl.warehouse import load_payloads
+from tests.factories import land, new_request
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SQL_BLOCKS = re.findall(r"```sql\n(.*?)```", README, re.DOTALL)
@@ -36,18 +35,10 @@ def test_the_data_dictionary_in_the_readme_is_the_one_in_the_code() -> None:
 def warehouse(engine: Engine) -> Engine:
     """Two campaigns loaded from simulator data, and one request whose callback never came."""
     for campaign in ("Sales", "Support"):
-        created = landing.create_export_request(
-            engine, account="acme", campaign_name=campaign, filters={"sortby": "2"},
-            window_start=WINDOW[0], window_end=WINDOW[1],
-        )  # fmt: skip
-        records = generate_records(campaign, *WINDOW, seed=7, records_per_day=40)
-        body = landing.CallbackBody.from_bytes(json.dumps(records).encode())
-        landing.store_callback(engine, created.request_id, body, content_type="application/json")
-        load_request(engine, created.request_id)
-    landing.create_export_request(
-        engine, account="acme", campaign_name="Renewals", filters={"sortby": "2"},
-        window_start=WINDOW[0], window_end=WINDOW[1],
-    )  # fmt: skip
+        request_id = new_request(engine, campaign, window=WINDOW).request_id
+        land(engine, request_id, generate_records(campaign, *WINDOW, seed=7, records_per_day=40))
+        load_payloads(engine, request_id)
+    new_request(engine, "Renewals", window=WINDOW)
     return engine
 
 

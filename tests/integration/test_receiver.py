@@ -8,53 +8,30 @@ import socket
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.schema import callback_payloads
-from tests.plugins.receiver import ReceiverHandle, StartReceiver
+from tests.factories import new_request_in as new_request
+from tests.factories import state_of, stored_payloads
+from tests.fixtures.receiver import ReceiverHandle, StartReceiver
 
-WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))
 RECORDS = [{"CampaignName": "A", "DataUniqueId": "D-1", "PhoneNumber": "919800000001", "Apikey": "k"}]
 SHARED = "shared-callback-s3cret"
 
 
-def new_request(db_url: str, unique_id: str | None = None) -> landing.NewExportRequest:
-    engine = create_db_engine(db_url)
-    new = landing.create_export_request(
-        engine, account="u", campaign_name="A", window_start=WINDOW[0], window_end=WINDOW[1], filters={}
-    )
-    if unique_id:
-        landing.record_unique_id(engine, new.request_id, unique_id)
-    engine.dispose()
-    return new
-
-
-def payloads(db_url: str) -> list[dict[str, Any]]:
-    """Every stored payload with its body, in arrival order."""
-    engine = create_db_engine(db_url)
-    with engine.connect() as conn:
-        rows = [row._asdict() for row in conn.execute(select(callback_payloads).order_by("payload_id"))]
-        for row in rows:
-            row["body"] = landing.read_payload_body(conn, row["payload_id"])
-    engine.dispose()
-    return rows
-
-
 def state(db_url: str, request_id: str) -> str:
     engine = create_db_engine(db_url)
-    request = landing.get_export_request(engine, request_id)
-    engine.dispose()
-    assert request is not None
-    return request.state
+    try:
+        return state_of(engine, request_id).value
+    finally:
+        engine.dispose()
 
 
 def raw_exchange(base_url: str, request: bytes, *, wait_s: float = 10) -> bytes:
@@ -103,7 +80,7 @@ def test_every_body_shape_is_stored_verbatim_and_the_request_becomes_received(
     )
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "stored"
-    [row] = payloads(receiver.db_url)
+    [row] = stored_payloads(receiver.db_url)
     assert row["body"] == content
     assert row["sha256"] == hashlib.sha256(content).hexdigest()
     assert (row["size_bytes"], row["content_type"], row["unique_id"]) == (
@@ -130,12 +107,12 @@ def test_duplicate_and_late_deliveries(receiver: ReceiverHandle) -> None:
     assert again.json() == {"status": "duplicate", "payload_id": first.json()["payload_id"], "late": False}
     engine = create_db_engine(receiver.db_url)
     with engine.begin() as conn:
-        landing.set_state(conn, new.request_id, "loaded")
+        landing.mark_loaded(conn, new.request_id)
     engine.dispose()
     late = httpx.post(receiver.callback_url(new), content=body + b" ")
     assert late.status_code == 200
     assert late.json()["late"] is True
-    assert [row["late"] for row in payloads(receiver.db_url)] == [0, 1]
+    assert [row["late"] for row in stored_payloads(receiver.db_url)] == [0, 1]
     assert state(receiver.db_url, new.request_id) == "loaded"
 
 
@@ -153,7 +130,7 @@ def test_wrong_token_or_unknown_request_store_nothing(receiver: ReceiverHandle) 
         response = httpx.post(url, content=b"[1]")
         assert response.status_code == expected, url
         assert set(response.json()) == {"error"}
-    assert payloads(receiver.db_url) == []
+    assert stored_payloads(receiver.db_url) == []
     assert state(receiver.db_url, new.request_id) == "requested"
     assert new.token.get() not in receiver.log()
 
@@ -178,7 +155,7 @@ def test_other_routes_and_methods_get_short_json_errors(receiver: ReceiverHandle
         if expected == 405:
             assert response.headers["allow"] in {"GET", "POST"}
     assert httpx.head(f"{base}/healthz").status_code == 200
-    assert payloads(receiver.db_url) == []
+    assert stored_payloads(receiver.db_url) == []
     assert state(receiver.db_url, new.request_id) == "requested"
     assert new.token.get() not in receiver.log()
 
@@ -195,7 +172,7 @@ def test_sql_metacharacters_in_every_field_are_just_data(receiver: ReceiverHandl
     body = json.dumps({"uniqueId": "U'; DROP TABLE export_requests; --", "data": [{"Name": evil}]}).encode()
     headers = {"Content-Type": f"application/json; x={evil}", "User-Agent": evil, "X-Request-Id": evil}
     assert httpx.post(receiver.callback_url(new), content=body, headers=headers).status_code == 200
-    [row] = payloads(receiver.db_url)
+    [row] = stored_payloads(receiver.db_url)
     assert row["body"] == body
     assert row["content_type"] == headers["Content-Type"]
     assert row["unique_id"] == json.loads(body)["uniqueId"]
@@ -218,7 +195,7 @@ def test_body_limits_empty_and_malformed_bodies(start_receiver: StartReceiver, d
         too_big_chunked = httpx.post(url, content=chunked())
         assert too_big_chunked.status_code == 413
         assert httpx.post(url, content=b"").status_code == 400
-        assert payloads(db_url) == []
+        assert stored_payloads(db_url) == []
         assert state(db_url, new.request_id) == "requested"
 
         malformed = b'{"data": [{"Name": "A"'
@@ -226,16 +203,16 @@ def test_body_limits_empty_and_malformed_bodies(start_receiver: StartReceiver, d
         for content in (malformed, not_utf8):
             response = httpx.post(url, content=content, headers={"Content-Type": "application/json"})
             assert response.status_code == 200
-        assert [(row["body"], row["parse_state"]) for row in payloads(db_url)] == [
-            (malformed, "unparseable"),
-            (not_utf8, "unparseable"),
+        assert [(row["body"], row["parse_state"]) for row in stored_payloads(db_url)] == [
+            (malformed, "pending"),  # the load decides; it records why it could not parse them
+            (not_utf8, "pending"),
         ]
         fields = b"&".join(b"f%d=%d" % (i, i) for i in range(15_000))[:99_000]
         response = httpx.post(
             url, content=fields, headers={"Content-Type": "application/x-www-form-urlencoded"}
         )
         assert response.status_code == 200
-        assert payloads(db_url)[-1]["body"] == fields
+        assert stored_payloads(db_url)[-1]["body"] == fields
 
 
 def test_a_slow_client_that_never_finishes_times_out_and_stores_nothing(
@@ -251,7 +228,7 @@ def test_a_slow_client_that_never_finishes_times_out_and_stores_nothing(
         )
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert time.monotonic() - started < 8
-        assert payloads(sqlite_url) == []
+        assert stored_payloads(sqlite_url) == []
         assert state(sqlite_url, new.request_id) == "requested"
 
 
@@ -275,7 +252,7 @@ def test_header_and_log_injection_attempts(receiver: ReceiverHandle) -> None:
     )
     assert response.status_code == 200
     assert "set-cookie" not in response.headers
-    [row] = payloads(receiver.db_url)
+    [row] = stored_payloads(receiver.db_url)
     assert not {"x-callback-token", "cookie", "authorization", "x-evil"} & set(row["headers"])
     access_lines = [line for line in receiver.log().splitlines() if "receiver.access" in line]
     assert all(json.loads(line.split("receiver.access ", 1)[1]) for line in access_lines)
@@ -308,7 +285,7 @@ def test_fixed_url_matches_the_request_by_unique_id(start_receiver: StartReceive
         unknown = json.dumps({"uniqueId": "U-unknown"}).encode()
         assert httpx.post(fixed, content=unknown, headers={"X-Callback-Token": SHARED}).status_code == 404
         assert time.monotonic() - started >= 3
-        assert [(row["request_id"], row["unique_id"]) for row in payloads(db_url)] == [
+        assert [(row["request_id"], row["unique_id"]) for row in stored_payloads(db_url)] == [
             (new.request_id, "U-7")
         ] * 2
 
@@ -359,7 +336,7 @@ def test_an_unexpected_error_answers_500_and_stores_nothing(
         with engine.begin() as conn:
             conn.execute(text("ALTER TABLE chunks_elsewhere RENAME TO callback_payload_chunks"))
         engine.dispose()
-        assert payloads(pg_url) == []
+        assert stored_payloads(pg_url) == []
         assert state(pg_url, new.request_id) == "requested"
         assert "unexpected error on /callbacks/dial-status/" in receiver.log()
         assert new.token.get() not in receiver.log()

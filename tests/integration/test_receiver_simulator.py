@@ -11,12 +11,12 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
+from cloudagent_dev.processes import free_port
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.schema import callback_payloads
-from tests.plugins.receiver import ReceiverHandle, StartReceiver
-from tests.plugins.simulator import SimulatorHandle
-from tests.servers import free_port
+from cloudagent_etl.landing import callback_payloads
+from tests.fixtures.receiver import ReceiverHandle, StartReceiver
+from tests.fixtures.simulator import SimulatorHandle
 
 
 def request_export(

@@ -11,48 +11,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
-from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.schema import (
-    callback_payloads,
-    dial_status,
-    dial_status_history,
-    dial_status_rejects,
-    export_requests,
-    load_runs,
-)
-from cloudagent_etl.warehouse import load_payload, load_request
+from cloudagent_etl.landing import RequestState, callback_payloads, export_requests
+from cloudagent_etl.warehouse import load_payload, load_payloads
+from cloudagent_etl.warehouse.tables import dial_status, dial_status_history, dial_status_rejects, load_runs
+from tests import factories
+from tests.factories import land, record
 
-WINDOW = {"window_start": datetime(2024, 5, 1, tzinfo=UTC), "window_end": datetime(2024, 5, 2, tzinfo=UTC)}
+WINDOW = (datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
 
 
-def new_request(engine: Engine, campaign: str = "Sales") -> str:
-    return landing.create_export_request(
-        engine, account="demo", campaign_name=campaign, filters={"sortby": "2"}, **WINDOW
-    ).request_id
-
-
-def land(
-    engine: Engine, request_id: str, body: bytes | list[Any], content_type: str = "application/json"
-) -> int:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    stored = landing.store_callback(
-        engine, request_id, landing.CallbackBody.from_bytes(data), content_type=content_type
-    )
-    return stored.payload_id
-
-
-def record(key: str, updated: str, **fields: str) -> dict[str, str]:
-    base = {
-        "CampaignName": "Sales",
-        "DataUniqueId": key,
-        "PhoneNumber": "9876543210",
-        "DialStatus": "answered",
-        "Attempts": "1",
-        "UpdatedDate": updated,
-        "Apikey": "secret-api-key",
-    }
-    return {**base, **fields}
+def new_request(engine: Engine) -> str:
+    return factories.new_request(engine, window=WINDOW).request_id
 
 
 def table_rows(engine: Engine, table: Any, drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -114,7 +84,7 @@ def test_newer_wins_older_only_goes_to_history_and_counts_add_up(engine: Engine)
     )
     assert "Apikey" not in reject["raw_record"]
     assert reject["raw_record"]["DataUniqueId"] == "4"
-    assert landing.get_export_request(engine, request_id).state == "loaded"  # type: ignore[union-attr]
+    assert factories.state_of(engine, request_id) is RequestState.LOADED
 
 
 def test_the_api_key_is_in_no_warehouse_table(engine: Engine) -> None:
@@ -186,7 +156,7 @@ def test_a_failure_mid_load_leaves_the_database_exactly_as_before(engine: Engine
 def test_an_unparseable_payload_is_a_failed_load_not_a_crash(engine: Engine) -> None:
     request_id = new_request(engine)
     payload = land(engine, request_id, b'[{"CampaignName": "Sales"}, {"trunc', "application/json")
-    result = load_request(engine, request_id)
+    result = load_payloads(engine, request_id)
     assert (result.failed_payloads, result.payloads) == (1, 1)
     assert "not valid JSON" in (result.error or "")
     [run] = table_rows(engine, load_runs)
@@ -195,9 +165,7 @@ def test_an_unparseable_payload_is_a_failed_load_not_a_crash(engine: Engine) -> 
     assert table_rows(engine, dial_status) == []
     with engine.connect() as conn:
         assert conn.scalar(select(callback_payloads.c.parse_state)) == "failed"
-    request = landing.get_export_request(engine, request_id)
-    assert request is not None
-    assert request.state == "failed"
+    assert factories.state_of(engine, request_id) is RequestState.FAILED
 
 
 def test_views_summarise_per_campaign_and_ist_day(engine: Engine) -> None:
@@ -330,16 +298,16 @@ def test_sqlite_and_postgresql_give_identical_rows(sqlite_url: str, pg_url: str)
 def test_simulator_ground_truth_equals_dial_status(engine: Engine) -> None:
     from cloudagent_etl.simulator.data import generate_records
 
-    truth = generate_records("Sales", seed=3, records_per_day=60, **WINDOW)
+    truth = generate_records("Sales", *WINDOW, seed=3, records_per_day=60)
     request_id = new_request(engine)
     load_payload(engine, land(engine, request_id, {"uniqueId": "u1", "data": truth}))
     got = {row["record_key"]: row for row in table_rows(engine, dial_status)}
-    assert set(got) == {record["DataUniqueId"] for record in truth}
-    for record in truth:
-        row = got[record["DataUniqueId"]]
-        assert row["phone_number_raw"] == record["PhoneNumber"]
-        assert row["dial_status"] == (record["DialStatus"] or None)
-        assert row["attempts"] == int(record["Attempts"])
-        assert row["ucid"] == (None if record["UCID"] == "None" else record["UCID"])
-        assert ist_text(row["updated_at"]) == record["UpdatedDate"]
-        assert row["extra"] == {key: record[key] for key in ("City", "LoanAmount")}
+    assert set(got) == {sent["DataUniqueId"] for sent in truth}
+    for sent in truth:
+        row = got[sent["DataUniqueId"]]
+        assert row["phone_number_raw"] == sent["PhoneNumber"]
+        assert row["dial_status"] == (sent["DialStatus"] or None)
+        assert row["attempts"] == int(sent["Attempts"])
+        assert row["ucid"] == (None if sent["UCID"] == "None" else sent["UCID"])
+        assert ist_text(row["updated_at"]) == sent["UpdatedDate"]
+        assert row["extra"] == {key: sent[key] for key in ("City", "LoanAmount")}

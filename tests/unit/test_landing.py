@@ -1,4 +1,4 @@
-"""Landing tables on SQLite and PostgreSQL: requests, tokens, states, payload storage and reading."""
+"""Landing tables on SQLite and PostgreSQL: requests, tokens, the request lifecycle, payload storage."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,33 +14,21 @@ from sqlalchemy import Engine, delete, func, select
 
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.errors import PayloadError, StateTransitionError
-from cloudagent_etl.schema import callback_payload_chunks, callback_payloads, export_requests
+from cloudagent_etl.errors import ConfigurationError, PayloadError, StateTransitionError
+from cloudagent_etl.landing import (
+    CallbackStatus,
+    RequestState,
+    callback_payload_chunks,
+    callback_payloads,
+    export_requests,
+)
+from tests.factories import FILTERS, WINDOW, land, new_request, state_of
 
-WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))
-
-
-def new_request(engine: Engine, campaign: str = "A") -> landing.NewExportRequest:
-    return landing.create_export_request(
-        engine,
-        account="demo_user",
-        campaign_name=campaign,
-        window_start=WINDOW[0],
-        window_end=WINDOW[1],
-        filters={"sortby": "2", "status": "All"},
-        dag_id="cloudagent_dial_status",
-        run_id="manual__1",
-    )
-
-
-def state_of(engine: Engine, request_id: str) -> str:
-    request = landing.get_export_request(engine, request_id)
-    assert request is not None
-    return request.state
+REQUESTED, RECEIVED, LOADED, FAILED, EXPIRED = RequestState
 
 
 def test_create_stores_only_the_token_hash_and_builds_the_callback_url(engine: Engine) -> None:
-    new = new_request(engine)
+    new = new_request(engine, "A", timezone="Asia/Dubai", callback_base_url="https://cb.example")
     token = new.token.get()
     assert len(token) >= 43
     assert token not in repr(new)
@@ -52,11 +40,9 @@ def test_create_stores_only_the_token_hash_and_builds_the_callback_url(engine: E
     assert row.callback_token_sha256 == hashlib.sha256(token.encode()).hexdigest()
     request = landing.get_export_request(engine, new.request_id)
     assert request is not None
-    assert (request.state, request.campaign_name, request.filters) == (
-        "requested",
-        "A",
-        {"sortby": "2", "status": "All"},
-    )
+    assert (request.state, request.campaign_name, request.filters) == (REQUESTED, "A", FILTERS)
+    assert (request.timezone, request.callback_base_url) == ("Asia/Dubai", "https://cb.example")
+    assert request.callback_status is CallbackStatus.WAITING
     assert request.window_start == WINDOW[0]
     assert request.created_at.tzinfo is not None
     assert landing.callback_url("https://cb.example/", new.request_id, new.token) == (
@@ -98,61 +84,143 @@ def test_verify_callback_token(engine: Engine) -> None:
 @pytest.mark.parametrize(
     ("path", "refused"),
     [
-        (["received", "loaded", "loaded"], None),
-        (["received", "received", "failed", "loaded"], None),
-        (["expired", "loaded"], None),
-        (["loaded"], "from 'requested' to 'loaded'"),
-        (["received", "requested"], "from 'received' to 'requested'"),
-        (["received", "loaded", "received"], "from 'loaded' to 'received'"),
-        (["failed", "received"], "from 'failed' to 'received'"),
-        (["received", "bogus"], "unknown state"),
+        ([RECEIVED, LOADED, LOADED], None),
+        ([RECEIVED, RECEIVED, FAILED, LOADED], None),
+        ([EXPIRED, LOADED], None),
+        ([EXPIRED, EXPIRED], None),
+        ([LOADED], "from 'requested' to 'loaded'"),
+        ([RECEIVED, REQUESTED], "from 'received' to 'requested'"),
+        ([RECEIVED, LOADED, RECEIVED], "from 'loaded' to 'received'"),
+        ([FAILED, RECEIVED], "from 'failed' to 'received'"),
+        ([RECEIVED, LOADED, EXPIRED], "from 'loaded' to 'expired'"),
     ],
 )
-def test_set_state_allows_only_the_documented_moves(
-    engine: Engine, path: list[str], refused: str | None
+def test_only_the_documented_moves_are_allowed(
+    engine: Engine, path: list[RequestState], refused: str | None
 ) -> None:
+    """The transition table itself (``_move``); the named transitions below are what callers use."""
     new = new_request(engine)
     *allowed, last = path
+    if refused is None:
+        allowed = path
     for state in allowed:
         with engine.begin() as conn:
-            landing.set_state(conn, new.request_id, state)
+            landing._move(conn, new.request_id, state)
     if refused is None:
-        with engine.begin() as conn:
-            landing.set_state(conn, new.request_id, last)
         assert state_of(engine, new.request_id) == last
     else:
         with pytest.raises(StateTransitionError, match=refused), engine.begin() as conn:
-            landing.set_state(conn, new.request_id, last)
-        assert state_of(engine, new.request_id) == (allowed[-1] if allowed else "requested")
+            landing._move(conn, new.request_id, last)
+        assert state_of(engine, new.request_id) == (allowed[-1] if allowed else REQUESTED)
 
 
-def test_set_state_stamps_times_and_error_and_runs_in_the_callers_transaction(engine: Engine) -> None:
+def test_moves_stamp_times_and_error_and_run_in_the_callers_transaction(engine: Engine) -> None:
     new = new_request(engine)
-    with engine.begin() as conn:
-        landing.set_state(conn, new.request_id, "received")
+    land(engine, new.request_id, b"[1]")
     first = landing.get_export_request(engine, new.request_id)
-    with engine.begin() as conn:
-        landing.set_state(conn, new.request_id, "received")
-        landing.set_state(conn, new.request_id, "failed", error="load failed: bad data")
+    landing.mark_load_failed(engine, new.request_id, "load failed: bad data")
     failed = landing.get_export_request(engine, new.request_id)
     assert first is not None
     assert failed is not None
+    assert first.received_at is not None
     assert failed.received_at == first.received_at, "received_at keeps the first receipt"
-    assert (failed.state, failed.error) == ("failed", "load failed: bad data")
+    assert (failed.state, failed.error) == (FAILED, "load failed: bad data")
     assert failed.failed_at is not None
     assert failed.updated_at >= first.updated_at
     with engine.connect() as conn:
-        landing.set_state(conn, new.request_id, "loaded")
+        landing.mark_loaded(conn, new.request_id)
         conn.rollback()  # the caller's merge failed
-    assert state_of(engine, new.request_id) == "failed", "rolled back with the caller's transaction"
+    assert state_of(engine, new.request_id) == FAILED, "rolled back with the caller's transaction"
     with engine.begin() as conn:
-        landing.set_state(conn, new.request_id, "loaded")
+        landing.mark_loaded(conn, new.request_id)
     loaded = landing.get_export_request(engine, new.request_id)
     assert loaded is not None
     assert loaded.error is None
     assert loaded.loaded_at is not None
+    assert loaded.is_loaded
     with pytest.raises(StateTransitionError, match="does not exist"), engine.begin() as conn:
-        landing.set_state(conn, "00000000-0000-0000-0000-000000000000", "received")
+        landing.mark_loaded(conn, "00000000-0000-0000-0000-000000000000")
+
+
+def test_callback_status_answers_waiting_landed_or_gave_up(engine: Engine) -> None:
+    waiting, landed, failed = (new_request(engine).request_id for _ in range(3))
+    land(engine, landed, b"[]")
+    landing.mark_failed(engine, failed, "CloudAgent said no")
+
+    assert landing.callback_status(engine, waiting) is CallbackStatus.WAITING
+    assert landing.callback_status(engine, landed) is CallbackStatus.LANDED
+    assert landing.callback_status(engine, failed) is CallbackStatus.GAVE_UP
+    with engine.begin() as conn:
+        landing.mark_loaded(conn, landed)
+    assert landing.callback_status(engine, landed) is CallbackStatus.LANDED
+    with pytest.raises(ConfigurationError, match="does not exist in this database"):
+        landing.callback_status(engine, "00000000-0000-0000-0000-000000000000")
+
+
+def test_mark_expired_expires_only_a_request_still_waiting(engine: Engine) -> None:
+    waiting, landed = (new_request(engine).request_id for _ in range(2))
+    land(engine, landed, b"[]")
+
+    assert landing.mark_expired(engine, waiting, "no callback") is CallbackStatus.GAVE_UP
+    assert landing.mark_expired(engine, landed, "no callback") is CallbackStatus.LANDED
+
+    expired = landing.get_export_request(engine, waiting)
+    assert expired is not None
+    assert (expired.state, expired.error) == (EXPIRED, "no callback")
+    assert expired.expired_at is not None
+    assert state_of(engine, landed) == RECEIVED
+    assert landing.mark_expired(engine, waiting, "again") is CallbackStatus.GAVE_UP
+    assert landing.get_export_request(engine, waiting).error == "no callback"  # type: ignore[union-attr]
+
+
+def test_mark_load_failed_leaves_a_loaded_or_expired_request_as_it_is(engine: Engine) -> None:
+    loaded, expired = (new_request(engine).request_id for _ in range(2))
+    land(engine, loaded, b"[]")
+    with engine.begin() as conn:
+        landing.mark_loaded(conn, loaded)
+    landing.mark_expired(engine, expired, "no callback")
+
+    landing.mark_load_failed(engine, loaded, "unparseable")
+    landing.mark_load_failed(engine, expired, "unparseable")
+
+    assert (state_of(engine, loaded), state_of(engine, expired)) == (LOADED, EXPIRED)
+
+
+def test_requests_of_a_run_and_requests_with_payloads(engine: Engine) -> None:
+    first = new_request(engine, "Sales", dag_id="d", run_id="r").request_id
+    latest = new_request(engine, "Sales", dag_id="d", run_id="r").request_id
+    other_run = new_request(engine, "Support", dag_id="d", run_id="other").request_id
+    land(engine, first, b"[]")
+    land(engine, other_run, b"[]")
+    late = new_request(engine, "Sales").request_id
+    landing.mark_expired(engine, late, "no callback")
+    assert landing.store_callback(engine, late, landing.CallbackBody.from_bytes(b"[1]")).late
+
+    assert {c: r.request_id for c, r in landing.latest_requests_of_run(engine, "d", "r").items()} == {
+        "Sales": latest
+    }
+    assert landing.latest_request_per_campaign(engine)["Support"].request_id == other_run
+    assert landing.requests_with_payloads(engine, ["Sales"], *WINDOW) == [first, late]
+    day_after = (WINDOW[1], WINDOW[1] + timedelta(days=1))
+    assert landing.requests_with_payloads(engine, ["Sales", "Support"], *day_after) == []
+    around_start = (WINDOW[0] - timedelta(hours=1), WINDOW[0] + timedelta(hours=1))
+    assert set(landing.requests_with_payloads(engine, ["Sales", "Support"], *around_start)) == {
+        first,
+        other_run,
+        late,
+    }
+
+
+def test_landed_payload_knows_the_request_and_the_time_zone_of_its_export(engine: Engine) -> None:
+    new = new_request(engine, timezone="Asia/Dubai")
+    payload_id = land(engine, new.request_id, b"[]", content_type="application/json; charset=utf-8")
+    with engine.connect() as conn:
+        payload = landing.landed_payload(conn, payload_id)
+        with pytest.raises(PayloadError, match="does not exist"):
+            landing.landed_payload(conn, 999_999)
+    assert payload == landing.LandedPayload(
+        payload_id, new.request_id, "application/json; charset=utf-8", "Asia/Dubai"
+    )
 
 
 def test_store_callback_stores_the_body_once_and_moves_the_request_to_received(engine: Engine) -> None:
@@ -174,7 +242,7 @@ def test_store_callback_stores_the_body_once_and_moves_the_request_to_received(e
         first.payload_id,
         False,
     )
-    assert state_of(engine, new.request_id) == "received"
+    assert state_of(engine, new.request_id) == RECEIVED
     with engine.connect() as conn:
         assert landing.received_payload_ids(conn, new.request_id) == [first.payload_id]
         assert landing.read_payload_body(conn, first.payload_id) == body
@@ -196,16 +264,15 @@ def test_callbacks_after_the_request_settled_are_stored_and_flagged_late(engine:
     new = new_request(engine)
     landing.store_callback(engine, new.request_id, landing.CallbackBody.from_bytes(b"[1]"))
     with engine.begin() as conn:
-        landing.set_state(conn, new.request_id, "loaded")
+        landing.mark_loaded(conn, new.request_id)
     late = landing.store_callback(engine, new.request_id, landing.CallbackBody.from_bytes(b"[2]"))
     assert late.late
     assert not late.duplicate
-    assert state_of(engine, new.request_id) == "loaded"
+    assert state_of(engine, new.request_id) == LOADED
     expired = new_request(engine, "B")
-    with engine.begin() as conn:
-        landing.set_state(conn, expired.request_id, "expired", error="no callback")
+    landing.mark_expired(engine, expired.request_id, "no callback")
     assert landing.store_callback(engine, expired.request_id, landing.CallbackBody.from_bytes(b"[3]")).late
-    assert state_of(engine, expired.request_id) == "expired"
+    assert state_of(engine, expired.request_id) == EXPIRED
     with engine.connect() as conn:
         flags = dict(conn.execute(select(callback_payloads.c.payload_id, callback_payloads.c.late)).all())
     assert sorted(flags.values()) == [0, 1, 1]
@@ -252,7 +319,6 @@ def test_one_statement_and_step_by_step_storage_leave_identical_rows(pg_url: str
         "unique_id": "U-1",
         "client_addr": "127.0.0.1",
         "headers": {"content-type": "application/json", "user-agent": "CA/1 'x\""},
-        "parse_state": "unparseable",
     }
 
     def deliveries(store: Any) -> tuple[list[Any], list[Any]]:
@@ -266,7 +332,7 @@ def test_one_statement_and_step_by_step_storage_leave_identical_rows(pg_url: str
             ),
         ]
         with engine.begin() as conn:
-            landing.set_state(conn, new.request_id, "loaded")
+            landing.mark_loaded(conn, new.request_id)
         outcomes.append(store(engine, new.request_id, landing.CallbackBody.from_bytes(b"[2]"), **details))
         first_id = outcomes[0].payload_id
         with engine.connect() as conn:
@@ -333,5 +399,5 @@ def test_concurrent_deliveries_to_one_request_are_stored_once_each(pg_url: str) 
             landing.read_payload_body(conn, pid) for pid in landing.received_payload_ids(conn, new.request_id)
         }
     assert stored == set(bodies)
-    assert state_of(engine, new.request_id) == "received"
+    assert state_of(engine, new.request_id) == RECEIVED
     engine.dispose()

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from cloudagent_etl import landing, pipeline, schema
+from cloudagent_etl import landing, pipeline
+from cloudagent_etl.api.limiter import api_call_log
 from cloudagent_etl.errors import (
     ConfigurationError,
     InvalidApiKeyError,
@@ -17,7 +18,9 @@ from cloudagent_etl.errors import (
     PayloadError,
     ValidationError,
 )
+from cloudagent_etl.landing import CallbackStatus, RequestState, export_requests
 from cloudagent_etl.settings import ApiSettings, Secret
+from tests.factories import land
 
 API_KEY = "k3y-never-shown-0123456789"
 CALLBACK_BASE = "http://127.0.0.1:9/hooks"
@@ -27,7 +30,9 @@ FILTERS = dict(pipeline.DEFAULT_FILTERS)
 
 @pytest.fixture
 def api_settings() -> ApiSettings:
-    return ApiSettings(user_name="acme", api_key=Secret(API_KEY), base_url="http://cloudagent.test")
+    return ApiSettings(
+        user_name="acme", api_key=Secret(API_KEY), base_url="http://cloudagent.test", timezone="Asia/Kolkata"
+    )
 
 
 def answering(body: dict, seen: list[httpx.Request] | None = None) -> httpx.MockTransport:
@@ -117,15 +122,16 @@ def test_request_export_records_the_unique_id_and_goes_through_the_limiter(engin
         transport=transport,
     )
 
-    row = landing.get_export_request(engine, request_id)
+    row = landing.require_export_request(engine, request_id)
     assert (row.state, row.unique_id, row.campaign_name, row.dag_id, row.run_id) == (
-        "requested",
+        RequestState.REQUESTED,
         "U-1",
         "Sales",
         "d",
         "r",
     )
     assert (row.window_start, row.window_end) == WINDOW
+    assert (row.filters, row.timezone, row.callback_base_url) == (FILTERS, "Asia/Kolkata", CALLBACK_BASE)
     body = json.loads(seen[0].content)
     assert body["callBackUrl"].startswith(f"{CALLBACK_BASE}/callbacks/dial-status/{request_id}/")
     assert (body["campaignName"], body["fromDate"], body["toDate"]) == (
@@ -134,7 +140,7 @@ def test_request_export_records_the_unique_id_and_goes_through_the_limiter(engin
         "2025-06-03 03:30:00",
     )
     with engine.connect() as conn:
-        calls = conn.execute(select(schema.api_call_log.c.account)).scalars().all()
+        calls = conn.execute(select(api_call_log.c.account)).scalars().all()
     assert calls == ["acme"]
 
 
@@ -161,7 +167,7 @@ def test_a_terminal_api_error_fails_the_request_with_the_api_message(engine, api
         )
 
     with engine.connect() as conn:
-        row = conn.execute(select(schema.export_requests)).one()
+        row = conn.execute(select(export_requests)).one()
     assert row.state == "failed"
     assert "apiKey is invalid" in row.error
     assert API_KEY not in row.error
@@ -181,7 +187,7 @@ def test_an_invalid_filter_fails_before_anything_is_sent(engine, api_settings) -
         )
     assert seen == []
     with engine.connect() as conn:
-        assert conn.execute(select(schema.export_requests.c.state)).scalar_one() == "failed"
+        assert conn.execute(select(export_requests.c.state)).scalar_one() == "failed"
 
 
 # ------------------------------------------------------------------------------------------ waiting
@@ -196,7 +202,7 @@ def test_expire_request_marks_it_expired_with_a_message_naming_campaign_window_a
     engine, api_settings
 ) -> None:
     request_id = _requested(engine, api_settings)
-    assert pipeline.callback_status(engine, request_id) == "requested"
+    assert landing.callback_status(engine, request_id) is CallbackStatus.WAITING
 
     message = pipeline.expire_request(engine, request_id, waited_minutes=0.5)
 
@@ -204,63 +210,60 @@ def test_expire_request_marks_it_expired_with_a_message_naming_campaign_window_a
     assert WINDOW[0].isoformat() in message
     assert "uniqueId U-9" in message
     assert "request_export" in message  # says how to retry
-    assert pipeline.callback_status(engine, request_id) == "expired"
+    request = landing.require_export_request(engine, request_id)
+    assert (request.state, request.error) == (RequestState.EXPIRED, message)
 
 
 def test_expire_request_leaves_a_request_whose_callback_landed(engine, api_settings) -> None:
     request_id = _requested(engine, api_settings)
-    landing.store_callback(engine, request_id, landing.CallbackBody.from_bytes(b"[]"))
+    land(engine, request_id, b"[]")
 
-    assert pipeline.callback_status(engine, request_id) == "received"
     assert pipeline.expire_request(engine, request_id, waited_minutes=1) is None
-    assert pipeline.callback_status(engine, request_id) == "received"
+    assert landing.require_export_request(engine, request_id).state is RequestState.RECEIVED
 
 
-def test_callback_status_of_an_unknown_request_is_an_error(engine) -> None:
+def test_expire_request_of_an_unknown_request_is_an_error(engine) -> None:
     with pytest.raises(ConfigurationError, match="does not exist"):
-        pipeline.callback_status(engine, "00000000-0000-0000-0000-000000000000")
-
-
-# ------------------------------------------------------------------------------------------ reprocess
-def test_requests_to_reprocess_picks_landed_requests_overlapping_the_window(engine, api_settings) -> None:
-    landed = _requested(engine, api_settings, "Sales")
-    landing.store_callback(engine, landed, landing.CallbackBody.from_bytes(b"[]"))
-    other_campaign = _requested(engine, api_settings, "Support")
-    landing.store_callback(engine, other_campaign, landing.CallbackBody.from_bytes(b"[]"))
-    _requested(engine, api_settings, "Sales")  # never called back: nothing to reprocess
-    expired = _requested(engine, api_settings, "Sales")
-    assert pipeline.expire_request(engine, expired, waited_minutes=60)
-    late = landing.store_callback(engine, expired, landing.CallbackBody.from_bytes(b"[1]"))
-    assert late.late  # the callback came after the wait gave up: stored, flagged, and reprocessable
-
-    assert pipeline.requests_to_reprocess(engine, ["Sales"], *WINDOW) == [landed, expired]
-    assert (
-        pipeline.requests_to_reprocess(engine, ["Sales", "Support"], WINDOW[1], WINDOW[1] + timedelta(days=1))
-        == []
-    )
-    assert set(
-        pipeline.requests_to_reprocess(
-            engine, ["Sales", "Support"], WINDOW[0] - timedelta(hours=1), WINDOW[0] + timedelta(hours=1)
-        )
-    ) == {landed, other_campaign, expired}
+        pipeline.expire_request(engine, "00000000-0000-0000-0000-000000000000", waited_minutes=1)
 
 
 # ------------------------------------------------------------------------------------------ load
 def test_load_request_fails_only_when_no_payload_could_be_parsed(engine, api_settings) -> None:
     record = {"CampaignName": "Sales", "DataUniqueId": "L1", "UpdatedDate": "2025-06-02 10:00:00"}
     partly = _requested(engine, api_settings)
-    landing.store_callback(engine, partly, landing.CallbackBody.from_bytes(json.dumps([record]).encode()))
-    landing.store_callback(engine, partly, landing.CallbackBody.from_bytes(b"[not json"))
+    land(engine, partly, [record])
+    land(engine, partly, b"[not json")
 
-    counts = pipeline.load_request(engine, partly, timezone="Asia/Kolkata")
+    counts = pipeline.load_request(engine, partly)
     assert (counts["payloads"], counts["failed_payloads"], counts["inserted"]) == (2, 1, 1)
-    assert landing.get_export_request(engine, partly).state == "loaded"
+    assert landing.require_export_request(engine, partly).state is RequestState.LOADED
 
     broken = _requested(engine, api_settings, unique_id="U-10")
-    landing.store_callback(engine, broken, landing.CallbackBody.from_bytes(b"[not json"))
+    land(engine, broken, b"[not json")
     with pytest.raises(PayloadError, match="nothing could be loaded"):
-        pipeline.load_request(engine, broken, timezone="Asia/Kolkata")
-    assert landing.get_export_request(engine, broken).state == "failed"
+        pipeline.load_request(engine, broken)
+    assert landing.require_export_request(engine, broken).state is RequestState.FAILED
+
+
+def test_load_request_reads_times_in_the_time_zone_recorded_on_the_request(engine, api_settings) -> None:
+    """The load needs only the database: the export's time zone travels with the request."""
+    from cloudagent_etl.warehouse.tables import dial_status
+
+    dubai = ApiSettings(
+        user_name="acme", api_key=Secret(API_KEY), base_url="http://cloudagent.test", timezone="Asia/Dubai"
+    )
+    request_id = _requested(engine, dubai)
+    land(
+        engine,
+        request_id,
+        [{"CampaignName": "Sales", "DataUniqueId": "L1", "UpdatedDate": "2025-06-02 10:00:00"}],
+    )
+
+    pipeline.load_request(engine, request_id)
+
+    with engine.connect() as conn:
+        updated_at = conn.execute(select(dial_status.c.updated_at)).scalar_one()
+    assert updated_at == datetime(2025, 6, 2, 6, 0, tzinfo=UTC)  # 10:00 in Dubai (UTC+4)
 
 
 # ------------------------------------------------------------------------------------------ quality
@@ -282,8 +285,8 @@ def test_quality_checks_list_every_campaign_that_did_not_load(engine, api_settin
     loaded = pipeline.request_export(
         engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, dag_id="d", run_id="r", transport=ok
     )
-    landing.store_callback(engine, loaded, landing.CallbackBody.from_bytes(b"[]"))
-    pipeline.load_request(engine, loaded, timezone="Asia/Kolkata")
+    land(engine, loaded, b"[]")
+    pipeline.load_request(engine, loaded)
 
     problems = pipeline.quality_checks(engine, campaigns=["Sales", "Nope", "Never"], dag_id="d", run_id="r")
 

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import Engine, func, insert, select
 
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter, RetryPolicy
+from cloudagent_etl.api.limiter import api_call_log, rate_limit_accounts
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.errors import ConfigurationError
-from cloudagent_etl.schema import api_call_log, rate_limit_accounts
 from cloudagent_etl.settings import ApiSettings, Secret
 
 # A small budget so that tests take seconds: 3 calls per rolling 1.5 s.
@@ -27,7 +27,7 @@ MARGIN_S = 0.1
 @pytest.fixture
 def limiter(engine: Engine) -> RateLimiter:
     return RateLimiter(
-        engine, "test_user", per_minute=PER_WINDOW, window_s=WINDOW_S, safety_margin_s=MARGIN_S
+        engine, "test_user", calls_per_window=PER_WINDOW, window_s=WINDOW_S, safety_margin_s=MARGIN_S
     )
 
 
@@ -75,7 +75,7 @@ def fire_from_threads(db_url: str, threads_n: int, calls_each: int, **engine_opt
     def worker(index: int) -> None:
         engine = create_db_engine(db_url, **engine_options)
         try:
-            limiter = RateLimiter(engine, "test_user", per_minute=PER_WINDOW, window_s=WINDOW_S)
+            limiter = RateLimiter(engine, "test_user", calls_per_window=PER_WINDOW, window_s=WINDOW_S)
             for call in range(calls_each):
                 limiter.acquire(f"thread-{index}-{call}")
         except BaseException as exc:
@@ -113,8 +113,8 @@ def test_postgres_engine_defaulting_to_repeatable_read_still_sees_every_call(pg_
 
 
 def test_accounts_have_separate_budgets(engine: Engine) -> None:
-    alpha = RateLimiter(engine, "alpha", per_minute=1, window_s=30)
-    beta = RateLimiter(engine, "beta", per_minute=1, window_s=30)
+    alpha = RateLimiter(engine, "alpha", calls_per_window=1, window_s=30)
+    beta = RateLimiter(engine, "beta", calls_per_window=1, window_s=30)
     assert alpha.acquire() < 0.5
     assert beta.acquire() < 0.5
     assert (len(call_times(engine, "alpha")), len(call_times(engine, "beta"))) == (1, 1)
@@ -142,7 +142,7 @@ def test_first_admission_prunes_rows_older_than_the_retention(engine: Engine) ->
     ("kwargs", "says"),
     [
         ({"account": ""}, "account is empty"),
-        ({"per_minute": 0}, "at least 1 call"),
+        ({"calls_per_window": 0}, "at least 1 call"),
         ({"window_s": 0}, "window must be positive"),
         ({"safety_margin_s": -1}, "margin not negative"),
         ({"retention_s": 10}, "retention"),

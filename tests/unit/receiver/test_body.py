@@ -1,17 +1,27 @@
-"""The receiver's two cheap looks at a body: is JSON-typed data parseable, and which uniqueId it carries."""
+"""The receiver's one pass over a body: spooled, measured, hashed, uniqueId found, whatever the piece size."""
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
+import time
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
 from cloudagent_etl.receiver import body
 from cloudagent_etl.receiver.app import mask_path
+from cloudagent_etl.receiver.body import BodySpool, UniqueIdSniffer
 
 RECORDS = [{"CampaignName": "A", "DataUniqueId": "D-1", "PhoneNumber": "919800000001"}]
+
+
+def sniffed(content: bytes, content_type: str, piece_bytes: int) -> str | None:
+    sniffer = UniqueIdSniffer(content_type)
+    for start in range(0, len(content), piece_bytes):
+        sniffer.feed(content[start : start + piece_bytes])
+    return sniffer.result()
 
 
 @pytest.mark.parametrize(
@@ -45,33 +55,50 @@ RECORDS = [{"CampaignName": "A", "DataUniqueId": "D-1", "PhoneNumber": "91980000
         ("not json at all", "text/plain", None),
     ],
 )
-def test_find_unique_id(content: str, content_type: str, expected: str | None) -> None:
-    assert body.find_unique_id(io.BytesIO(content.encode()), content_type) == expected
+@pytest.mark.parametrize("piece_bytes", [1, 7, 65536])
+def test_the_unique_id_is_found_whatever_the_piece_size(
+    content: str, content_type: str, expected: str | None, piece_bytes: int
+) -> None:
+    assert sniffed(content.encode(), content_type, piece_bytes) == expected
 
 
-def test_find_unique_id_across_read_blocks_and_after_many_fields(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(body, "READ_BLOCK_BYTES", 7)
+def test_unique_id_after_many_fields_and_far_into_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(body, "OVERLAP_BYTES", 64)
     fields = "&".join(f"f{i}=1" for i in range(10_000))
     form = f"{fields}&data=" + urlencode({"x": json.dumps({"uniqueId": "U-9"})})[2:]
-    assert body.find_unique_id(io.BytesIO(form.encode()), "application/x-www-form-urlencoded") == "U-9"
+    assert sniffed(form.encode(), "application/x-www-form-urlencoded", 7) == "U-9"
     as_json = json.dumps({"data": RECORDS * 50, "uniqueId": "U-9"})
-    assert body.find_unique_id(io.BytesIO(as_json.encode()), "application/json") == "U-9"
+    assert sniffed(as_json.encode(), "application/json", 7) == "U-9"
 
 
-@pytest.mark.parametrize(
-    ("content", "content_type", "expected"),
-    [
-        (b"[1, 2]", "application/json", "pending"),
-        (b"[1, 2", "application/json", "unparseable"),
-        (b"\xff\xfe[1]", "application/vnd.cloudagent+json", "unparseable"),
-        (b"[1, 2", "text/plain", "pending"),
-        (b"data=%7B", "application/x-www-form-urlencoded", "pending"),
-        (b"[" + b"1," * body.PARSE_CHECK_MAX_BYTES, "application/json", "pending"),
-    ],
-)
-def test_parse_state(content: bytes, content_type: str, expected: str) -> None:
-    assert body.parse_state(io.BytesIO(content), len(content), content_type) == expected
+def test_a_form_field_wins_over_a_pair_inside_the_forms_data() -> None:
+    form = urlencode({"data": json.dumps({"uniqueId": "inner"}), "uniqueId": "field"})
+    assert sniffed(form.encode(), "application/x-www-form-urlencoded", 5) == "field"
+
+
+def test_repeated_multipart_names_are_scanned_in_linear_time() -> None:
+    """The pattern that once backtracked for seconds on 200 KB of repeated names."""
+    hostile = b'--b\r\nContent-Disposition: form-data; name="uniqueId"\r\n' * 5_000
+    started = time.perf_counter()
+    assert sniffed(hostile, "multipart/form-data; boundary=b", 65536) is None
+    assert time.perf_counter() - started < 1.0
+
+
+def test_the_spool_measures_and_hashes_what_it_stores(tmp_path: Path) -> None:
+    content = json.dumps({"uniqueId": "U-5", "data": RECORDS * 1000}).encode()
+    spool = BodySpool("application/json", tmp_path, in_memory_bytes=1024)
+    for start in range(0, len(content), 4096):
+        spool.write(content[start : start + 4096])
+    callback_body, unique_id = spool.finish()
+    try:
+        assert (callback_body.size, callback_body.sha256, unique_id) == (
+            len(content),
+            hashlib.sha256(content).hexdigest(),
+            "U-5",
+        )
+        assert callback_body.file.read() == content
+    finally:
+        spool.close()
 
 
 @pytest.mark.parametrize(
