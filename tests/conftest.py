@@ -6,3 +6,8 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.receiver",
 ]
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Slow tests first (file order kept), so that under xdist the longest ones do not start last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

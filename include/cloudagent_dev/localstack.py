@@ -241,8 +241,11 @@ def _dag_registered(base_url: str, state: StackState) -> bool:
     password = state.admin_password()
     if password is None:
         return False
-    headers = {"Authorization": f"Bearer {api_token(base_url, password)}"}
-    return httpx.get(f"{base_url}/api/v2/dags/{DAG_ID}", headers=headers, timeout=5).status_code == 200
+    try:  # a busy api-server may time out: not ready yet
+        headers = {"Authorization": f"Bearer {api_token(base_url, password)}"}
+        return httpx.get(f"{base_url}/api/v2/dags/{DAG_ID}", headers=headers, timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def stack_airflow_env(

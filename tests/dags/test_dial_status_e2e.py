@@ -1,7 +1,8 @@
 """End to end: the real DAGs under ``dag.test()``, with the simulator and the receiver as real processes.
 
-Each test runs on SQLite and on PostgreSQL (``db_url``). The simulator's ground truth (the exact records
-each callback carried) is the reference the warehouse is compared with.
+Each test runs on SQLite and on PostgreSQL (``db_kind``), on the database of the session's receiver. The
+simulator's ground truth (the exact records each callback carried) is the reference the warehouse is
+compared with.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def dags(airflow_home) -> dict:
 
 
 @pytest.fixture
-def sync(monkeypatch, db_url, receiver, fresh_simulator, dags) -> Iterator[Sync]:
+def sync(monkeypatch, receiver, fresh_simulator, dags) -> Iterator[Sync]:
     api = {
         "conn_type": "cloudagent",
         "host": fresh_simulator.base_url,
@@ -46,10 +47,10 @@ def sync(monkeypatch, db_url, receiver, fresh_simulator, dags) -> Iterator[Sync]
         "password": fresh_simulator.api_key,
     }
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DEFAULT", json.dumps(api))
-    monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", connection_uri(db_url))
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", connection_uri(receiver.db_url))
     monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", json.dumps(CAMPAIGNS))
     monkeypatch.setenv("CLOUDAGENT_CALLBACK_BASE_URL", receiver.base_url)
-    engine = create_db_engine(db_url)
+    engine = create_db_engine(receiver.db_url)
     yield Sync(engine, fresh_simulator, dags)
     engine.dispose()
 
