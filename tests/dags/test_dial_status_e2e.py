@@ -185,6 +185,9 @@ def test_the_limiter_holds_across_a_nightly_run_and_a_backfill_at_once(
     for process, log in processes:
         process.wait(timeout=300)
         log.close()
+        # The unknown campaigns fail their runs on purpose: `dags test` then exits 1 with "DagRun failed".
+        output = Path(log.name).read_text(errors="replace")
+        assert (process.returncode, "DagRun failed" in output) == (1, True), output[-3000:]
 
     arrivals = sorted(entry["arrived_at"] for entry in sync.simulator.requests_log())
     assert len(arrivals) == 2 * len(campaigns)
