@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import pytest
 
 from cloudagent_etl.receiver import body
-from cloudagent_etl.receiver.app import mask_path
+from cloudagent_etl.receiver.logs import mask_tokens
 from cloudagent_etl.receiver.body import BodySpool, UniqueIdSniffer
 
 RECORDS = [{"CampaignName": "A", "DataUniqueId": "D-1", "PhoneNumber": "919800000001"}]
@@ -101,15 +101,28 @@ def test_the_spool_measures_and_hashes_what_it_stores(tmp_path: Path) -> None:
         spool.close()
 
 
+REQUEST_ID = "0b6f2c1e-3f5a-4c1e-9a47-1d2f3e4a5b6c"
+TOKEN = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5"
+
+
 @pytest.mark.parametrize(
-    ("path", "logged"),
+    ("text", "logged"),
     [
-        ("/callbacks/dial-status/req-1/tok3n", "/callbacks/dial-status/req-1/***"),
+        (f"/callbacks/dial-status/{REQUEST_ID}/tok3n", f"/callbacks/dial-status/{REQUEST_ID}/***"),
         ("/callbacks/dial-status/shared-tok3n", "/callbacks/dial-status/***"),
-        ("/callbacks/dial-status/req-1/tok3n/extra", "/callbacks/dial-status/req-1/***"),
+        (f"/callbacks/dial-status/{REQUEST_ID}/tok3n/extra", f"/callbacks/dial-status/{REQUEST_ID}/***/***"),
+        (f"/callbacks/dial-status//{REQUEST_ID}//tok3n/", f"/callbacks/dial-status//{REQUEST_ID}//***/"),
+        ("/API/CALLBACKS/DIAL-STATUS/x/tok3n", "/API/CALLBACKS/DIAL-STATUS/***/***"),
+        (f"GET /elsewhere/{TOKEN}?a=1 HTTP/1.1", "GET /elsewhere/***?a=1 HTTP/1.1"),
+        (f'{{"path":"/callbacks/dial-status/a/b","status":404}}', '{"path":"/callbacks/dial-status/***/***","status":404}'),
         ("/callbacks/dial-status", "/callbacks/dial-status"),
+        (f"request {REQUEST_ID} loaded", f"request {REQUEST_ID} loaded"),
         ("/healthz", "/healthz"),
     ],
 )
-def test_mask_path_hides_tokens(path: str, logged: str) -> None:
-    assert mask_path(path) == logged
+def test_mask_tokens_hides_every_token_whatever_the_route(text: str, logged: str) -> None:
+    assert mask_tokens(text) == logged
+
+
+def test_mask_tokens_hides_the_shared_token_anywhere() -> None:
+    assert mask_tokens("header x-callback-token: s3cret!", "s3cret!") == "header x-callback-token: ***"
