@@ -208,7 +208,8 @@ class Exchange:
             self.bytes_in += len(chunk)
             if self.bytes_in > settings.max_body_bytes:
                 raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
-            spool.write(chunk)
+            for _ in spool.write_steps(chunk):
+                await asyncio.sleep(0)  # a piece that inflates a lot does not hold up other requests
 
 
 def _spool_unavailable(exc: OSError) -> CallbackRejected:

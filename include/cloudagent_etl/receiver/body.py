@@ -329,10 +329,18 @@ class BodySpool:
 
     def write(self, piece: bytes) -> None:
         """Take the next piece as received (decoded first if the body is encoded)."""
+        for _ in self.write_steps(piece):
+            pass
+
+    def write_steps(self, piece: bytes) -> Iterator[None]:
+        """:meth:`write`, pausing between decoded pieces: an event loop iterating it can serve others
+        meanwhile, however much the piece inflates. A plain body never pauses."""
         if self._inflater is None:
             self._write_decoded(piece)
             return
-        for decoded in self._inflater.decode(piece):
+        for index, decoded in enumerate(self._inflater.decode(piece)):
+            if index:
+                yield
             self._write_decoded(decoded)
 
     def _write_decoded(self, piece: bytes) -> None:
