@@ -16,7 +16,7 @@ Routes:
 
 Any content type is accepted and stored verbatim; a gzip or deflate ``Content-Encoding`` is decoded while
 the body streams in and the decoded body is stored (any other encoding: 415, so the sender resends it
-plain). The body is read once: streamed into a spool file (in memory up to 1 MiB, then on disk in
+plain). The body is read once: streamed into a spool file (in memory up to 256 KiB, then on disk in
 ``spool_dir``) while it is decoded, measured, hashed and scanned for its ``uniqueId``
 (:mod:`cloudagent_etl.receiver.body`), then written to the database in pieces by
 :func:`landing.store_callback`, so memory does not grow with the body size.
@@ -75,7 +75,7 @@ access_log = logging.getLogger("cloudagent_etl.receiver.access")
 CALLBACK_PATH = "/callbacks/dial-status"
 SHARED_TOKEN_HEADER = "x-callback-token"  # noqa: S105 - a header name
 #: Bodies up to this size stay in memory while spooled; bigger ones go to a file in ``spool_dir``.
-SPOOL_IN_MEMORY_BYTES = 1024 * 1024
+SPOOL_IN_MEMORY_BYTES = 256 * 1024
 RETRY_AFTER_S = 5
 _RETRY_LATER = {"Retry-After": str(RETRY_AFTER_S)}
 #: Database connections per worker process, and the number of callbacks it writes at the same time:

@@ -36,6 +36,7 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from cloudagent_etl.receiver.app import RETRY_AFTER_S
 from cloudagent_etl.settings import ReceiverSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ access_log = logging.getLogger("cloudagent_etl.receiver.access")
 #: File descriptors kept free for everything that is not a connection: the database pool, SQLite's
 #: files, the listening socket, the log, the event loop.
 RESERVED_FILES = 64
-RETRY_AFTER_S = 5
 
 
 class _Refused(Exception):
