@@ -24,7 +24,10 @@ holds it whole in memory. Read a body with :func:`iter_payload_body` (pieces), :
 
 A callback that lands for a request already ``loaded``, ``failed`` or ``expired`` is stored with
 ``late = 1`` and the request's state is left as it is: nothing is dropped, and the reprocess DAG (or a
-query for ``late = 1``) finds it. The callback token is never stored, only its SHA-256.
+query for ``late = 1``) finds it. That holds for a grace period after the request settled: past it,
+:func:`verify_callback_token` answers :attr:`TokenCheck.CLOSED` (and :func:`closed_for_callbacks` is
+true), so a callback URL does not stay a write capability for ever. The callback token is never stored,
+only its SHA-256.
 """
 
 from __future__ import annotations
