@@ -337,6 +337,29 @@ def test_idle_connections_beyond_the_open_file_limit_do_not_shut_out_a_real_call
         assert "Too many open files" not in log
 
 
+def test_when_every_connection_is_busy_a_new_one_gets_503(
+    start_receiver: StartReceiver, sqlite_url: str
+) -> None:
+    with start_receiver(
+        sqlite_url, CLOUDAGENT_RECEIVER_MAX_CONNECTIONS="2", CLOUDAGENT_RECEIVER_IDLE_TIMEOUT_S="1"
+    ) as receiver:
+        busy = [new_request(sqlite_url) for _ in range(2)]
+        with hostile(receiver, *(new.token.get() for new in busy), poll_healthz=False):
+            senders = [connect(receiver) for _ in busy]
+            for sock, new in zip(senders, busy, strict=True):  # heads sent, bodies half-way: both busy
+                head = f"POST {callback_path(new)} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BODY)}\r\n\r\n"
+                sock.sendall(head.encode() + BODY[:5])
+            time.sleep(0.2)  # let the receiver read both heads (nothing to wait on from outside)
+            refused = read_until_closed(connect(receiver))
+            for sock in senders:
+                sock.sendall(BODY[5:])
+            answers = [read_until_closed(sock) for sock in senders]  # closed once idle
+        assert refused.startswith(b"HTTP/1.1 503"), refused
+        assert b"retry-after: 5" in refused.lower()
+        assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers
+        assert [len(stored_for(sqlite_url, new.request_id)) for new in busy] == [1, 1]
+
+
 # ---------------------------------------------------------------------------------------------- bodies
 def test_a_multipart_body_of_repeated_unique_id_names_is_linear_and_blocks_no_one(
     start_receiver: StartReceiver, sqlite_url: str
@@ -401,31 +424,33 @@ def test_encoded_bodies_are_stored_decoded_or_refused(receiver: ReceiverHandle) 
         assert list(iter_records(row["body"], row["content_type"])) == records  # the load can read it
 
 
-def test_a_gzip_bomb_is_refused_without_inflating_it(start_receiver: StartReceiver, sqlite_url: str) -> None:
+def test_a_gzip_bomb_is_refused_without_inflating_it(
+    start_receiver: StartReceiver, sqlite_url: str, tmp_path: Path
+) -> None:
     bomb = gzip.compress(b" " * (64 * MiB), compresslevel=9)  # 64 MiB of blanks in 64 KB
     near_bomb = gzip.compress(b"[" + b" " * (100 * MiB) + b"]", compresslevel=9)
-    with start_receiver(
-        sqlite_url,
-        CLOUDAGENT_RECEIVER_MAX_INFLATE_RATIO="100000",
-        CLOUDAGENT_RECEIVER_MAX_BODY_BYTES=str(64 * MiB),
-    ) as lenient:
-        new = new_request(sqlite_url)
-        with hostile(lenient, new.token.get()):
-            response = httpx.post(
-                lenient.callback_url(new), content=near_bomb, headers={"Content-Encoding": "gzip"}, timeout=60
-            )
-        assert response.status_code == 413
-        assert "once decoded" in response.json()["error"]  # past max_body_bytes, whatever the ratio
-    with start_receiver(sqlite_url) as receiver:
-        new = new_request(sqlite_url)
-        with hostile(receiver, new.token.get()):
-            response = httpx.post(
-                receiver.callback_url(new), content=bomb, headers={"Content-Encoding": "gzip"}, timeout=60
-            )
-        assert response.status_code == 413
-        assert "inflates more than 100 times" in response.json()["error"]
-    assert stored_for(sqlite_url, new.request_id) == []
-    assert not any((Path(make_url(sqlite_url).database).parent).glob("**/tmp*"))
+    spool = tmp_path / "spool"
+    lenient_settings = {
+        "CLOUDAGENT_RECEIVER_MAX_INFLATE_RATIO": "100000",
+        "CLOUDAGENT_RECEIVER_MAX_BODY_BYTES": str(64 * MiB),
+    }
+    for settings, content, message in [
+        (lenient_settings, near_bomb, "larger than 67108864 bytes once decoded"),  # whatever the ratio
+        ({}, bomb, "inflates more than 100 times"),
+    ]:
+        with start_receiver(sqlite_url, CLOUDAGENT_RECEIVER_SPOOL_DIR=str(spool), **settings) as receiver:
+            new = new_request(sqlite_url)
+            with hostile(receiver, new.token.get()):
+                response = httpx.post(
+                    receiver.callback_url(new),
+                    content=content,
+                    headers={"Content-Encoding": "gzip"},
+                    timeout=60,
+                )
+            assert response.status_code == 413
+            assert message in response.json()["error"]
+            assert stored_for(sqlite_url, new.request_id) == []
+            assert list(spool.iterdir()) == []  # the decoded part spilled to a spool file, now removed
 
 
 def test_multipart_without_a_boundary_is_refused_not_acknowledged(receiver: ReceiverHandle) -> None:
