@@ -67,9 +67,17 @@ def start_server(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     timeout: float = 30,
+    command_prefix: Sequence[str] = (),
 ) -> ServerProcess:
-    """Start ``cloudagent-etl <args> --host 127.0.0.1 --port <port>``; return it once ``/healthz`` answers."""
-    command = [sys.executable, "-m", "cloudagent_etl.cli", *args, "--host", LOOPBACK, "--port", str(port)]
+    """Start ``cloudagent-etl <args> --host 127.0.0.1 --port <port>``; return it once ``/healthz`` answers.
+
+    ``command_prefix`` runs it under another command that ends by exec-ing it (so the PID stays the
+    server's), e.g. ``prlimit --nofile=256 --`` or ``unshare --mount ...``.
+    """
+    command = [
+        *command_prefix,
+        *(sys.executable, "-m", "cloudagent_etl.cli", *args, "--host", LOOPBACK, "--port", str(port)),
+    ]
     started = start_process(name, command, {**os.environ, **(env or {})}, log_path)
     server = ServerProcess(started, f"http://{LOOPBACK}:{port}")
     try:
@@ -89,9 +97,10 @@ def run_server(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     timeout: float = 30,
+    command_prefix: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """:func:`start_server` for the duration of a ``with`` block; stopped on every way out."""
-    server = start_server(name, args, port, log_path, env, timeout)
+    server = start_server(name, args, port, log_path, env, timeout, command_prefix)
     try:
         yield server
     finally:
@@ -106,9 +115,11 @@ def run_receiver(
     workers: int = 1,
     port: int | None = None,
     env: Mapping[str, str] | None = None,
+    command_prefix: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """``cloudagent-etl receiver`` on ``db_url`` (spool under ``data_dir``, no fixed-URL token unless
-    ``env`` sets ``CLOUDAGENT_CALLBACK_TOKEN``) on ``port`` or a free one."""
+    ``env`` sets ``CLOUDAGENT_CALLBACK_TOKEN``) on ``port`` or a free one (``command_prefix``: see
+    :func:`start_server`)."""
     port = port or free_port()
     full_env = {
         "CLOUDAGENT_DB_URL": db_url,
@@ -117,5 +128,6 @@ def run_receiver(
         **(env or {}),
     }
     log_path = data_dir / f"receiver-{port}-{time.monotonic_ns()}.log"
-    with run_server("receiver", ["receiver", "--workers", str(workers)], port, log_path, full_env) as server:
+    args = ["receiver", "--workers", str(workers)]
+    with run_server("receiver", args, port, log_path, full_env, command_prefix=command_prefix) as server:
         yield server

@@ -24,7 +24,10 @@ holds it whole in memory. Read a body with :func:`iter_payload_body` (pieces), :
 
 A callback that lands for a request already ``loaded``, ``failed`` or ``expired`` is stored with
 ``late = 1`` and the request's state is left as it is: nothing is dropped, and the reprocess DAG (or a
-query for ``late = 1``) finds it. The callback token is never stored, only its SHA-256.
+query for ``late = 1``) finds it. That holds for a grace period after the request settled: past it,
+:func:`verify_callback_token` answers :attr:`TokenCheck.CLOSED` (and :func:`closed_for_callbacks` is
+true), so a callback URL does not stay a write capability for ever. The callback token is never stored,
+only its SHA-256.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum, auto
 from typing import IO, Any
 
@@ -57,6 +60,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
+    false,
     func,
     insert,
     select,
@@ -472,6 +476,8 @@ class TokenCheck(Enum):
     VALID = auto()
     UNKNOWN_REQUEST = auto()
     WRONG_TOKEN = auto()
+    #: The token is right but the request settled longer ago than the late-callback grace period.
+    CLOSED = auto()
 
 
 def _is_uuid(text: str) -> bool:
@@ -481,27 +487,52 @@ def _is_uuid(text: str) -> bool:
         return False
 
 
-_TOKEN_HASH = select(export_requests.c.callback_token_sha256).where(
-    export_requests.c.request_id == bindparam("request_id")
-)
+_SETTLED_AT = {
+    RequestState.LOADED: export_requests.c.loaded_at,
+    RequestState.FAILED: export_requests.c.failed_at,
+    RequestState.EXPIRED: export_requests.c.expired_at,
+}
+_TOKEN_HASH = select(
+    export_requests.c.callback_token_sha256, export_requests.c.state, *_SETTLED_AT.values()
+).where(export_requests.c.request_id == bindparam("request_id"))
 
 
-def verify_callback_token(engine: Engine, request_id: str, token: str) -> TokenCheck:
+def _closed(row: Any, late_grace: timedelta) -> bool:
+    """Whether a request (a row of :data:`_TOKEN_HASH`) settled longer than ``late_grace`` ago."""
+    column = _SETTLED_AT.get(RequestState(row.state))
+    settled_at = None if column is None else row._mapping[column.name]
+    return settled_at is not None and _now() - settled_at > late_grace
+
+
+def verify_callback_token(
+    engine: Engine, request_id: str, token: str, late_grace: timedelta | None = None
+) -> TokenCheck:
     """Check a per-request callback token against the stored hash, in constant time.
 
     Anything that is not one of our UUIDs is an unknown request without a database round trip, so
     odd path values (NUL bytes, megabytes of text) never reach SQL. One read outside a transaction: no
-    BEGIN and ROLLBACK round trips around it.
+    BEGIN and ROLLBACK round trips around it. With ``late_grace``, a request that was loaded, failed or
+    expired longer ago than that is :attr:`TokenCheck.CLOSED`: a callback URL is not a write capability
+    for ever.
     """
     if not _is_uuid(request_id):
         return TokenCheck.UNKNOWN_REQUEST
     with engine.connect().execution_options(isolation_level=AUTOCOMMIT) as conn:
-        stored = conn.execute(_TOKEN_HASH, {"request_id": request_id}).scalar_one_or_none()
-    if stored is None:
+        row = conn.execute(_TOKEN_HASH, {"request_id": request_id}).one_or_none()
+    if row is None:
         return TokenCheck.UNKNOWN_REQUEST
-    if hmac.compare_digest(token_sha256(token), stored):
-        return TokenCheck.VALID
-    return TokenCheck.WRONG_TOKEN
+    if not hmac.compare_digest(token_sha256(token), row.callback_token_sha256):
+        return TokenCheck.WRONG_TOKEN
+    if late_grace is not None and _closed(row, late_grace):
+        return TokenCheck.CLOSED
+    return TokenCheck.VALID
+
+
+def closed_for_callbacks(engine: Engine, request_id: str, late_grace: timedelta) -> bool:
+    """Whether the request settled (loaded, failed, expired) longer than ``late_grace`` ago."""
+    with engine.connect().execution_options(isolation_level=AUTOCOMMIT) as conn:
+        row = conn.execute(_TOKEN_HASH, {"request_id": request_id}).one_or_none()
+    return row is not None and _closed(row, late_grace)
 
 
 # ---------------------------------------------------------------------------------------------- storing
@@ -699,6 +730,43 @@ def _insert_chunks(conn: Connection, payload_id: int, body: CallbackBody) -> Non
         written += len(data)
     if written != body.size:
         raise PayloadError(f"body of payload {payload_id} has {written} bytes, expected {body.size}")
+
+
+#: The payload id of :func:`check_can_store`'s probe row: never a real one (ids start at 1), and an
+#: explicit value takes nothing from PostgreSQL's sequence.
+_PROBE_PAYLOAD_ID = -1
+
+
+def check_can_store(engine: Engine) -> None:
+    """Prove that a callback could be stored now: the writes :func:`store_callback` makes, rolled back.
+
+    Inserts a payload and a chunk for an existing request and updates no request row (so it waits on no
+    lock a load holds), then rolls back. Without any request it still checks that callback payloads may
+    be inserted (PostgreSQL checks privileges and read-only transactions before it finds no row). Raises
+    the database's error when it cannot.
+    """
+    values = select(
+        bindparam("payload_id", _PROBE_PAYLOAD_ID, type_=BigInteger),
+        export_requests.c.request_id,
+        bindparam("received_at", _now(), type_=UtcDateTime()),
+        bindparam("sha256", "0" * 64),
+        bindparam("size_bytes", 0, type_=BigInteger),
+    ).limit(1)
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            inserted = conn.execute(
+                insert(callback_payloads)
+                .from_select(["payload_id", "request_id", "received_at", "sha256", "size_bytes"], values)
+                .returning(callback_payloads.c.payload_id)
+            ).first()
+            if inserted is not None:
+                conn.execute(_INSERT_CHUNK, {"payload_id": _PROBE_PAYLOAD_ID, "seq": 0, "data": b"probe"})
+            conn.execute(
+                update(export_requests).where(false()).values(updated_at=export_requests.c.updated_at)
+            )
+        finally:
+            transaction.rollback()
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -155,30 +155,81 @@ def callback_base_url(env: Mapping[str, str] | None = None) -> str:
     return url.rstrip("/")
 
 
+#: Every limit of the callback receiver: (field, environment variable, default, what it bounds). The
+#: README's receiver section lists the same table; a test keeps the two in step.
+RECEIVER_LIMITS: tuple[tuple[str, str, float, str], ...] = (
+    ("max_body_bytes", "CLOUDAGENT_RECEIVER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, "body size, decoded"),
+    ("max_header_bytes", "CLOUDAGENT_RECEIVER_MAX_HEADER_BYTES", 16 * 1024, "request line + headers"),
+    ("max_headers", "CLOUDAGENT_RECEIVER_MAX_HEADERS", 100, "number of request headers"),
+    ("header_timeout_s", "CLOUDAGENT_RECEIVER_HEADER_TIMEOUT_S", 10.0, "first byte to end of headers"),
+    ("idle_timeout_s", "CLOUDAGENT_RECEIVER_IDLE_TIMEOUT_S", 5.0, "idle connection before a request"),
+    ("body_timeout_s", "CLOUDAGENT_RECEIVER_BODY_TIMEOUT_S", 60.0, "wait for the next piece of a body"),
+    ("body_deadline_s", "CLOUDAGENT_RECEIVER_BODY_DEADLINE_S", 600.0, "whole body, first to last byte"),
+    ("max_connections", "CLOUDAGENT_RECEIVER_MAX_CONNECTIONS", 512, "open connections per worker"),
+    ("max_inflate_ratio", "CLOUDAGENT_RECEIVER_MAX_INFLATE_RATIO", 100, "decoded / encoded size of a body"),
+    ("late_grace_s", "CLOUDAGENT_RECEIVER_LATE_GRACE_S", 7 * 24 * 3600.0, "late callbacks after settling"),
+    ("spool_min_free_bytes", "CLOUDAGENT_RECEIVER_SPOOL_MIN_FREE_BYTES", 64 * 1024 * 1024, "spool room"),
+    ("unique_id_wait_s", "CLOUDAGENT_RECEIVER_UNIQUE_ID_WAIT_S", 5.0, "fixed URL: unknown uniqueId"),
+)
+_LIMIT_DEFAULTS = {name: default for name, _variable, default, _meaning in RECEIVER_LIMITS}
+
+
 @dataclass(frozen=True)
 class ReceiverSettings:
-    """Settings of the callback receiver, from ``CLOUDAGENT_RECEIVER_*`` and ``CLOUDAGENT_CALLBACK_TOKEN``."""
+    """Settings of the callback receiver, from ``CLOUDAGENT_RECEIVER_*`` and ``CLOUDAGENT_CALLBACK_TOKEN``.
+
+    The limits and their defaults are :data:`RECEIVER_LIMITS`; each must be positive.
+    """
 
     database_url: str
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    body_timeout_s: float = 60.0
+    #: Request line plus headers, in bytes: larger heads get 431 (414 for the request line alone).
+    max_header_bytes: int = int(_LIMIT_DEFAULTS["max_header_bytes"])
+    max_headers: int = int(_LIMIT_DEFAULTS["max_headers"])
+    #: From the first byte of a request to the end of its headers (then 408 and the connection closed).
+    header_timeout_s: float = _LIMIT_DEFAULTS["header_timeout_s"]
+    #: A connection with no request in progress is closed after this long (keep-alive and new ones).
+    idle_timeout_s: float = _LIMIT_DEFAULTS["idle_timeout_s"]
+    #: Longest wait for the next piece of a body (then 408).
+    body_timeout_s: float = _LIMIT_DEFAULTS["body_timeout_s"]
+    #: Longest time for a whole body, however steadily it trickles in (then 408).
+    body_deadline_s: float = _LIMIT_DEFAULTS["body_deadline_s"]
+    #: Open connections per worker; lowered to what the open-file limit allows.
+    max_connections: int = int(_LIMIT_DEFAULTS["max_connections"])
+    #: A gzip/deflate body may inflate at most this many times its encoded size (then 413).
+    max_inflate_ratio: int = int(_LIMIT_DEFAULTS["max_inflate_ratio"])
+    #: How long after its request was loaded, failed or expired a callback is still stored (then 410).
+    late_grace_s: float = _LIMIT_DEFAULTS["late_grace_s"]
+    #: ``/healthz`` answers 503 when the spool folder has less free space than this.
+    spool_min_free_bytes: int = int(_LIMIT_DEFAULTS["spool_min_free_bytes"])
     shared_token: Secret | None = field(default=None, repr=False)
     spool_dir: Path = field(default_factory=lambda: data_dir() / "spool")
     #: How long the fixed callback URL keeps looking for an unknown ``uniqueId`` before answering 404.
-    unique_id_wait_s: float = 5.0
+    unique_id_wait_s: float = _LIMIT_DEFAULTS["unique_id_wait_s"]
+
+    def __post_init__(self) -> None:
+        for name, variable, _default, _meaning in RECEIVER_LIMITS:
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{variable} must be positive, not {getattr(self, name)!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReceiverSettings:
         env = os.environ if env is None else env
         token = env.get("CLOUDAGENT_CALLBACK_TOKEN")
-        try:
-            return cls(
-                database_url=database_url(env),
-                max_body_bytes=int(env.get("CLOUDAGENT_RECEIVER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-                body_timeout_s=float(env.get("CLOUDAGENT_RECEIVER_BODY_TIMEOUT_S", 60.0)),
-                shared_token=Secret(token) if token else None,
-                spool_dir=Path(env.get("CLOUDAGENT_RECEIVER_SPOOL_DIR", str(data_dir(env) / "spool"))),
-                unique_id_wait_s=float(env.get("CLOUDAGENT_RECEIVER_UNIQUE_ID_WAIT_S", 5.0)),
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"invalid receiver setting: {exc}") from None
+        limits: dict[str, Any] = {}
+        for name, variable, default, _meaning in RECEIVER_LIMITS:
+            text = env.get(variable)
+            if text is None or text == "":
+                continue
+            try:
+                limits[name] = type(default)(float(text)) if isinstance(default, int) else float(text)
+            except ValueError:
+                raise ConfigurationError(f"invalid receiver setting {variable}={text!r}") from None
+            if isinstance(default, int) and limits[name] != float(text):
+                raise ConfigurationError(f"{variable} must be a whole number, not {text!r}")
+        return cls(
+            database_url=database_url(env),
+            shared_token=Secret(token) if token else None,
+            spool_dir=Path(env.get("CLOUDAGENT_RECEIVER_SPOOL_DIR", str(data_dir(env) / "spool"))),
+            **limits,
+        )

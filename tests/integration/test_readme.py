@@ -1,4 +1,4 @@
-"""The README stays true: its SQL runs on both databases and its data dictionary is the code's."""
+"""The README stays true: its SQL runs on both databases; its data dictionary, receiver limits: the code's."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from cloudagent_etl.cli import data_dictionary_markdown
+from cloudagent_etl.settings import RECEIVER_LIMITS
 from cloudagent_etl.simulator.data import generate_records
 from cloudagent_etl.warehouse import load_payloads
 from tests.factories import land, new_request
@@ -29,6 +30,15 @@ def test_the_data_dictionary_in_the_readme_is_the_one_in_the_code() -> None:
     start, end = "<!-- data-dictionary:start -->\n", "<!-- data-dictionary:end -->"
     embedded = README.split(start, 1)[1].split(end, 1)[0]
     assert embedded.strip() == data_dictionary_markdown().strip()
+
+
+def test_the_receiver_limits_in_the_readme_are_the_codes() -> None:
+    """Every limit, its variable and its default, in the receiver section's table; nothing else."""
+    start, end = "<!-- receiver-limits:start -->\n", "<!-- receiver-limits:end -->"
+    table = README.split(start, 1)[1].split(end, 1)[0]
+    rows = re.findall(r"^\| `(CLOUDAGENT_RECEIVER_\w+)` \| `([\d.]+)`", table, re.MULTILINE)
+    expected = [(variable, f"{default:.12g}") for _name, variable, default, _meaning in RECEIVER_LIMITS]
+    assert rows == expected
 
 
 @pytest.fixture

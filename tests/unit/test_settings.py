@@ -8,6 +8,7 @@ from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_ENDPOINT,
+    RECEIVER_LIMITS,
     ApiSettings,
     ReceiverSettings,
     Secret,
@@ -90,3 +91,16 @@ def test_receiver_settings_keep_the_shared_token_secret() -> None:
     )
     assert settings.shared_token == Secret("tok-SECRET")
     assert "tok-SECRET" not in repr(settings)
+
+
+def test_receiver_limits_come_from_their_variables_and_must_be_positive_numbers() -> None:
+    env = {"CLOUDAGENT_DB_URL": "sqlite://"}
+    defaults = ReceiverSettings.from_env(env)
+    for name, variable, default, _meaning in RECEIVER_LIMITS:
+        assert getattr(defaults, name) == default
+        assert getattr(ReceiverSettings.from_env({**env, variable: "7"}), name) == 7
+        for bad in ("0", "-1", "many"):
+            with pytest.raises(ConfigurationError, match=variable):
+                ReceiverSettings.from_env({**env, variable: bad})
+    with pytest.raises(ConfigurationError, match="whole number"):
+        ReceiverSettings.from_env({**env, "CLOUDAGENT_RECEIVER_MAX_HEADERS": "1.5"})

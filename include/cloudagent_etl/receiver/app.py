@@ -10,21 +10,31 @@ Routes:
   when none is configured) and matched to its request by the ``uniqueId`` in the body. A body without one
   answers 422. An unknown ``uniqueId`` is looked up again for ``unique_id_wait_s`` (default 5 s; the
   callback can race the commit of the API's answer) and then answers 404, which a sender retries.
-- ``GET /healthz`` — 200 when the landing tables answer, 503 otherwise.
+- ``GET /healthz`` — 200 when a callback could be stored now: a rolled-back write of the landing
+  tables succeeds (:func:`landing.check_can_store`) and the spool folder takes a write and has
+  ``spool_min_free_bytes`` free; 503 with ``Retry-After`` otherwise.
 
-Any content type is accepted and stored verbatim. The body is read once: streamed into a spool file (in
-memory up to 1 MiB, then on disk in ``spool_dir``) while it is measured, hashed and scanned for its
-``uniqueId`` (:mod:`cloudagent_etl.receiver.body`), then written to the database in pieces by
+Any content type is accepted and stored verbatim; a gzip or deflate ``Content-Encoding`` is decoded while
+the body streams in and the decoded body is stored (any other encoding: 415, so the sender resends it
+plain). The body is read once: streamed into a spool file (in memory up to 256 KiB, then on disk in
+``spool_dir``) while it is decoded, measured, hashed and scanned for its ``uniqueId``
+(:mod:`cloudagent_etl.receiver.body`), then written to the database in pieces by
 :func:`landing.store_callback`, so memory does not grow with the body size.
 
-Answers: 200 ``{"status": "stored"|"duplicate", "payload_id": N, "late": bool}`` only after the commit;
-400 empty body; 408 when no byte of the body arrived for ``body_timeout_s``; 413 above ``max_body_bytes``
-(from Content-Length before reading, or while reading a chunked body); 503 with ``Retry-After`` when the
-database does not answer (nothing is half-written: one transaction). A late callback (the request was
-already loaded, failed or expired) is stored, flagged ``late`` and acknowledged, so nothing is lost.
+Answers: 200 ``{"status": "stored"|"duplicate", "payload_id": N, "late": bool}`` only after the commit.
+The sender's mistakes get 4xx: 400 empty, truncated or undecodable body (or multipart without a
+boundary); 408 when no byte of the body arrived for ``body_timeout_s`` or the whole body took longer than
+``body_deadline_s``; 410 for a request settled longer than ``late_grace_s`` ago; 413 above
+``max_body_bytes`` (from Content-Length before reading, while reading, or once decoded) or past
+``max_inflate_ratio``; 415 an unknown encoding. Ours get 5xx: 503 with ``Retry-After`` whenever the
+callback cannot be stored *now* (database unreachable, read-only, full or not permitted; spool folder
+full or unwritable), nothing half-written (one transaction, spool file removed); 500 for anything
+unexpected. A late callback within the grace period is stored, flagged ``late`` and acknowledged.
+Limits on the connection itself (head size and time, idle connections, their number) are
+:mod:`cloudagent_etl.receiver.protocol`'s.
 
-Access logs are ours (uvicorn's are off, they would print the token): one JSON object per request on the
-``cloudagent_etl.receiver.access`` logger, with the token masked in the path.
+Access logs are ours (uvicorn's are off): one JSON object per request on the
+``cloudagent_etl.receiver.access`` logger; every log line goes through :func:`logs.mask_tokens`.
 
 It is a plain ASGI app rather than a framework's: at a few hundred callbacks a second on two cores, a
 framework's routing, dependency and middleware layers cost as much CPU as storing the callback. Database
@@ -37,22 +47,26 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloudagent_etl import landing
-from cloudagent_etl.db import create_db_engine, to_sqlalchemy_url
-from cloudagent_etl.receiver.body import BodySpool
+from cloudagent_etl.db import create_db_engine, is_unavailable, to_sqlalchemy_url
+from cloudagent_etl.media_types import MULTIPART_FORM, media_type
+from cloudagent_etl.receiver.body import BodyRejected, BodySpool, Inflater, content_coding
+from cloudagent_etl.receiver.logs import install_masking, mask_tokens
 from cloudagent_etl.settings import ReceiverSettings
 
 log = logging.getLogger(__name__)
@@ -61,8 +75,9 @@ access_log = logging.getLogger("cloudagent_etl.receiver.access")
 CALLBACK_PATH = "/callbacks/dial-status"
 SHARED_TOKEN_HEADER = "x-callback-token"  # noqa: S105 - a header name
 #: Bodies up to this size stay in memory while spooled; bigger ones go to a file in ``spool_dir``.
-SPOOL_IN_MEMORY_BYTES = 1024 * 1024
+SPOOL_IN_MEMORY_BYTES = 256 * 1024
 RETRY_AFTER_S = 5
+_RETRY_LATER = {"Retry-After": str(RETRY_AFTER_S)}
 #: Database connections per worker process, and the number of callbacks it writes at the same time:
 #: more would only queue inside the database for the same two cores, and a pool with overflow opens and
 #: closes a connection per callback under load (a fork and a login on the server each time).
@@ -95,15 +110,6 @@ class CallbackRejected(Exception):
         self.status_code = status_code
         self.message = message
         self.headers = headers
-
-
-def mask_path(path: str) -> str:
-    """The path with callback tokens replaced by ``***`` (keeps the request id of per-request URLs)."""
-    if not path.startswith(CALLBACK_PATH + "/"):
-        return path
-    parts = path[len(CALLBACK_PATH) + 1 :].split("/")
-    masked = [parts[0], "***"] if len(parts) >= 2 else ["***"]
-    return f"{CALLBACK_PATH}/{'/'.join(masked)}"
 
 
 @dataclass
@@ -144,37 +150,72 @@ class Exchange:
             name: self.headers[name].replace("\x00", "") for name in STORED_HEADERS if name in self.headers
         }
 
-    async def spool_body(self, settings: ReceiverSettings) -> BodySpool:
-        """Stream the request body into a :class:`BodySpool`, enforcing the size and idle-time limits.
+    async def spool_body(
+        self, settings: ReceiverSettings
+    ) -> tuple[landing.CallbackBody, str | None, BodySpool]:
+        """Stream the request body into a :class:`BodySpool`, enforcing the size, encoding and time limits.
 
-        The caller closes the spool; on any refusal here it is closed already.
+        Returns the body ready to store, its uniqueId and the spool, which the caller closes; on any
+        refusal here the spool is closed (its file removed) already.
         """
         declared = self.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.max_body_bytes:
             raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
-        spool = BodySpool(self.headers.get("content-type"), settings.spool_dir, SPOOL_IN_MEMORY_BYTES)
+        content_type = self.headers.get("content-type")
+        if media_type(content_type) == MULTIPART_FORM and "boundary=" not in (content_type or "").lower():
+            raise CallbackRejected(400, "multipart/form-data without a boundary: its parts cannot be read")
         try:
-            more = True
-            while more:
-                async with asyncio.timeout(settings.body_timeout_s):
-                    message = await self.receive()
-                if message["type"] == "http.disconnect":
-                    raise CallbackRejected(400, "client disconnected before the body was complete")
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                self.bytes_in += len(chunk)
-                if self.bytes_in > settings.max_body_bytes:
-                    raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
-                spool.write(chunk)
+            coding = content_coding(self.headers.get("content-encoding"))
+        except BodyRejected as rejected:
+            raise CallbackRejected(415, rejected.message, {"Accept-Encoding": "gzip, deflate"}) from None
+        inflater = coding and Inflater(coding, settings.max_body_bytes, settings.max_inflate_ratio)
+        try:
+            spool = BodySpool(content_type, settings.spool_dir, SPOOL_IN_MEMORY_BYTES, inflater or None)
+        except OSError as exc:
+            raise _spool_unavailable(exc) from None
+        try:
+            async with asyncio.timeout(settings.body_deadline_s):
+                await self._receive_into(spool, settings)
             if self.bytes_in == 0:
                 raise CallbackRejected(400, "empty body")
+            body, unique_id = spool.finish()
         except TimeoutError:
             spool.close()
-            raise CallbackRejected(408, f"no body data for {settings.body_timeout_s:g} s") from None
+            raise CallbackRejected(408, f"body not received within {settings.body_deadline_s:g} s") from None
+        except BodyRejected as rejected:
+            spool.close()
+            raise CallbackRejected(rejected.status_code, rejected.message) from None
+        except OSError as exc:
+            spool.close()
+            raise _spool_unavailable(exc) from None
         except BaseException:
             spool.close()
             raise
-        return spool
+        return body, unique_id, spool
+
+    async def _receive_into(self, spool: BodySpool, settings: ReceiverSettings) -> None:
+        more = True
+        while more:
+            try:
+                async with asyncio.timeout(settings.body_timeout_s):
+                    message = await self.receive()
+            except TimeoutError:
+                raise CallbackRejected(408, f"no body data for {settings.body_timeout_s:g} s") from None
+            if message["type"] == "http.disconnect":
+                raise CallbackRejected(400, "client disconnected before the body was complete")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            self.bytes_in += len(chunk)
+            if self.bytes_in > settings.max_body_bytes:
+                raise CallbackRejected(413, f"body larger than {settings.max_body_bytes} bytes")
+            for _ in spool.write_steps(chunk):
+                await asyncio.sleep(0)  # a piece that inflates a lot does not hold up other requests
+
+
+def _spool_unavailable(exc: OSError) -> CallbackRejected:
+    """The spool folder cannot take the body (full, read-only, gone): ours, so retry later."""
+    log.warning("spool folder unavailable: %s", exc.strerror or type(exc).__name__)
+    return CallbackRejected(503, "no room to receive the body now, retry later", _RETRY_LATER)
 
 
 def _engine_for(settings: ReceiverSettings) -> Engine:
@@ -184,9 +225,16 @@ def _engine_for(settings: ReceiverSettings) -> Engine:
         # No pre-ping (two extra round trips per callback): a connection that died answers 503 once,
         # is dropped from the pool, and the sender's retry gets a fresh one.
         extra = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": False}
-    # Exactly one connection per database thread: none is ever opened for a single callback.
+    # Exactly one connection per database thread: none is ever opened for a single callback. SQLite
+    # syncs every commit (FULL): the 2xx promises the body survives a power cut, not only a crash.
     return create_db_engine(
-        url, pool_size=DB_CONNECTIONS, max_overflow=0, pool_timeout=10, hide_parameters=True, **extra
+        url,
+        sqlite_synchronous="FULL",
+        pool_size=DB_CONNECTIONS,
+        max_overflow=0,
+        pool_timeout=10,
+        hide_parameters=True,
+        **extra,
     )
 
 
@@ -195,6 +243,8 @@ class Receiver:
 
     def __init__(self, settings: ReceiverSettings) -> None:
         self.settings = settings
+        self.shared_token = settings.shared_token.get() if settings.shared_token else None
+        self.late_grace = timedelta(seconds=settings.late_grace_s)
         self.engine = _engine_for(settings)
         self.database_threads = ThreadPoolExecutor(DB_CONNECTIONS, thread_name_prefix="receiver-db")
         # SQLite has one writer at a time: queueing writers on a lock here is fairer and faster than letting
@@ -217,7 +267,7 @@ class Receiver:
         except CallbackRejected as rejected:
             await exchange.answer(rejected.status_code, {"error": rejected.message}, rejected.headers)
         except Exception:
-            log.exception("unexpected error on %s", mask_path(scope["path"]))
+            log.exception("unexpected error on %s", mask_tokens(scope["path"], self.shared_token))
             if exchange.status is None:
                 await exchange.answer(500, {"error": "internal error"})
         finally:
@@ -226,7 +276,7 @@ class Receiver:
                     orjson.dumps(
                         {
                             "method": scope["method"],
-                            "path": mask_path(scope["path"]),
+                            "path": mask_tokens(scope["path"], self.shared_token),
                             "status": exchange.status,
                             "ms": round((time.perf_counter() - started) * 1000, 1),
                             "bytes_in": exchange.bytes_in,
@@ -270,26 +320,29 @@ class Receiver:
         raise CallbackRejected(404, "not found")
 
     async def _in_thread(self, database_call: Callable[..., T], *args: Any) -> T:
-        """Run blocking database work on a database thread; a database that does not answer becomes a 503."""
+        """Run blocking database work on a database thread; a database that cannot do it now becomes a 503."""
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self.database_threads, database_call, *args
             )
-        except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
-            log.warning("database unavailable: %s", type(exc.orig if hasattr(exc, "orig") else exc).__name__)
-            raise CallbackRejected(
-                503, "database unavailable, retry later", {"Retry-After": str(RETRY_AFTER_S)}
-            ) from None
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("database unavailable: %s", type(getattr(exc, "orig", None) or exc).__name__)
+            raise CallbackRejected(503, "database unavailable, retry later", _RETRY_LATER) from None
 
     async def _per_request_callback(self, exchange: Exchange, request_id: str, token: str) -> None:
-        check = await self._in_thread(landing.verify_callback_token, self.engine, request_id, token)
+        check = await self._in_thread(
+            landing.verify_callback_token, self.engine, request_id, token, self.late_grace
+        )
         if check is landing.TokenCheck.UNKNOWN_REQUEST:
             raise CallbackRejected(404, "unknown request")
         if check is landing.TokenCheck.WRONG_TOKEN:
             raise CallbackRejected(401, "invalid token")
-        spool = await exchange.spool_body(self.settings)
+        if check is landing.TokenCheck.CLOSED:
+            raise self._closed()
+        body, unique_id, spool = await exchange.spool_body(self.settings)
         try:
-            body, unique_id = spool.finish()
             result = await self._in_thread(self._store, request_id, body, unique_id, exchange)
         finally:
             spool.close()
@@ -302,9 +355,8 @@ class Receiver:
         given = hashlib.sha256((token or "").encode("utf-8", errors="replace")).digest()
         if not hmac.compare_digest(expected, given):
             raise CallbackRejected(401, "invalid token")
-        spool = await exchange.spool_body(self.settings)
+        body, unique_id, spool = await exchange.spool_body(self.settings)
         try:
-            body, unique_id = spool.finish()
             if unique_id is None:
                 raise CallbackRejected(422, "no uniqueId in the body: cannot tell which request it answers")
             deadline = time.monotonic() + self.settings.unique_id_wait_s
@@ -314,6 +366,8 @@ class Receiver:
                 if time.monotonic() >= deadline:
                     raise CallbackRejected(404, "unknown uniqueId")
                 await asyncio.sleep(0.25)
+            if await self._in_thread(landing.closed_for_callbacks, self.engine, request_id, self.late_grace):
+                raise self._closed()
             result = await self._in_thread(self._store, request_id, body, unique_id, exchange)
         finally:
             spool.close()
@@ -334,17 +388,35 @@ class Receiver:
                 headers=exchange.stored_headers(),
             )
 
-    def _landing_answers(self) -> bool:
-        with self.engine.connect() as conn:
-            conn.execute(select(landing.export_requests.c.request_id).limit(1)).all()
-        return True
+    def _closed(self) -> CallbackRejected:
+        days = self.settings.late_grace_s / 86400
+        return CallbackRejected(
+            410, f"this request no longer takes callbacks ({days:g} days after it settled)"
+        )
+
+    def _cannot_store(self) -> str | None:
+        """Why a callback could not be stored now (database or spool folder), or None."""
+        try:
+            with self.write_lock:
+                landing.check_can_store(self.engine)
+        except SQLAlchemyError as exc:
+            log.warning(
+                "health check: database cannot store: %s", type(getattr(exc, "orig", None) or exc).__name__
+            )
+            return "database cannot store"
+        try:
+            with tempfile.TemporaryFile(dir=self.settings.spool_dir, buffering=0) as probe:
+                probe.write(b"probe")
+            free = shutil.disk_usage(self.settings.spool_dir).free
+        except OSError as exc:
+            log.warning("health check: spool folder unavailable: %s", exc.strerror or type(exc).__name__)
+            return "spool folder unavailable"
+        return None if free >= self.settings.spool_min_free_bytes else "spool folder full"
 
     async def _healthz(self, exchange: Exchange) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self.database_threads, self._landing_answers)
-        except SQLAlchemyError as exc:
-            log.warning("health check failed: %s", type(exc).__name__)
-            await exchange.answer(503, {"status": "unavailable"})
+        problem = await asyncio.get_running_loop().run_in_executor(self.database_threads, self._cannot_store)
+        if problem:
+            await exchange.answer(503, {"status": "unavailable", "reason": problem}, _RETRY_LATER)
             return
         await exchange.answer(200, {"status": "ok"})
 
@@ -360,5 +432,8 @@ def create_app(settings: ReceiverSettings) -> Receiver:
 
 
 def create_app_from_env() -> Receiver:
-    """App factory for uvicorn (``--factory``): settings from the environment of each worker process."""
-    return create_app(ReceiverSettings.from_env())
+    """App factory for uvicorn (``--factory``): settings from the environment of each worker process,
+    whose log lines are all masked."""
+    settings = ReceiverSettings.from_env()
+    install_masking(settings.shared_token.get() if settings.shared_token else None)
+    return create_app(settings)

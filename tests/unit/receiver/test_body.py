@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import os
+import random
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
 from cloudagent_etl.receiver import body
-from cloudagent_etl.receiver.app import mask_path
-from cloudagent_etl.receiver.body import BodySpool, UniqueIdSniffer
+from cloudagent_etl.receiver.body import BodyRejected, BodySpool, Inflater, UniqueIdSniffer, content_coding
+from cloudagent_etl.receiver.logs import mask_tokens
 
 RECORDS = [{"CampaignName": "A", "DataUniqueId": "D-1", "PhoneNumber": "919800000001"}]
 
@@ -101,15 +105,158 @@ def test_the_spool_measures_and_hashes_what_it_stores(tmp_path: Path) -> None:
         spool.close()
 
 
+REQUEST_ID = "0b6f2c1e-3f5a-4c1e-9a47-1d2f3e4a5b6c"
+TOKEN = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5"
+
+
 @pytest.mark.parametrize(
-    ("path", "logged"),
+    ("text", "logged"),
     [
-        ("/callbacks/dial-status/req-1/tok3n", "/callbacks/dial-status/req-1/***"),
+        (f"/callbacks/dial-status/{REQUEST_ID}/tok3n", f"/callbacks/dial-status/{REQUEST_ID}/***"),
         ("/callbacks/dial-status/shared-tok3n", "/callbacks/dial-status/***"),
-        ("/callbacks/dial-status/req-1/tok3n/extra", "/callbacks/dial-status/req-1/***"),
+        (f"/callbacks/dial-status/{REQUEST_ID}/tok3n/extra", f"/callbacks/dial-status/{REQUEST_ID}/***/***"),
+        (f"/callbacks/dial-status//{REQUEST_ID}//tok3n/", f"/callbacks/dial-status//{REQUEST_ID}//***/"),
+        ("/API/CALLBACKS/DIAL-STATUS/x/tok3n", "/API/CALLBACKS/DIAL-STATUS/***/***"),
+        (f"GET /elsewhere/{TOKEN}?a=1 HTTP/1.1", "GET /elsewhere/***?a=1 HTTP/1.1"),
+        ('{"path":"/callbacks/dial-status/a/b","x":1}', '{"path":"/callbacks/dial-status/***/***","x":1}'),
         ("/callbacks/dial-status", "/callbacks/dial-status"),
+        (f"request {REQUEST_ID} loaded", f"request {REQUEST_ID} loaded"),
         ("/healthz", "/healthz"),
     ],
 )
-def test_mask_path_hides_tokens(path: str, logged: str) -> None:
-    assert mask_path(path) == logged
+def test_mask_tokens_hides_every_token_whatever_the_route(text: str, logged: str) -> None:
+    assert mask_tokens(text) == logged
+
+
+def test_mask_tokens_hides_the_shared_token_anywhere() -> None:
+    assert mask_tokens("header x-callback-token: s3cret!", "s3cret!") == "header x-callback-token: ***"
+
+
+def _depth_aware_unique_id(document: object) -> str | None:
+    """What the sniffer must find: the top-level uniqueId, else the first one anywhere (document order)."""
+    if isinstance(document, dict) and isinstance(document.get("uniqueId"), str):
+        return str(document["uniqueId"])
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "uniqueId" and isinstance(value, str) and not found:
+                    found.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(document)
+    return found[0] if found else None
+
+
+TRICKY = ['a "quoted" {brace', "back\\slash}", "]]]", '\\"', "uniqueId", '"uniqueId": "X"', "{[", "é"]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_top_level_unique_id_decides_whatever_the_nesting_strings_and_pieces(seed: int) -> None:
+    """Random documents with brackets, quotes and escapes in strings, cut at random places."""
+    chooser = random.Random(seed)
+
+    def value(depth: int) -> object:
+        kind = chooser.choice(["text", "number", "list", "object"] if depth < 4 else ["text", "number"])
+        if kind == "text":
+            return chooser.choice(TRICKY)
+        if kind == "number":
+            return chooser.randint(-5, 10**20)
+        if kind == "list":
+            return [value(depth + 1) for _ in range(chooser.randint(0, 3))]
+        fields = {f"k{i}": value(depth + 1) for i in range(chooser.randint(0, 3))}
+        if chooser.random() < 0.4:
+            fields["uniqueId"] = f"R-{depth}-{chooser.randint(0, 99)}"
+        return fields
+
+    records = [value(1) for _ in range(chooser.randint(1, 40))]
+    document: object = records
+    if chooser.random() < 0.7:
+        items = [("data", records), ("note", chooser.choice(TRICKY))]
+        if chooser.random() < 0.8:
+            items.insert(chooser.randint(0, 2), ("uniqueId", "TOP"))
+        document = dict(items)
+    content = json.dumps(document, ensure_ascii=chooser.random() < 0.5, indent=chooser.choice([None, 2]))
+    raw = content.encode()
+    sniffer = UniqueIdSniffer("application/json")
+    position = 0
+    while position < len(raw):
+        step = chooser.choice([1, 2, 3, 17, 333, 1025, 5000])
+        sniffer.feed(raw[position : position + step])
+        position += step
+    assert sniffer.result() == _depth_aware_unique_id(document)
+
+
+def test_a_trailing_backslash_run_waits_for_the_next_piece_without_growing() -> None:
+    content = b'{"data": ["' + b"\\\\" * 50_000 + b'"], "uniqueId": "TOP"}'
+    assert sniffed(content, "application/json", 1) == "TOP"
+    assert sniffed(content, "application/json", 4095) == "TOP"
+
+
+def _decoded(coding: str, encoded: bytes, piece: int, max_bytes: int = 10**9, ratio: int = 1000) -> bytes:
+    inflater = Inflater(coding, max_bytes, ratio)
+    out = [b"".join(inflater.decode(encoded[i : i + piece])) for i in range(0, len(encoded), piece)]
+    return b"".join(out) + b"".join(inflater.finish())
+
+
+@pytest.mark.parametrize("piece", [1, 1000, 1 << 20])
+def test_gzip_and_deflate_decode_in_any_pieces(piece: int) -> None:
+    plain = json.dumps(RECORDS * 2000).encode()
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert _decoded("gzip", gzip.compress(plain), piece) == plain
+    assert _decoded("gzip", gzip.compress(plain) + gzip.compress(plain), piece) == plain * 2  # two members
+    assert _decoded("deflate", zlib.compress(plain), piece) == plain
+    assert _decoded("deflate", raw.compress(plain) + raw.flush(), piece) == plain
+
+
+@pytest.mark.parametrize(
+    ("coding", "encoded", "status", "message"),
+    [
+        ("gzip", b"plain text", 400, "not valid gzip"),
+        ("gzip", gzip.compress(b"x" * 1000)[:-6], 400, "ends before"),
+        ("deflate", zlib.compress(b"x" * 1000) + b"junk", 400, "data after the end"),
+        ("gzip", gzip.compress(b"\0" * (50 * 1024 * 1024)), 413, "inflates more than 1000 times"),
+        ("gzip", gzip.compress(os.urandom(3 * 1024 * 1024)), 413, "larger than 2097152 bytes once decoded"),
+    ],
+)
+def test_bad_or_bombed_encodings_are_refused_piece_by_piece(
+    coding: str, encoded: bytes, status: int, message: str
+) -> None:
+    inflater = Inflater(coding, 2 * 1024 * 1024, 1000)
+
+    def decode_all() -> None:
+        for start in range(0, len(encoded), 1024):
+            for decoded in inflater.decode(encoded[start : start + 1024]):
+                assert len(decoded) <= body.INFLATE_PIECE_BYTES
+        list(inflater.finish())
+
+    with pytest.raises(BodyRejected, match=message) as refused:
+        decode_all()
+    assert refused.value.status_code == status
+    assert inflater.decoded <= 2 * 1024 * 1024 + body.INFLATE_PIECE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("header", "coding"),
+    [
+        (None, None),
+        ("", None),
+        ("identity", None),
+        ("GZIP", "gzip"),
+        ("x-gzip", "gzip"),
+        ("deflate", "deflate"),
+    ],
+)
+def test_content_codings_the_receiver_decodes(header: str | None, coding: str | None) -> None:
+    assert content_coding(header) == coding
+
+
+@pytest.mark.parametrize("header", ["br", "zstd", "gzip, gzip", "compress", "gzip, br"])
+def test_other_content_codings_are_415(header: str) -> None:
+    with pytest.raises(BodyRejected) as refused:
+        content_coding(header)
+    assert refused.value.status_code == 415

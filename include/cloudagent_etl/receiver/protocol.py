@@ -1,0 +1,218 @@
+"""The receiver's HTTP/1.1 connection handling: uvicorn's httptools protocol with the limits it lacks.
+
+uvicorn (0.54, httptools parser) bounds neither the size of a request head nor the time it may take, does
+not time out a connection that never sends a request, and accepts connections until the process runs
+out of file descriptors. :class:`ReceiverProtocol` adds, per connection (settings in
+:class:`~cloudagent_etl.settings.ReceiverSettings`):
+
+- **head size**: request line plus headers at most ``max_header_bytes`` (431, or 414 for the request
+  line alone) and at most ``max_headers`` headers (431). Bytes are counted as they arrive, so a head that
+  never ends is refused after ``max_header_bytes`` plus one read (at most 256 KiB), not buffered;
+- **head time**: from the first byte of a request to the end of its headers at most
+  ``header_timeout_s`` (408), however slowly the bytes trickle in;
+- **idle time**: a connection with no request in progress (new, or between keep-alive requests) is
+  closed after ``idle_timeout_s``;
+- **connections**: at most ``max_connections`` open per worker, fewer if the open-file limit demands
+  it (:func:`connection_cap`). A connection beyond the cap closes the connection that has been idle
+  longest; if every other connection has a request in progress, the new one is answered 503 and closed;
+- **unread bodies**: a response sent before the request body was read (a 401, 404, 413) closes the
+  connection instead of draining the rest of the body.
+
+The body's own limits (size, idle and total time) are the app's (:meth:`Exchange.spool_body`). Refusals
+made here never reach the app; they are logged as access lines with no path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import resource
+import time
+from functools import cache
+from typing import Any
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from cloudagent_etl.receiver.app import RETRY_AFTER_S
+from cloudagent_etl.settings import ReceiverSettings
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("cloudagent_etl.receiver.access")
+
+#: File descriptors kept free for everything that is not a connection: the database pool, SQLite's
+#: files, the listening socket, the log, the event loop.
+RESERVED_FILES = 64
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the protocol answers ``_refusal``."""
+
+
+def connection_cap(max_connections: int) -> int:
+    """``max_connections``, lowered so that each connection plus one spool file fits the open-file limit."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, (soft - RESERVED_FILES) // 2))
+
+
+@cache
+def _settings() -> ReceiverSettings:
+    """The worker's settings (uvicorn builds protocols from a class, so they come from the environment)."""
+    return ReceiverSettings.from_env()
+
+
+@cache
+def _cap() -> int:
+    return connection_cap(_settings().max_connections)
+
+
+class ReceiverProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounded heads, head and idle timeouts and a connection cap."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = _settings()
+        self.idle_since = time.monotonic()
+        self._head_open = False
+        self._head_bytes = 0
+        self._head_size = 0
+        self._header_count = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, str] = (400, "invalid HTTP request")
+
+    # ------------------------------------------------------------------------------------ connection
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # uvicorn arms its keep-alive timer only after a response: a connection that never sends a
+        # request would stay open for ever.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.limits.idle_timeout_s, self.timeout_keep_alive_handler
+        )
+        if len(self.connections) > _cap():
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    @property
+    def is_idle(self) -> bool:
+        """No request is being handled: the connection is new, between requests, or sending a head."""
+        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+    def _make_room(self) -> None:
+        idle = [
+            other
+            for other in self.connections
+            if other is not self and isinstance(other, ReceiverProtocol) and other.is_idle
+        ]
+        if idle:
+            longest = min(idle, key=lambda other: other.idle_since)
+            log.warning("connection cap %d reached: closing the connection idle longest", _cap())
+            longest.transport.close()
+            return
+        log.warning("connection cap %d reached and every connection is busy: refusing one", _cap())
+        self._refuse(503, "too many connections, retry later", retry_after=True)
+
+    # ------------------------------------------------------------------------------------------ head
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        head_was_open = self._head_open
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            if not isinstance(exc.__context__, _Refused):
+                self._refusal = (400, "invalid HTTP request")
+            self._refuse(*self._refusal)
+            return
+        if self._head_open:
+            # Bytes of a head still incomplete (a head begun in this very piece is counted from the next)
+            self._head_bytes += len(data) if head_was_open else 0
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, f"request head larger than {self.limits.max_header_bytes} bytes")
+        elif self.is_idle and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            # Bytes that began no request (blank lines): the idle deadline still runs from when it began.
+            remaining = self.limits.idle_timeout_s - (time.monotonic() - self.idle_since)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                max(0.0, remaining), self.timeout_keep_alive_handler
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        self._head_bytes = self._head_size = self._header_count = 0
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._head_size += len(url)
+        if self._head_size > self.limits.max_header_bytes:
+            self._stop(414, f"request target longer than {self.limits.max_header_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._head_size += len(name) + len(value) + 4
+        if self._header_count > self.limits.max_headers:
+            self._stop(431, f"more than {self.limits.max_headers} request headers")
+        if self._head_size > self.limits.max_header_bytes:
+            self._stop(431, f"request head larger than {self.limits.max_header_bytes} bytes")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def _stop(self, status: int, message: str) -> None:
+        self._refusal = (status, message)
+        raise _Refused(message)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._head_open:
+            self._refuse(408, f"request head not received within {self.limits.header_timeout_s:g} s")
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    # -------------------------------------------------------------------------------------- response
+    def on_response_complete(self) -> None:
+        self.idle_since = time.monotonic()
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            # Answered before the body was read: close rather than read (and wait for) the rest of it.
+            self.server_state.total_requests += 1
+            self.transport.close()
+            return
+        super().on_response_complete()
+
+    def _refuse(self, status: int, message: str, *, retry_after: bool = False) -> None:
+        """Answer ``status`` outside the app, close the connection, and log it as an access line."""
+        self._cancel_head_timer()
+        self._head_open = False
+        if self.transport.is_closing():
+            return
+        content = orjson.dumps({"error": message})
+        head = [
+            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+            "content-type: application/json",
+            f"content-length: {len(content)}",
+            "connection: close",
+        ]
+        if retry_after:
+            head.append(f"retry-after: {RETRY_AFTER_S}")
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + content)
+        self.transport.close()
+        if access_log.isEnabledFor(logging.INFO):
+            line = {"method": None, "path": None, "status": status, "error": message}
+            access_log.info(
+                orjson.dumps({**line, "client": self.client[0] if self.client else None}).decode()
+            )
