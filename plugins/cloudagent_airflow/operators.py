@@ -56,8 +56,8 @@ class WaitForCallbackOperator(BaseOperator):
         request_id = event.get("request_id", self.request_id)
         if event["status"] == "received":
             return str(request_id)
-        if event["status"] != "timeout":
-            raise AirflowFailException(event.get("message", f"waiting for the callback failed: {event}"))
+        if event["status"] == "error":  # failed or expired meanwhile (e.g. by a sweep): same as at the start
+            return self._wait_for(request_id)
         with CloudAgentDbHook(self.db_conn_id).engine() as engine:
             message = pipeline.expire_request(engine, request_id, float(self.timeout_minutes))
             if message is None:  # the callback landed just as the wait ran out

@@ -154,5 +154,23 @@ def test_the_events_of_the_trigger(db: Engine) -> None:
 
     request_id = new_request(db).request_id
     assert wait_for(request_id).execute_complete({}, {"status": "received"}) == request_id
-    with pytest.raises(AirflowFailException, match="became expired"):
-        wait_for(request_id).execute_complete({}, {"status": "error", "message": "it became expired"})
+    landing.mark_failed(db, request_id, "CloudAgent said no")
+    with pytest.raises(AirflowFailException, match="no longer awaited: CloudAgent said no"):
+        wait_for(request_id).execute_complete({}, {"status": "error", "request_id": request_id})
+
+
+def test_an_export_expired_by_a_sweep_during_the_wait_is_requested_again(
+    db: Engine, cloudagent: SimulatorHandle
+) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    first = landing.claim_export(db, **_export_of(new_request(db)), callback_timeout=timedelta(minutes=1))
+    landing.mark_expired(db, first.request_id, "expired by a sweep")
+
+    with pytest.raises(TaskDeferred) as deferred:
+        wait_for(first.request_id, re_requests=2).execute_complete(
+            {}, {"status": "error", "request_id": first.request_id}
+        )
+
+    second = deferred.value.trigger.serialize()[1]["request_id"]
+    assert landing.require_export_request(db, second).retry_of == first.request_id
