@@ -5,12 +5,15 @@ Each run exports one data interval of **Campaign Dial Status** data (the 24 h en
 run's date, started `lookback_minutes` early) and merges it into the warehouse table `dial_status`.
 Per campaign (one mapped instance each, named by campaign):
 
-1. `request_export`: asks CloudAgent through the shared 10/min limiter (pool `cloudagent_api`). Terminal
-   API errors (bad apiKey, unknown campaign...) fail at once with the API's message; transient ones
-   retry with backoff, each try a fresh request with a fresh callback URL.
-2. `wait_for_callback`: deferrable, at most `callback_timeout_minutes`; then the request is `expired` and
-   the task fails naming campaign, window and uniqueId. Not retried: to retry a campaign, **clear its
-   `request_export` with downstream**, which requests a fresh export.
+0. `sweep` (once per run): requests past their callback deadline become `expired`; payloads that landed
+   but were never loaded (late callbacks, a load that died) are loaded.
+1. `request_export`: asks CloudAgent through the shared 10/min limiter (pool `cloudagent_api`), unless
+   an export of the same window is still live (then it waits for that one: no API call). Terminal API
+   errors (bad apiKey, unknown campaign...) fail at once with the API's message; transient ones retry.
+2. `wait_for_callback`: deferrable until the export's deadline (`callback_timeout_minutes`, every part of
+   a multi-part export); then the export is `expired` and requested again, up to `re_requests` times,
+   before the task fails naming campaign, window and uniqueId (at most `(1 + re_requests) x
+   callback_timeout_minutes` in all).
 3. `load`: normalizes and merges the landed payloads (idempotent, newer wins).
 
 One campaign failing does not stop the others; `quality_checks` then fails the run listing every
@@ -49,9 +52,19 @@ from cloudagent_airflow.operators import WaitForCallbackOperator
         "sortby": Param("2", enum=["0", "1", "2"], description="0 all data, 1 created date, 2 updated date."),
         "lookback_minutes": Param(15, type="number", minimum=0, maximum=1440),
         "callback_timeout_minutes": Param(60, type="number", exclusiveMinimum=0, maximum=1440),
+        "re_requests": Param(2, type="integer", minimum=0, maximum=5,
+                             description="Times an export whose callback never came is requested again."),
     },
 )  # fmt: skip
 def cloudagent_dial_status() -> None:
+    @task
+    def sweep() -> dict:
+        from cloudagent_etl import pipeline
+
+        with CloudAgentDbHook().engine() as engine:
+            report = pipeline.sweep(engine)
+        return {"expired": report.expired, "loaded": list(report.loaded), "failed": report.failed}
+
     @task
     def campaigns_to_sync() -> list[str]:
         from airflow.sdk import Variable
@@ -78,9 +91,11 @@ def cloudagent_dial_status() -> None:
                 settings.callback_base_url(),
                 pipeline.export_filters(params),
             )
+            timeout = timedelta(minutes=params["callback_timeout_minutes"])
             return pipeline.request_export(
-                engine, api, callback_base_url, campaign, *window, filters, dag_id=dag_id, run_id=run_id
-            )
+                engine, api, callback_base_url, campaign, *window, filters,
+                callback_timeout=timeout, dag_id=dag_id, run_id=run_id,
+            )  # fmt: skip
 
     @task(map_index_template="{{ campaign }}")
     def load(request_id: str, campaign: str) -> dict:
@@ -98,6 +113,7 @@ def cloudagent_dial_status() -> None:
             request_id=requested,
             campaign_name=campaign,
             timeout_minutes="{{ params.callback_timeout_minutes }}",
+            re_requests="{{ params.re_requests }}",
             map_index_template="{{ task.campaign_name }}",
         )
         load(waited.output, campaign)
@@ -117,6 +133,7 @@ def cloudagent_dial_status() -> None:
             raise AirflowFailException("quality checks failed:\n- " + "\n- ".join(problems))
 
     campaigns = campaigns_to_sync()
+    sweep() >> campaigns
     sync_campaign.expand(campaign=campaigns) >> quality_checks(campaigns)
 
 

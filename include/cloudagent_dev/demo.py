@@ -16,10 +16,13 @@ only ever run as a subprocess (this package never imports it).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -144,13 +147,43 @@ def run_demo(data_dir: Path) -> int:
     return 0
 
 
+@contextmanager
+def folder_lock(data_dir: Path) -> Iterator[bool]:
+    """Hold ``data_dir/demo.lock`` for one demo at a time; yields False (holding nothing) when another has it.
+
+    An OS lock (``flock``): it is released when its holder exits, however it exits, so a killed demo never
+    leaves a stale lock behind.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "demo.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield True
+
+
 def main() -> int:
     data_dir = Path(os.environ.get("CLOUDAGENT_DEMO_DIR", "data/demo")).absolute()
-    try:
-        return run_demo(data_dir)
-    except KeyboardInterrupt:
-        print("interrupted; the servers started by the demo were stopped")
-        return 130
+    with folder_lock(data_dir) as ours:
+        if not ours:
+            holder = (data_dir / "demo.lock").read_text().strip() or "unknown"
+            print(
+                f"another `make demo` is running in {data_dir} (pid {holder}): wait for it to finish, or run "
+                "this one in another folder with CLOUDAGENT_DEMO_DIR=<folder>",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            return run_demo(data_dir)
+        except KeyboardInterrupt:
+            print("interrupted; the servers started by the demo were stopped")
+            return 130
 
 
 if __name__ == "__main__":

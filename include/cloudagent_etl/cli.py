@@ -1,4 +1,4 @@
-"""The ``cloudagent-etl`` command: migrate, data-dictionary, receiver, simulate.
+"""The ``cloudagent-etl`` command: migrate, sweep, data-dictionary, receiver, simulate.
 
 Each sub-command imports its implementation lazily so that ``--help`` stays fast.
 """
@@ -32,6 +32,25 @@ def data_dictionary_markdown() -> str:
     return "\n".join(sections)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from cloudagent_etl.db import create_db_engine
+    from cloudagent_etl.pipeline import sweep
+
+    engine = create_db_engine(args.database_url or settings.database_url())
+    try:
+        report = sweep(engine)
+    finally:
+        engine.dispose()
+    print(report.summary())
+    for request_id in report.expired:
+        print(f"  expired  {request_id}")
+    for request_id, counts in report.loaded.items():
+        print(f"  loaded   {request_id}: {counts['rows_in']} records, {counts['inserted']} new rows")
+    for request_id, error in report.failed.items():
+        print(f"  failed   {request_id}: {error}")
+    return 1 if report.failed else 0
+
+
 def _cmd_data_dictionary(_args: argparse.Namespace) -> int:
     print(data_dictionary_markdown(), end="")
     return 0
@@ -45,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the Alembic migrations (idempotent)")
     migrate.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
     migrate.set_defaults(handler=_cmd_migrate)
+
+    sweeper = commands.add_parser(
+        "sweep", help="expire requests past their callback deadline and load payloads left behind"
+    )
+    sweeper.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
+    sweeper.set_defaults(handler=_cmd_sweep)
 
     dictionary = commands.add_parser("data-dictionary", help="print the warehouse data dictionary (markdown)")
     dictionary.set_defaults(handler=_cmd_data_dictionary)

@@ -39,6 +39,7 @@ import json
 import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum, auto
@@ -59,11 +60,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     bindparam,
     false,
     func,
     insert,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -106,6 +110,8 @@ _ALLOWED_SOURCES: Mapping[RequestState, frozenset[RequestState]] = {
     RequestState.EXPIRED: frozenset({RequestState.REQUESTED, RequestState.RECEIVED, RequestState.EXPIRED}),
 }
 _LANDED = frozenset({RequestState.RECEIVED, RequestState.LOADED})
+#: States in which an export can still be answered (or its answer still needs loading): it is reused.
+_LIVE = frozenset({RequestState.REQUESTED, RequestState.RECEIVED})
 #: States in which a new callback is late: the request was already settled without it.
 _LATE = frozenset({RequestState.LOADED, RequestState.FAILED, RequestState.EXPIRED})
 
@@ -145,9 +151,40 @@ export_requests = Table(
         comment="time zone of the account: the export's window and the records' times are wall clock in it",
     ),
     Column("callback_base_url", Text, nullable=True, comment="base of the callBackUrl given (no token)"),
+    Column(
+        "export_key",
+        String(64),
+        nullable=True,
+        comment="SHA-256 of account, campaign, window and filters: one live export per key",
+    ),
+    Column(
+        "callback_deadline",
+        UtcDateTime,
+        nullable=True,
+        comment="when the wait for the callback gives up; a sweep expires the request after it",
+    ),
+    Column(
+        "attempt",
+        Integer,
+        nullable=False,
+        server_default="1",
+        comment="1 for the first export of a window, 2 for its first re-request, ...",
+    ),
+    Column(
+        "retry_of", String(36), nullable=True, comment="the expired or failed request this one re-requests"
+    ),
+    Column("reason", Text, nullable=True, comment="why this export was made"),
     CheckConstraint(f"state IN {_sql_list(RequestState)}", name="state"),
     Index(None, "campaign_name", "window_start"),
     Index(None, "unique_id"),
+    # One live export per key: a retry, a cleared task or a concurrent run reuses it (see claim_export).
+    Index(
+        "uq_export_requests_export_key_live",
+        "export_key",
+        unique=True,
+        sqlite_where=text(f"state IN {_sql_list(_LIVE)}"),
+        postgresql_where=text(f"state IN {_sql_list(_LIVE)}"),
+    ),
 )
 
 callback_payloads = Table(
@@ -164,7 +201,21 @@ callback_payloads = Table(
     Column("headers", JSON, nullable=True, comment="allow-listed request headers"),
     Column("parse_state", String(16), nullable=False, server_default="pending"),
     Column("late", Integer, nullable=False, server_default="0", comment="1 when it arrived after the load"),
+    Column("part_no", Integer, nullable=True, comment="i of a body that says it is part i of n"),
+    Column("part_count", Integer, nullable=True, comment="n of a body that says it is part i of n"),
     UniqueConstraint("request_id", "sha256"),
+)
+
+#: Which DAG runs relied on which request: its own new export, a live one it reused, or a re-request.
+export_request_runs = Table(
+    "export_request_runs",
+    metadata,
+    Column("dag_id", Text, primary_key=True),
+    Column("run_id", Text, primary_key=True),
+    Column("campaign_name", Text, primary_key=True),
+    Column("request_id", String(36), ForeignKey("export_requests.request_id"), primary_key=True),
+    Column("claimed_at", UtcDateTime, nullable=False),
+    comment="which DAG run waited for which export request (its own, a reused live one, a re-request)",
 )
 
 #: The raw body of a callback payload, in order, in pieces of at most :data:`CHUNK_BYTES` bytes: a body
@@ -213,6 +264,10 @@ class ExportRequest:
     filters: dict[str, Any]
     timezone: str
     callback_base_url: str | None
+    callback_deadline: datetime | None
+    attempt: int
+    retry_of: str | None
+    reason: str | None
     unique_id: str | None
     state: RequestState
     created_at: datetime
@@ -231,8 +286,9 @@ class ExportRequest:
         return self.state is RequestState.LOADED
 
     @property
-    def callback_status(self) -> CallbackStatus:
-        return _callback_status(self.state)
+    def is_expired(self) -> bool:
+        """Its callback never came in time (a failed request failed for a reason a new export would meet)."""
+        return self.state is RequestState.EXPIRED
 
     def describe(self) -> str:
         """'campaign X, window A .. B (uniqueId U, request R)': how messages name a request."""
@@ -250,12 +306,59 @@ def _request_of(row: Any) -> ExportRequest:
     return ExportRequest(**{**values, "state": RequestState(values["state"])})
 
 
-def _callback_status(state: RequestState) -> CallbackStatus:
-    if state in _LANDED:
-        return CallbackStatus.LANDED
+def _status(conn: Connection, request_id: str) -> CallbackStatus:
+    """WAITING while no callback (or not every part of a multi-part one) has landed; LANDED once it has
+    (also for a loaded request); GAVE_UP for a failed or expired one."""
+    state = _state(conn, request_id)
     if state is RequestState.REQUESTED:
         return CallbackStatus.WAITING
+    if state is RequestState.RECEIVED:
+        return CallbackStatus.LANDED if _every_part_landed(conn, request_id) else CallbackStatus.WAITING
+    if state is RequestState.LOADED:
+        return CallbackStatus.LANDED
     return CallbackStatus.GAVE_UP
+
+
+def _every_part_landed(conn: Connection, request_id: str) -> bool:
+    """True unless a payload says it is part i of n and some of the n parts have not landed yet."""
+    parts = conn.execute(
+        select(callback_payloads.c.part_no, callback_payloads.c.part_count).where(
+            callback_payloads.c.request_id == request_id, callback_payloads.c.part_count.is_not(None)
+        )
+    ).all()
+    if not parts:
+        return True
+    expected = max(count for _, count in parts)
+    return {number for number, count in parts if count == expected} >= set(range(1, expected + 1))
+
+
+def export_key(
+    account: str, campaign_name: str, window_start: datetime, window_end: datetime, filters: Mapping[str, Any]
+) -> str:
+    """What makes two exports the same: account, campaign, window (as UTC instants) and filters."""
+    identity = {
+        "account": account,
+        "campaign_name": campaign_name,
+        "window": [moment.astimezone(UTC).isoformat() for moment in (window_start, window_end)],
+        "filters": dict(sorted(filters.items())),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _new_request_values(**values: Any) -> tuple[NewExportRequest, dict[str, Any]]:
+    request_id = str(uuid.uuid4())
+    token = secrets.token_urlsafe(32)
+    now = _now()
+    row = {
+        **values,
+        "filters": dict(values["filters"]),
+        "request_id": request_id,
+        "callback_token_sha256": token_sha256(token),
+        "state": RequestState.REQUESTED.value,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return NewExportRequest(request_id=request_id, token=Secret(token)), row
 
 
 def create_export_request(
@@ -271,30 +374,155 @@ def create_export_request(
     dag_id: str | None = None,
     run_id: str | None = None,
 ) -> NewExportRequest:
-    """Insert a ``requested`` row with a fresh random callback token; return the id and the token."""
-    request_id = str(uuid.uuid4())
-    token = secrets.token_urlsafe(32)
-    now = _now()
+    """Insert a ``requested`` row with a fresh random callback token; return the id and the token.
+
+    A bare row, outside the one-live-export rule: the pipeline asks through :func:`claim_export`.
+    """
+    new, row = _new_request_values(
+        account=account,
+        campaign_name=campaign_name,
+        window_start=window_start,
+        window_end=window_end,
+        filters=filters,
+        timezone=timezone,
+        callback_base_url=callback_base_url,
+        dag_id=dag_id,
+        run_id=run_id,
+    )
     with engine.begin() as conn:
-        conn.execute(
-            insert(export_requests).values(
-                request_id=request_id,
+        conn.execute(insert(export_requests).values(row))
+    return new
+
+
+@dataclass(frozen=True)
+class ClaimedExport:
+    """The export a caller should wait for: a new one to request from CloudAgent, or the live one to reuse."""
+
+    request_id: str
+    new: NewExportRequest | None  # None: reuse request_id, CloudAgent already has its callback URL
+
+    @property
+    def reused(self) -> bool:
+        return self.new is None
+
+
+def claim_export(
+    engine: Engine,
+    *,
+    account: str,
+    campaign_name: str,
+    window_start: datetime,
+    window_end: datetime,
+    filters: Mapping[str, Any],
+    timezone: str,
+    callback_base_url: str,
+    callback_timeout: timedelta,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    retry_of: str | None = None,
+) -> ClaimedExport:
+    """The one live export of this window: the existing one, or a new ``requested`` row to call with.
+
+    A live export (``requested`` or ``received``, and still within its callback deadline if requested) is
+    reused: a task retry, a cleared task, a concurrent run or ``airflow dags test`` beside the scheduler
+    all wait for the export already on its way instead of spending another API call. A ``requested`` one
+    past its deadline is expired first. The rule is a partial unique index (one live row per
+    :func:`export_key`), so it holds across processes: of two concurrent claims, one inserts and the other
+    finds its row. ``retry_of`` names the expired or failed request a re-request replaces; the new row
+    records it, its attempt number and why it was made.
+    """
+    key = export_key(account, campaign_name, window_start, window_end, filters)
+    previous = require_export_request(engine, retry_of) if retry_of else None
+    reason = (
+        f"re-request after {previous.request_id} became {previous.state.value}"
+        if previous is not None
+        else "first export of this window"
+    )
+    for _ in range(3):  # a live row that is settled between our two statements: look again
+        now = _now()
+        with _write_transaction(engine) as conn:
+            live = conn.execute(
+                select(*_REQUEST_COLUMNS).where(
+                    export_requests.c.export_key == key,
+                    export_requests.c.state.in_([state.value for state in _LIVE]),
+                )
+            ).one_or_none()
+            if live is not None:
+                request = _request_of(live)
+                overdue = request.callback_deadline is not None and request.callback_deadline <= now
+                if not (request.state is RequestState.REQUESTED and overdue):
+                    _record_run(conn, dag_id, run_id, campaign_name, request.request_id, now)
+                    return ClaimedExport(request.request_id, None)
+                _move(conn, request.request_id, RequestState.EXPIRED, _overdue_error(request))
+                reason = f"re-request after {request.request_id} passed its callback deadline"
+            new, row = _new_request_values(
                 account=account,
                 campaign_name=campaign_name,
                 window_start=window_start,
                 window_end=window_end,
-                filters=dict(filters),
+                filters=filters,
                 timezone=timezone,
                 callback_base_url=callback_base_url,
-                callback_token_sha256=token_sha256(token),
-                state=RequestState.REQUESTED.value,
-                created_at=now,
-                updated_at=now,
                 dag_id=dag_id,
                 run_id=run_id,
+                export_key=key,
+                callback_deadline=now + callback_timeout,
+                attempt=previous.attempt + 1 if previous is not None else 1,
+                retry_of=retry_of,
+                reason=reason,
             )
+            inserted = conn.execute(_insert_unless_live(conn.dialect.name).values(row)).scalar_one_or_none()
+            if inserted is not None:
+                _record_run(conn, dag_id, run_id, campaign_name, new.request_id, now)
+                return ClaimedExport(new.request_id, new)
+    raise StateTransitionError(
+        f"could not claim the export of {campaign_name!r} {window_start} .. {window_end}"
+    )
+
+
+def _record_run(
+    conn: Connection,
+    dag_id: str | None,
+    run_id: str | None,
+    campaign_name: str,
+    request_id: str,
+    now: datetime,
+) -> None:
+    if dag_id is None or run_id is None:
+        return
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(
+        dialect_insert(export_request_runs)
+        .values(
+            dag_id=dag_id, run_id=run_id, campaign_name=campaign_name, request_id=request_id, claimed_at=now
         )
-    return NewExportRequest(request_id=request_id, token=Secret(token))
+        .on_conflict_do_nothing()
+    )
+
+
+@contextmanager
+def _write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write after it reads: on SQLite it takes the write lock up front
+    (``BEGIN IMMEDIATE``), so that a concurrent writer queues instead of failing our later upgrade."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
+        conn.commit()
+
+
+def _insert_unless_live(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING: a concurrent claim's live row wins, ours is not inserted."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return dialect_insert(export_requests).on_conflict_do_nothing().returning(export_requests.c.request_id)
+
+
+def _overdue_error(request: ExportRequest) -> str:
+    deadline = request.callback_deadline.isoformat() if request.callback_deadline else "its deadline"
+    return f"no callback by {deadline} for {request.describe()}; expired by a sweep"
 
 
 def callback_url(base_url: str, request_id: str, token: Secret) -> str:
@@ -362,17 +590,17 @@ def mark_failed(engine: Engine, request_id: str, error: str) -> None:
 
 
 def mark_expired(engine: Engine, request_id: str, error: str) -> CallbackStatus:
-    """No callback came in time: a request still waiting becomes ``expired`` with ``error``.
+    """No callback (or not every part of one) came in time: a request still waiting becomes ``expired``.
 
     Returns the request's status afterwards: ``LANDED`` when the callback landed after all (the wait
     raced its deadline, nothing changes), else ``GAVE_UP``.
     """
-    with engine.begin() as conn:
-        state = _state(conn, request_id)
-        if state is RequestState.REQUESTED:
+    with _write_transaction(engine) as conn:
+        status = _status(conn, request_id)
+        if status is CallbackStatus.WAITING:
             _move(conn, request_id, RequestState.EXPIRED, error)
             return CallbackStatus.GAVE_UP
-    return _callback_status(state)
+    return status
 
 
 def mark_loaded(conn: Connection, request_id: str) -> None:
@@ -408,8 +636,12 @@ def require_export_request(engine: Engine, request_id: str) -> ExportRequest:
 
 
 def callback_status(engine: Engine, request_id: str) -> CallbackStatus:
-    """Whether the request's callback has landed, is still awaited, or is no longer awaited."""
-    return require_export_request(engine, request_id).callback_status
+    """Whether the request's callback has landed (every part of it), is still awaited, or no longer is."""
+    with engine.connect() as conn:
+        try:
+            return _status(conn, request_id)
+        except StateTransitionError:
+            raise ConfigurationError(f"export request {request_id} does not exist in this database") from None
 
 
 def describe_request(engine: Engine, request_id: str) -> str:
@@ -430,11 +662,16 @@ def find_request_by_unique_id(engine: Engine, unique_id: str) -> str | None:
 
 
 def latest_requests_of_run(engine: Engine, dag_id: str, run_id: str) -> dict[str, ExportRequest]:
-    """Per campaign, the newest request a DAG run made."""
+    """Per campaign, the newest request a DAG run relied on (made by it, reused, or re-requested)."""
+    runs = export_request_runs.c
+    used = select(runs.request_id).where(runs.dag_id == dag_id, runs.run_id == run_id)
+    made = select(export_requests.c.request_id).where(
+        export_requests.c.dag_id == dag_id, export_requests.c.run_id == run_id
+    )
     with engine.connect() as conn:
         rows = conn.execute(
             select(*_REQUEST_COLUMNS)
-            .where(export_requests.c.dag_id == dag_id, export_requests.c.run_id == run_id)
+            .where(or_(export_requests.c.request_id.in_(used), export_requests.c.request_id.in_(made)))
             .order_by(export_requests.c.created_at)
         ).all()
     return {row.campaign_name: _request_of(row) for row in rows}
@@ -469,6 +706,82 @@ def requests_with_payloads(
     )
     with engine.connect() as conn:
         return [str(row) for row in conn.scalars(query)]
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+#: A received request without a callback deadline (made before deadlines were recorded) is swept this
+#: long after its callback landed.
+UNDATED_RECEIVED_GRACE = timedelta(hours=1)
+
+
+def expire_overdue(engine: Engine, now: datetime | None = None) -> list[str]:
+    """Expire every request still waiting past its callback deadline (its wait died or never ran).
+
+    Returns the ids expired by this call. A request whose callback landed meanwhile is left alone.
+    """
+    now = now or _now()
+    with engine.connect() as conn:
+        overdue = [
+            _request_of(row)
+            for row in conn.execute(
+                select(*_REQUEST_COLUMNS).where(
+                    export_requests.c.state.in_([state.value for state in _LIVE]),
+                    export_requests.c.callback_deadline < now,
+                )
+            )
+        ]
+    return [
+        request.request_id
+        for request in overdue
+        if mark_expired(engine, request.request_id, _overdue_error(request)) is CallbackStatus.GAVE_UP
+    ]
+
+
+def requests_with_unloaded_payloads(engine: Engine, now: datetime | None = None) -> list[str]:
+    """Requests with landed payloads that no running load will pick up: oldest window first.
+
+    Those are settled requests (loaded, failed, expired) with late payloads, and received requests past
+    their callback deadline (their load never ran or died). A received request still within its deadline
+    is left to its own load.
+    """
+    now = now or _now()
+    state, deadline = export_requests.c.state, export_requests.c.callback_deadline
+    abandoned = and_(
+        state == RequestState.RECEIVED.value,
+        or_(
+            deadline < now,
+            and_(deadline.is_(None), export_requests.c.received_at < now - UNDATED_RECEIVED_GRACE),
+        ),
+    )
+    pending = (
+        select(callback_payloads.c.payload_id)
+        .where(
+            callback_payloads.c.request_id == export_requests.c.request_id,
+            callback_payloads.c.parse_state == "pending",
+        )
+        .exists()
+    )
+    query = (
+        select(export_requests.c.request_id)
+        .where(pending, or_(state.in_([state.value for state in _LATE]), abandoned))
+        .order_by(export_requests.c.window_start, export_requests.c.created_at)
+    )
+    with engine.connect() as conn:
+        return [str(request_id) for request_id in conn.scalars(query)]
+
+
+def unloaded_payload_counts(engine: Engine, request_ids: Iterable[str]) -> dict[str, int]:
+    """Per request (of those given), how many of its landed payloads no load has taken yet."""
+    query = (
+        select(callback_payloads.c.request_id, func.count())
+        .where(
+            callback_payloads.c.request_id.in_(list(request_ids)),
+            callback_payloads.c.parse_state == "pending",
+        )
+        .group_by(callback_payloads.c.request_id)
+    )
+    with engine.connect() as conn:
+        return {str(request_id): int(count) for request_id, count in conn.execute(query)}
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -570,8 +883,12 @@ def store_callback(
     unique_id: str | None = None,
     client_addr: str | None = None,
     headers: Mapping[str, str] | None = None,
+    part: tuple[int, int] | None = None,
 ) -> StoredCallback:
     """Store one callback body for a request, in one transaction; a body already stored is not stored again.
+
+    ``part`` is (i, n) when the body says it is part i of n of the export: the request counts as landed
+    once all n parts have (:func:`callback_status`).
 
     On PostgreSQL a body of at most one chunk (nearly every callback) is stored by one statement,
     :data:`_STORE_IN_ONE_STATEMENT` (one round trip instead of six, prepared by psycopg after a few
@@ -582,6 +899,8 @@ def store_callback(
         "unique_id": unique_id,
         "client_addr": client_addr,
         "headers": dict(headers) if headers is not None else None,
+        "part_no": part[0] if part else None,
+        "part_count": part[1] if part else None,
     }
     if engine.dialect.name == "postgresql" and body.size <= CHUNK_BYTES:
         return _store_in_one_statement(engine, request_id, body, **details)
@@ -597,9 +916,9 @@ WITH request AS (
     SELECT state FROM export_requests WHERE request_id = %(request_id)s FOR NO KEY UPDATE
 ), payload AS (
     INSERT INTO callback_payloads (request_id, unique_id, received_at, content_type, sha256, size_bytes,
-                                   client_addr, headers, late)
+                                   client_addr, headers, part_no, part_count, late)
     SELECT %(request_id)s, %(unique_id)s, %(now)s, %(content_type)s, %(sha256)s, %(size_bytes)s,
-           %(client_addr)s, %(headers)s::json,
+           %(client_addr)s, %(headers)s::json, %(part_no)s, %(part_count)s,
            CASE WHEN request.state IN {_sql_list(_LATE)} THEN 1 ELSE 0 END
     FROM request
     ON CONFLICT (request_id, sha256) DO NOTHING
@@ -676,6 +995,8 @@ def _store_in_steps(
     unique_id: str | None,
     client_addr: str | None,
     headers: dict[str, str] | None,
+    part_no: int | None,
+    part_count: int | None,
 ) -> StoredCallback:
     """:func:`store_callback` in several statements: any body, any database.
 
@@ -697,6 +1018,8 @@ def _store_in_steps(
                 "size_bytes": body.size,
                 "client_addr": client_addr,
                 "headers": headers,
+                "part_no": part_no,
+                "part_count": part_count,
                 "late": 0,
             },
         ).scalar_one_or_none()

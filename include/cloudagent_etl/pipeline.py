@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,9 @@ from cloudagent_etl.errors import ConfigurationError, PayloadError, redact
 from cloudagent_etl.settings import ApiSettings
 
 log = logging.getLogger(__name__)
+
+#: How long a wait for a callback lasts by default (the DAG's ``callback_timeout_minutes``).
+DEFAULT_CALLBACK_TIMEOUT = timedelta(minutes=60)
 
 #: The export filters a run sends, with the API's defaults (``docs/cloudagent-contract.md``).
 DEFAULT_FILTERS: Mapping[str, str] = {
@@ -124,17 +127,22 @@ def request_export(
     window_end: datetime,
     filters: Mapping[str, str],
     *,
+    callback_timeout: timedelta = DEFAULT_CALLBACK_TIMEOUT,
     dag_id: str | None = None,
     run_id: str | None = None,
+    retry_of: str | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> str:
-    """Ask CloudAgent to export one campaign's window; return our request id (the landing row's key).
+    """Ask CloudAgent to export one campaign's window, unless an export of it is live; our request id.
 
-    Every call makes a fresh ``export_requests`` row with its own callback token, so a retry never reuses
-    a callback URL. When the call fails the row is marked ``failed`` with the (redacted) reason and the
-    error is re-raised for the caller to decide: terminal errors fail at once, transient ones retry.
+    One live export per window (:func:`landing.claim_export`): a task retry, a cleared task or a
+    concurrent run of the same window gets the request already on its way, with no API call. A new
+    export gets its own row and callback token, and a deadline ``callback_timeout`` away. When the call
+    fails the row is marked ``failed`` with the (redacted) reason and the error is re-raised for the caller
+    to decide: terminal errors fail at once, transient ones retry (with a fresh export: the failed one is
+    not live). ``retry_of`` names the expired or failed export this one re-requests.
     """
-    new = landing.create_export_request(
+    claimed = landing.claim_export(
         engine,
         account=api_settings.user_name,
         campaign_name=campaign,
@@ -143,9 +151,21 @@ def request_export(
         filters=filters,
         timezone=api_settings.timezone,
         callback_base_url=callback_base_url,
+        callback_timeout=callback_timeout,
         dag_id=dag_id,
         run_id=run_id,
+        retry_of=retry_of,
     )
+    if claimed.new is None:
+        log.info(
+            "export of campaign=%s window=%s..%s is live already: waiting for request_id=%s (no API call)",
+            campaign,
+            window_start.isoformat(),
+            window_end.isoformat(),
+            claimed.request_id,
+        )
+        return claimed.request_id
+    new = claimed.new
     callback_url = landing.callback_url(callback_base_url, new.request_id, new.token)
     try:
         request = DialStatusRequest(
@@ -177,6 +197,38 @@ def request_export(
     return new.request_id
 
 
+def re_request_export(
+    engine: Engine,
+    api_settings: ApiSettings,
+    callback_base_url: str,
+    expired_request_id: str,
+    *,
+    callback_timeout: timedelta = DEFAULT_CALLBACK_TIMEOUT,
+    transport: httpx.BaseTransport | None = None,
+) -> str:
+    """Request the window of an expired (or failed) export again, through the shared limiter; the new id."""
+    expired = landing.require_export_request(engine, expired_request_id)
+    log.warning(
+        "no callback for %s: requesting its window again (attempt %d)",
+        expired.describe(),
+        expired.attempt + 1,
+    )
+    return request_export(
+        engine,
+        api_settings,
+        callback_base_url,
+        expired.campaign_name,
+        expired.window_start,
+        expired.window_end,
+        expired.filters,
+        callback_timeout=callback_timeout,
+        dag_id=expired.dag_id,
+        run_id=expired.run_id,
+        retry_of=expired.request_id,
+        transport=transport,
+    )
+
+
 def expire_request(engine: Engine, request_id: str, waited_minutes: float) -> str | None:
     """Mark a request whose callback did not come ``expired``; return the message to fail with.
 
@@ -184,13 +236,21 @@ def expire_request(engine: Engine, request_id: str, waited_minutes: float) -> st
     """
     request = landing.require_export_request(engine, request_id)
     message = (
-        f"no callback within {waited_minutes:g} minutes for {request.describe()}; "
-        "the request is marked expired. To retry, clear this campaign's request_export task "
-        "(with downstream): that requests a fresh export."
+        f"no callback within {waited_minutes:g} minutes for {request.describe()} "
+        f"(attempt {request.attempt}); the request is marked expired"
     )
     if landing.mark_expired(engine, request_id, message) is landing.CallbackStatus.LANDED:
         return None
     return message
+
+
+def may_request_again(engine: Engine, request_id: str, *, re_requests: int) -> bool:
+    """Whether an export may be requested again: it expired, and fewer than ``re_requests`` re-requests
+    of its window were made (``attempt`` counts them). So a wait lasts ``(1 + re_requests) *
+    callback_timeout`` at most, plus any limiter wait. A failed export failed for a reason that a new one
+    would meet again: it is not requested again."""
+    request = landing.require_export_request(engine, request_id)
+    return request.is_expired and request.attempt <= re_requests
 
 
 def load_request(engine: Engine, request_id: str) -> dict[str, Any]:
@@ -218,6 +278,39 @@ def load_request(engine: Engine, request_id: str) -> dict[str, Any]:
     return counts
 
 
+@dataclass
+class SweepReport:
+    """What a sweep did: requests expired past their deadline, and loads of payloads left behind."""
+
+    expired: list[str] = field(default_factory=list)
+    loaded: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        loaded_rows = sum(counts["rows_in"] for counts in self.loaded.values())
+        return (
+            f"sweep: {len(self.expired)} overdue requests expired, {len(self.loaded)} requests with "
+            f"left-behind payloads loaded ({loaded_rows} records), {len(self.failed)} could not be loaded"
+        )
+
+
+def sweep(engine: Engine) -> SweepReport:
+    """Leave nothing ``requested`` or ``received`` forever: run at the start of each run and on demand.
+
+    Requests still waiting past their callback deadline (their wait died with its worker, or the run was
+    marked failed) become ``expired``; payloads that landed but that no load will take (late callbacks,
+    a load that died) are loaded.
+    """
+    report = SweepReport(expired=landing.expire_overdue(engine))
+    for request_id in landing.requests_with_unloaded_payloads(engine):
+        try:
+            report.loaded[request_id] = load_request(engine, request_id)
+        except PayloadError as exc:
+            report.failed[request_id] = str(exc)
+    log.info("%s", report.summary())
+    return report
+
+
 def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run_id: str) -> list[str]:
     """Problems found after a run's loads; an empty list means the run is good.
 
@@ -230,6 +323,7 @@ def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run
     campaigns = list(campaigns)
     problems: list[str] = []
     latest = landing.latest_requests_of_run(engine, dag_id, run_id)
+    left_behind = landing.unloaded_payload_counts(engine, [request.request_id for request in latest.values()])
     for campaign in campaigns:
         request = latest.get(campaign)
         if request is None:
@@ -238,6 +332,11 @@ def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run
             problems.append(
                 f"campaign {campaign!r}: request {request.request_id} is {request.state.value}"
                 + (f": {request.error}" if request.error else "")
+            )
+        elif left_behind.get(request.request_id):
+            problems.append(
+                f"campaign {campaign!r}: request {request.request_id} is loaded but "
+                f"{left_behind[request.request_id]} of its payloads landed after the load and are not loaded"
             )
     with engine.connect() as conn:
         duplicates = conn.execute(

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudagent_airflow.hooks import CloudAgentDbHook
+from cloudagent_airflow.errors import terminal_errors_fail_fast
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
 from cloudagent_airflow.triggers import CallbackArrivedTrigger
 
 
 class WaitForCallbackOperator(BaseOperator):
-    """Defer until the callback of export request ``request_id`` has landed; fail clearly if it never does.
+    """Defer until the callback of export request ``request_id`` has landed (every part of it).
 
-    ``execute`` only branches (already landed: done; else defer to :class:`CallbackArrivedTrigger`);
-    ``execute_complete`` returns the request id on success and otherwise marks the request ``expired``
-    and raises :class:`AirflowFailException` with a message naming campaign, window and uniqueId. The
-    wait is not retried: a new wait for the same export cannot help, a fresh export (clear the
-    campaign's ``request_export``) can.
+    ``execute`` only branches (already landed: done; else defer to :class:`CallbackArrivedTrigger` until
+    the request's callback deadline). When the deadline passes, the request is marked ``expired`` and the
+    window is requested again through the shared limiter, up to ``re_requests`` times, each new export
+    waited for in turn; the task returns the id of the request whose callback landed (the load reads it).
+    After the last attempt it fails with a message naming campaign, window and uniqueId. The task itself
+    is not retried: the re-requests are its retries.
     """
 
-    template_fields = ("request_id", "campaign_name", "timeout_minutes")
+    template_fields = ("request_id", "campaign_name", "timeout_minutes", "re_requests")
 
     def __init__(
         self,
@@ -30,6 +33,7 @@ class WaitForCallbackOperator(BaseOperator):
         request_id: str,
         campaign_name: str = "",
         timeout_minutes: float | str = 60,
+        re_requests: int | str = 2,
         poll_interval_s: float = 15.0,
         db_conn_id: str = CloudAgentDbHook.default_conn_name,
         **kwargs: Any,
@@ -39,40 +43,72 @@ class WaitForCallbackOperator(BaseOperator):
         self.request_id = request_id
         self.campaign_name = campaign_name
         self.timeout_minutes = timeout_minutes
+        self.re_requests = re_requests
         self.poll_interval_s = poll_interval_s
         self.db_conn_id = db_conn_id
 
     def execute(self, context: Any) -> str:
+        return self._wait_for(self.request_id)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> str:
+        from cloudagent_etl import pipeline
+
+        request_id = event.get("request_id", self.request_id)
+        if event["status"] == "received":
+            return str(request_id)
+        if event["status"] == "error":  # failed or expired meanwhile (e.g. by a sweep): same as at the start
+            return self._wait_for(request_id)
+        with CloudAgentDbHook(self.db_conn_id).engine() as engine:
+            message = pipeline.expire_request(engine, request_id, float(self.timeout_minutes))
+            if message is None:  # the callback landed just as the wait ran out
+                return str(request_id)
+            retried = self._request_again(engine, request_id)
+        if retried is None:
+            raise AirflowFailException(
+                f"{message}; no re-request left ({self.re_requests} allowed). What to check: "
+                "the receiver's logs, and whether CloudAgent can reach the callback URL."
+            )
+        return self._wait_for(retried)
+
+    def _request_again(self, engine: Any, request_id: str) -> str | None:
+        """The id of a new export of an expired one's window, or None when no re-request is left."""
+        from cloudagent_etl import pipeline, settings
+
+        if not pipeline.may_request_again(engine, request_id, re_requests=int(self.re_requests)):
+            return None
+        with terminal_errors_fail_fast():
+            return pipeline.re_request_export(
+                engine,
+                CloudAgentHook().get_settings(),
+                settings.callback_base_url(),
+                request_id,
+                callback_timeout=timedelta(minutes=float(self.timeout_minutes)),
+            )
+
+    def _wait_for(self, request_id: str) -> str:
+        """Done if the callback landed; else defer until the request's callback deadline."""
         from cloudagent_etl import landing
 
         with CloudAgentDbHook(self.db_conn_id).engine() as engine:
-            status = landing.callback_status(engine, self.request_id)
+            status = landing.callback_status(engine, request_id)
+            request = landing.require_export_request(engine, request_id)
+            if status is landing.CallbackStatus.GAVE_UP:
+                retried = self._request_again(engine, request_id)
+                if retried is None:
+                    raise AirflowFailException(f"{request.describe()} is no longer awaited: {request.error}")
+                return self._wait_for(retried)
         if status is landing.CallbackStatus.LANDED:
-            return self.request_id
-        if status is landing.CallbackStatus.GAVE_UP:
-            with CloudAgentDbHook(self.db_conn_id).engine() as engine:
-                description = landing.describe_request(engine, self.request_id)
-            raise AirflowFailException(f"{description} was failed or expired before the wait began")
-        deadline = time.time() + float(self.timeout_minutes) * 60
+            return request_id
+        if request.callback_deadline is not None:
+            deadline = request.callback_deadline.timestamp()
+        else:
+            deadline = time.time() + float(self.timeout_minutes) * 60
         self.defer(
             trigger=CallbackArrivedTrigger(
-                request_id=self.request_id,
+                request_id=request_id,
                 deadline=deadline,
                 poll_interval_s=self.poll_interval_s,
                 db_conn_id=self.db_conn_id,
             ),
             method_name="execute_complete",
         )
-
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> str:
-        from cloudagent_etl.pipeline import expire_request
-
-        if event["status"] == "received":
-            return self.request_id
-        with CloudAgentDbHook(self.db_conn_id).engine() as engine:
-            if event["status"] == "timeout":
-                message = expire_request(engine, self.request_id, float(self.timeout_minutes))
-                if message is None:  # the callback landed just as the wait ran out
-                    return self.request_id
-                raise AirflowFailException(message)
-        raise AirflowFailException(event.get("message", f"waiting for the callback failed: {event}"))

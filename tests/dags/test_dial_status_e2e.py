@@ -19,8 +19,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from cloudagent_dev.localstack import connection_uri
+from cloudagent_etl.api.limiter import api_call_log
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.warehouse.tables import dial_status_history
 from tests.checks import CAMPAIGNS, LOGICAL_DATE, Sync, assert_warehouse_matches
@@ -126,21 +128,42 @@ def test_an_invalid_api_key_fails_fast_with_the_api_message(sync: Sync, monkeypa
     assert tis[("quality_checks", -1)].state == "failed"
 
 
-def test_a_callback_that_never_comes_times_out_with_a_clear_message(sync: Sync) -> None:
+def test_a_callback_that_never_comes_is_requested_again_then_fails_with_a_clear_message(sync: Sync) -> None:
     sync.simulator.configure(never_deliver=True)
     started = time.monotonic()
 
-    state, tis = sync.run(campaigns=["Alpha"], callback_timeout_minutes=0.03)
+    state, tis = sync.run(campaigns=["Alpha"], callback_timeout_minutes=0.03, re_requests=1)
 
     assert state == "failed"
     assert time.monotonic() - started < 60
     assert tis[("campaign.wait_for_callback", "Alpha")].state == "failed"
     assert tis[("campaign.load", "Alpha")].state == "upstream_failed"
-    (request,) = sync.requests()
-    assert request.state == "expired"
-    assert "campaign 'Alpha'" in request.error
-    assert request.window_start.isoformat() in request.error
-    assert f"uniqueId {request.unique_id}" in request.error
+    first, second = sync.requests()
+    assert (first.state, second.state) == ("expired", "expired")
+    assert (second.attempt, second.retry_of) == (2, first.request_id)
+    for request in (first, second):
+        assert "campaign 'Alpha'" in request.error
+        assert request.window_start.isoformat() in request.error
+        assert f"uniqueId {request.unique_id}" in request.error
+    assert len(sync.simulator.requests_log()) == 2
+
+
+def test_a_dropped_callback_is_requested_again_through_the_limiter_and_the_campaign_loads(sync: Sync) -> None:
+    sync.simulator.configure(drop_exports=1)
+
+    state, tis = sync.run(campaigns=["Alpha"], callback_timeout_minutes=0.05)
+
+    assert state == "success", {key: ti.state for key, ti in tis.items()}
+    dropped, delivered = sync.requests()
+    assert (dropped.state, delivered.state) == ("expired", "loaded")
+    assert (delivered.attempt, delivered.retry_of) == (2, dropped.request_id)
+    assert_warehouse_matches(sync)
+    with sync.engine.connect() as conn:
+        admitted = sorted(conn.execute(select(api_call_log.c.called_at, api_call_log.c.purpose)).all())
+    arrivals = sorted(entry["arrived_at"] for entry in sync.simulator.requests_log())
+    assert len(admitted) == len(arrivals) == 2, "every call CloudAgent saw was admitted by the limiter"
+    assert all(called_at <= arrived for (called_at, _), arrived in zip(admitted, arrivals, strict=True))
+    assert [purpose.split()[-1] for _, purpose in admitted] == [dropped.request_id, delivered.request_id]
 
 
 def test_a_failing_campaign_does_not_stop_the_others(sync: Sync) -> None:

@@ -42,7 +42,7 @@ def test_create_stores_only_the_token_hash_and_builds_the_callback_url(engine: E
     assert request is not None
     assert (request.state, request.campaign_name, request.filters) == (REQUESTED, "A", FILTERS)
     assert (request.timezone, request.callback_base_url) == ("Asia/Dubai", "https://cb.example")
-    assert request.callback_status is CallbackStatus.WAITING
+    assert landing.callback_status(engine, new.request_id) is CallbackStatus.WAITING
     assert request.window_start == WINDOW[0]
     assert request.created_at.tzinfo is not None
     assert landing.callback_url("https://cb.example/", new.request_id, new.token) == (
@@ -319,6 +319,8 @@ def test_one_statement_and_step_by_step_storage_leave_identical_rows(pg_url: str
         "unique_id": "U-1",
         "client_addr": "127.0.0.1",
         "headers": {"content-type": "application/json", "user-agent": "CA/1 'x\""},
+        "part_no": 1,
+        "part_count": 2,
     }
 
     def deliveries(store: Any) -> tuple[list[Any], list[Any]]:

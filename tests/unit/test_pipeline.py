@@ -144,18 +144,58 @@ def test_request_export_records_the_unique_id_and_goes_through_the_limiter(engin
     assert calls == ["acme"]
 
 
-def test_each_request_gets_its_own_row_and_callback_token(engine, api_settings) -> None:
+def test_a_live_export_is_reused_and_a_settled_one_is_not(engine, api_settings) -> None:
+    """A task retry or a cleared task while the export is on its way spends no API call."""
     seen: list[httpx.Request] = []
     transport = answering({"status": "success", "uniqueId": "U-2"}, seen)
     first = pipeline.request_export(
         engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
     )
-    second = pipeline.request_export(
+    retried = pipeline.request_export(
         engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
     )
+    land(engine, first, b"[]")
+    while_received = pipeline.request_export(
+        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
+    )
+    assert first == retried == while_received
+    assert len(seen) == 1
+
+    pipeline.load_request(engine, first)
+    after_the_load = pipeline.request_export(
+        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
+    )
+    other_filters = pipeline.request_export(
+        engine,
+        api_settings,
+        CALLBACK_BASE,
+        "Sales",
+        *WINDOW,
+        {**FILTERS, "status": "Fail"},
+        transport=transport,
+    )
+    assert len({first, after_the_load, other_filters}) == 3
     urls = [json.loads(request.content)["callBackUrl"] for request in seen]
-    assert first != second
-    assert urls[0] != urls[1]
+    assert len(set(urls)) == len(urls) == 3, "each new export has its own callback URL and token"
+
+
+def test_an_export_past_its_deadline_is_not_reused_and_the_new_one_says_why(engine, api_settings) -> None:
+    seen: list[httpx.Request] = []
+    transport = answering({"status": "success", "uniqueId": "U-3"}, seen)
+    gone = pipeline.request_export(
+        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS,
+        callback_timeout=timedelta(0), transport=transport,
+    )  # fmt: skip
+    fresh = pipeline.request_export(
+        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
+    )
+    assert fresh != gone
+    assert len(seen) == 2
+    assert landing.require_export_request(engine, gone).state is RequestState.EXPIRED
+    assert (
+        landing.require_export_request(engine, fresh).reason
+        == f"re-request after {gone} passed its callback deadline"
+    )
 
 
 def test_a_terminal_api_error_fails_the_request_with_the_api_message(engine, api_settings) -> None:
@@ -209,7 +249,7 @@ def test_expire_request_marks_it_expired_with_a_message_naming_campaign_window_a
     assert "'Sales'" in message
     assert WINDOW[0].isoformat() in message
     assert "uniqueId U-9" in message
-    assert "request_export" in message  # says how to retry
+    assert "attempt 1" in message
     request = landing.require_export_request(engine, request_id)
     assert (request.state, request.error) == (RequestState.EXPIRED, message)
 
@@ -296,3 +336,108 @@ def test_quality_checks_list_every_campaign_that_did_not_load(engine, api_settin
     assert "'Never'" in problems[1]
     assert "no export request" in problems[1]
     assert pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="r") == []
+
+
+# ------------------------------------------------------------------------------------------ sweep
+def test_sweep_expires_an_export_whose_wait_died_and_loads_what_was_left_behind(engine, api_settings) -> None:
+    ok = answering({"status": "success", "uniqueId": "U-s"})
+    record = {"CampaignName": "Sales", "DataUniqueId": "L1", "UpdatedDate": "2025-06-02 10:00:00"}
+    # the worker running this wait was killed: the export stays requested past its deadline
+    killed = pipeline.request_export(
+        engine,
+        api_settings,
+        CALLBACK_BASE,
+        "Sales",
+        *WINDOW,
+        FILTERS,
+        callback_timeout=timedelta(0),
+        transport=ok,
+    )
+    # its callback landed but the load never ran (the run was marked failed)
+    abandoned = pipeline.request_export(
+        engine,
+        api_settings,
+        CALLBACK_BASE,
+        "Support",
+        *WINDOW,
+        FILTERS,
+        callback_timeout=timedelta(0),
+        transport=ok,
+    )
+    land(engine, abandoned, [{**record, "CampaignName": "Support"}])
+    # loaded, then a late callback
+    loaded = pipeline.request_export(
+        engine, api_settings, CALLBACK_BASE, "Renewals", *WINDOW, FILTERS, transport=ok
+    )
+    land(engine, loaded, [])
+    pipeline.load_request(engine, loaded)
+    land(engine, loaded, [{**record, "CampaignName": "Renewals"}])
+    # still on its way: left alone
+    waiting = pipeline.request_export(
+        engine, api_settings, CALLBACK_BASE, "Leads", *WINDOW, FILTERS, transport=ok
+    )
+
+    report = pipeline.sweep(engine)
+
+    assert report.expired == [killed]
+    assert set(report.loaded) == {abandoned, loaded}
+    assert report.failed == {}
+    states = {
+        rid: landing.require_export_request(engine, rid) for rid in (killed, abandoned, loaded, waiting)
+    }
+    assert states[killed].state is RequestState.EXPIRED
+    assert "expired by a sweep" in (states[killed].error or "")
+    assert states[abandoned].state is RequestState.LOADED
+    assert states[waiting].state is RequestState.REQUESTED
+    assert landing.unloaded_payload_counts(engine, [abandoned, loaded]) == {}
+    again = pipeline.sweep(engine)
+    assert (again.expired, again.loaded, again.failed) == ([], {}, {})
+
+
+def test_quality_checks_fail_a_loaded_request_with_payloads_that_landed_after_its_load(
+    engine, api_settings
+) -> None:
+    ok = answering({"status": "success", "uniqueId": "U-q"})
+    request_id = pipeline.request_export(
+        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, dag_id="d", run_id="r", transport=ok
+    )
+    land(engine, request_id, [])
+    pipeline.load_request(engine, request_id)
+    assert pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="r") == []
+    land(engine, request_id, b"[1]")  # part 2 of 2, after the load
+
+    [problem] = pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="r")
+
+    assert "1 of its payloads landed after the load" in problem
+
+
+def test_a_run_reusing_another_runs_live_export_is_checked_on_that_export(engine, api_settings) -> None:
+    seen: list[httpx.Request] = []
+    ok = answering({"status": "success", "uniqueId": "U-r"}, seen)
+    first = pipeline.request_export(
+        engine,
+        api_settings,
+        CALLBACK_BASE,
+        "Sales",
+        *WINDOW,
+        FILTERS,
+        dag_id="d",
+        run_id="scheduled",
+        transport=ok,
+    )
+    reused = pipeline.request_export(
+        engine,
+        api_settings,
+        CALLBACK_BASE,
+        "Sales",
+        *WINDOW,
+        FILTERS,
+        dag_id="d",
+        run_id="manual",
+        transport=ok,
+    )
+    assert (reused, len(seen)) == (first, 1)
+    land(engine, first, [])
+    pipeline.load_request(engine, first)
+
+    assert pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="manual") == []

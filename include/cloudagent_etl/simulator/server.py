@@ -26,6 +26,10 @@ them (docs/cloudagent-contract.md): the pipeline must keep the key out of every 
 
 Delivery: ``callback_delay_s`` after acceptance the records are POSTed once (``primary``), then
 ``duplicate_deliveries`` identical copies, then — ``late_delay_s`` later, if set — one more identical copy.
+With ``parts`` above 1 an export is delivered as that many bodies, each a JSON object
+``{"uniqueId", "part": i, "parts": n, "data": [...]}`` holding a contiguous slice of the records (shown
+as kinds ``primary-part-i``); ``drop_exports`` makes the next N accepted exports never delivered at all
+(a callback lost on the way), after which delivery is normal again.
 Each delivery that does not get a 2xx is retried up to ``delivery_attempts`` attempts in all, waiting
 ``delivery_backoff_s`` and doubling. Deliveries run as asyncio tasks inside the server process.
 The apiKey is never logged, and the callback URL only ever masked.
@@ -74,11 +78,19 @@ class Behaviour:
     embed_credentials: bool = True
     delivery_attempts: int = 5
     delivery_backoff_s: float = 0.5
+    parts: int = 1
+    drop_exports: int = 0
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_STYLES:
             raise ValueError(f"delivery must be one of {DELIVERY_STYLES}, not {self.delivery!r}")
-        for name in ("callback_delay_s", "duplicate_deliveries", "records_per_day", "delivery_backoff_s"):
+        for name in (
+            "callback_delay_s",
+            "duplicate_deliveries",
+            "records_per_day",
+            "delivery_backoff_s",
+            "drop_exports",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.late_delay_s is not None and self.late_delay_s < 0:
@@ -87,6 +99,8 @@ class Behaviour:
             raise ValueError(f"records_per_day must be at most {MAX_RECORDS_PER_DAY}")
         if self.delivery_attempts < 1:
             raise ValueError("delivery_attempts must be at least 1")
+        if self.parts < 1:
+            raise ValueError("parts must be at least 1")
 
     def updated(self, changes: Mapping[str, Any]) -> Behaviour:
         """A copy with ``changes`` applied; ValueError names an unknown field or a wrongly typed value."""
@@ -103,6 +117,8 @@ class Behaviour:
                 "duplicate_deliveries": (int,),
                 "records_per_day": (int,),
                 "delivery_attempts": (int,),
+                "parts": (int,),
+                "drop_exports": (int,),
             }.get(name, (int, float))
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
                 raise ValueError(f"{name} has the wrong type: {value!r}")
@@ -235,11 +251,32 @@ async def _post_with_retries(
     )
 
 
+def callback_parts(unique_id: str, records: list[dict[str, str]], parts: int) -> list[bytes]:
+    """The export as ``parts`` JSON bodies, each naming its part and holding a contiguous slice."""
+    size = -(-len(records) // parts) if records else 0
+    return [
+        json.dumps(
+            {
+                "uniqueId": unique_id,
+                "part": index + 1,
+                "parts": parts,
+                "data": records[index * size : (index + 1) * size],
+            }
+        ).encode()
+        for index in range(parts)
+    ]
+
+
 async def _deliver(
     state: SimulatorState, unique_id: str, url: str, records: list[dict[str, str]], behaviour: Behaviour
 ) -> None:
-    body, content_type = callback_body(behaviour.delivery, unique_id, records)
     await asyncio.sleep(behaviour.callback_delay_s)
+    if behaviour.parts > 1:
+        for number, part in enumerate(callback_parts(unique_id, records, behaviour.parts), start=1):
+            kind = f"primary-part-{number}"
+            await _post_with_retries(state, kind, unique_id, url, part, "application/json", behaviour)
+        return
+    body, content_type = callback_body(behaviour.delivery, unique_id, records)
     await _post_with_retries(state, "primary", unique_id, url, body, content_type, behaviour)
     for _ in range(behaviour.duplicate_deliveries):
         await _post_with_retries(state, "duplicate", unique_id, url, body, content_type, behaviour)
@@ -327,7 +364,10 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             unique_id, export.campaign_name, export.window_start, export.window_end, export.sortby,
             len(records), mask_callback_url(export.callback_url),
         )  # fmt: skip
-        if not behaviour.never_deliver:
+        if behaviour.drop_exports:
+            state.behaviour = dataclasses.replace(behaviour, drop_exports=behaviour.drop_exports - 1)
+            logger.info("dropping the callback of uniqueId=%s (drop_exports)", unique_id)
+        elif not behaviour.never_deliver:
             state.schedule(_deliver(state, unique_id, export.callback_url, records, behaviour))
         return JSONResponse(contract.accepted_body(unique_id))
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -11,7 +14,8 @@ from sqlalchemy import Engine
 from cloudagent_dev.localstack import connection_uri
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
-from tests.factories import WINDOW, land, new_request
+from tests.factories import FILTERS, WINDOW, land, new_request
+from tests.fixtures.simulator import SimulatorHandle
 
 
 @pytest.fixture
@@ -22,11 +26,14 @@ def db(monkeypatch: pytest.MonkeyPatch, db_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def wait_for(request_id: str, timeout_minutes: float = 2):
+def wait_for(request_id: str, timeout_minutes: float = 2, re_requests: int = 0):
     from cloudagent_airflow.operators import WaitForCallbackOperator
 
     return WaitForCallbackOperator(
-        task_id="wait_for_callback", request_id=request_id, timeout_minutes=timeout_minutes
+        task_id="wait_for_callback",
+        request_id=request_id,
+        timeout_minutes=timeout_minutes,
+        re_requests=re_requests,
     )
 
 
@@ -36,7 +43,7 @@ def test_a_callback_that_already_landed_needs_no_wait(db: Engine) -> None:
     assert wait_for(request_id).execute(context={}) == request_id
 
 
-def test_a_missing_callback_defers_to_the_trigger_with_a_fixed_deadline(db: Engine) -> None:
+def test_a_missing_callback_defers_to_the_trigger_until_the_request_deadline(db: Engine) -> None:
     from airflow.sdk.exceptions import TaskDeferred
 
     request_id = new_request(db).request_id
@@ -46,8 +53,17 @@ def test_a_missing_callback_defers_to_the_trigger_with_a_fixed_deadline(db: Engi
     classpath, kwargs = deferred.value.trigger.serialize()
     assert classpath == "cloudagent_airflow.triggers.CallbackArrivedTrigger"
     assert kwargs["request_id"] == request_id
-    assert before + 120 <= kwargs["deadline"] <= time.time() + 120
+    assert before + 120 <= kwargs["deadline"] <= time.time() + 120  # a bare row has no deadline yet
     assert deferred.value.method_name == "execute_complete"
+
+    claimed = landing.claim_export(
+        db, **_export_of(new_request(db, "Support")), callback_timeout=timedelta(minutes=7)
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        wait_for(claimed.request_id, timeout_minutes=2).execute(context={})
+    stored = landing.require_export_request(db, claimed.request_id).callback_deadline
+    assert stored is not None
+    assert deferred.value.trigger.serialize()[1]["deadline"] == stored.timestamp()
 
 
 def test_a_request_that_already_failed_fails_the_wait_at_once(db: Engine) -> None:
@@ -55,21 +71,75 @@ def test_a_request_that_already_failed_fails_the_wait_at_once(db: Engine) -> Non
 
     request_id = new_request(db).request_id
     landing.mark_failed(db, request_id, "AuthenticationFailedError")
-    with pytest.raises(AirflowFailException, match="failed or expired before the wait began"):
+    with pytest.raises(AirflowFailException, match="is no longer awaited: AuthenticationFailedError"):
         wait_for(request_id).execute(context={})
 
 
-def test_a_timeout_expires_the_request_and_fails_naming_campaign_window_and_unique_id(db: Engine) -> None:
+def test_a_timeout_with_no_re_request_left_expires_the_request_and_fails_naming_it(db: Engine) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     request_id = new_request(db, "Sales", unique_id="U-77").request_id
     with pytest.raises(AirflowFailException) as failed:
-        wait_for(request_id).execute_complete({}, {"status": "timeout", "request_id": request_id})
+        wait_for(request_id, re_requests=0).execute_complete(
+            {}, {"status": "timeout", "request_id": request_id}
+        )
     message = str(failed.value)
     assert "'Sales'" in message
     assert WINDOW[0].isoformat() in message
     assert "uniqueId U-77" in message
+    assert "no re-request left" in message
     assert landing.require_export_request(db, request_id).state is landing.RequestState.EXPIRED
+
+
+@pytest.fixture
+def cloudagent(monkeypatch: pytest.MonkeyPatch, fresh_simulator: SimulatorHandle) -> SimulatorHandle:
+    """The API connection and callback URL pointing at the simulator (which never delivers here)."""
+    connection = {"conn_type": "cloudagent", "host": fresh_simulator.base_url, "login": fresh_simulator.user}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDAGENT_DEFAULT", json.dumps({**connection, "password": fresh_simulator.api_key})
+    )
+    monkeypatch.setenv("CLOUDAGENT_CALLBACK_BASE_URL", "http://127.0.0.1:9")
+    fresh_simulator.configure(never_deliver=True)
+    return fresh_simulator
+
+
+def _export_of(new: landing.NewExportRequest) -> dict[str, Any]:
+    return {
+        "account": "test_user",
+        "campaign_name": "Alpha",
+        "window_start": WINDOW[0],
+        "window_end": WINDOW[1],
+        "filters": FILTERS,
+        "timezone": "Asia/Kolkata",
+        "callback_base_url": "http://127.0.0.1:9",
+        "dag_id": "d",
+        "run_id": "r",
+    }
+
+
+def test_a_timeout_requests_the_window_again_and_waits_for_the_new_export(
+    db: Engine, cloudagent: SimulatorHandle
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+    first = landing.claim_export(db, **_export_of(new_request(db)), callback_timeout=timedelta(minutes=1))
+    wait = wait_for(first.request_id, timeout_minutes=1, re_requests=1)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        wait.execute_complete({}, {"status": "timeout", "request_id": first.request_id})
+
+    second = deferred.value.trigger.serialize()[1]["request_id"]
+    again = landing.require_export_request(db, second)
+    assert (again.attempt, again.retry_of, again.state) == (
+        2,
+        first.request_id,
+        landing.RequestState.REQUESTED,
+    )
+    assert landing.require_export_request(db, first.request_id).state is landing.RequestState.EXPIRED
+    assert [entry["campaign_name"] for entry in cloudagent.requests_log()] == ["Alpha"]  # one API call
+    with pytest.raises(AirflowFailException, match="no re-request left"):
+        wait.execute_complete({}, {"status": "timeout", "request_id": second})
+    assert len(cloudagent.requests_log()) == 1
 
 
 def test_a_timeout_that_raced_the_callback_succeeds(db: Engine) -> None:
@@ -84,5 +154,23 @@ def test_the_events_of_the_trigger(db: Engine) -> None:
 
     request_id = new_request(db).request_id
     assert wait_for(request_id).execute_complete({}, {"status": "received"}) == request_id
-    with pytest.raises(AirflowFailException, match="became expired"):
-        wait_for(request_id).execute_complete({}, {"status": "error", "message": "it became expired"})
+    landing.mark_failed(db, request_id, "CloudAgent said no")
+    with pytest.raises(AirflowFailException, match="no longer awaited: CloudAgent said no"):
+        wait_for(request_id).execute_complete({}, {"status": "error", "request_id": request_id})
+
+
+def test_an_export_expired_by_a_sweep_during_the_wait_is_requested_again(
+    db: Engine, cloudagent: SimulatorHandle
+) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    first = landing.claim_export(db, **_export_of(new_request(db)), callback_timeout=timedelta(minutes=1))
+    landing.mark_expired(db, first.request_id, "expired by a sweep")
+
+    with pytest.raises(TaskDeferred) as deferred:
+        wait_for(first.request_id, re_requests=2).execute_complete(
+            {}, {"status": "error", "request_id": first.request_id}
+        )
+
+    second = deferred.value.trigger.serialize()[1]["request_id"]
+    assert landing.require_export_request(db, second).retry_of == first.request_id
