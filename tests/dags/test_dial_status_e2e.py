@@ -24,6 +24,7 @@ from sqlalchemy import select
 from cloudagent_dev.localstack import connection_uri
 from cloudagent_etl.api.limiter import api_call_log
 from cloudagent_etl.db import create_db_engine
+from cloudagent_etl.landing import callback_payloads
 from cloudagent_etl.warehouse.tables import dial_status_history
 from tests.checks import CAMPAIGNS, LOGICAL_DATE, Sync, assert_warehouse_matches
 
@@ -164,6 +165,21 @@ def test_a_dropped_callback_is_requested_again_through_the_limiter_and_the_campa
     assert len(admitted) == len(arrivals) == 2, "every call CloudAgent saw was admitted by the limiter"
     assert all(called_at <= arrived for (called_at, _), arrived in zip(admitted, arrivals, strict=True))
     assert [purpose.split()[-1] for _, purpose in admitted] == [dropped.request_id, delivered.request_id]
+
+
+def test_a_three_part_export_loads_whole_in_the_nightly_run(sync: Sync) -> None:
+    sync.simulator.configure(parts=3)
+
+    state, _ = sync.run(campaigns=["Alpha"])
+
+    assert state == "success"
+    (request,) = sync.requests()
+    assert request.state == "loaded"
+    with sync.engine.connect() as conn:
+        columns = (callback_payloads.c.part_no, callback_payloads.c.part_count, callback_payloads.c.parse_state)
+        parts = conn.execute(select(*columns)).all()
+    assert sorted(parts) == [(1, 3, "loaded"), (2, 3, "loaded"), (3, 3, "loaded")]
+    assert_warehouse_matches(sync)
 
 
 def test_a_failing_campaign_does_not_stop_the_others(sync: Sync) -> None:

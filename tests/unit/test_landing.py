@@ -403,3 +403,26 @@ def test_concurrent_deliveries_to_one_request_are_stored_once_each(pg_url: str) 
     assert stored == set(bodies)
     assert state_of(engine, new.request_id) == RECEIVED
     engine.dispose()
+
+
+def test_a_multi_part_export_has_landed_only_once_every_part_has(engine: Engine) -> None:
+    new = new_request(engine)
+    for number in (2, 1):
+        body = landing.CallbackBody.from_bytes(b'{"part": %d, "parts": 3, "data": []}' % number)
+        landing.store_callback(engine, new.request_id, body, part=(number, 3))
+        assert landing.callback_status(engine, new.request_id) is CallbackStatus.WAITING
+    assert landing.mark_expired(engine, new.request_id, "2 of 3 parts") is CallbackStatus.GAVE_UP
+
+    whole = new_request(engine, "B")
+    for number in (3, 1, 2):
+        body = landing.CallbackBody.from_bytes(b'{"part": %d, "parts": 3, "data": []}' % number)
+        landing.store_callback(engine, whole.request_id, body, part=(number, 3))
+    assert landing.callback_status(engine, whole.request_id) is CallbackStatus.LANDED
+    assert landing.mark_expired(engine, whole.request_id, "too late") is CallbackStatus.LANDED
+    with engine.connect() as conn:
+        parts = conn.execute(
+            select(callback_payloads.c.part_no, callback_payloads.c.part_count).where(
+                callback_payloads.c.request_id == whole.request_id
+            )
+        ).all()
+    assert sorted(parts) == [(1, 3), (2, 3), (3, 3)]

@@ -65,7 +65,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine, is_unavailable, to_sqlalchemy_url
 from cloudagent_etl.media_types import MULTIPART_FORM, media_type
-from cloudagent_etl.receiver.body import BodyRejected, BodySpool, Inflater, content_coding
+from cloudagent_etl.receiver.body import BodyRejected, BodySpool, Inflater, Sniffed, content_coding
 from cloudagent_etl.receiver.logs import install_masking, mask_tokens
 from cloudagent_etl.settings import ReceiverSettings
 
@@ -150,9 +150,7 @@ class Exchange:
             name: self.headers[name].replace("\x00", "") for name in STORED_HEADERS if name in self.headers
         }
 
-    async def spool_body(
-        self, settings: ReceiverSettings
-    ) -> tuple[landing.CallbackBody, str | None, BodySpool]:
+    async def spool_body(self, settings: ReceiverSettings) -> tuple[landing.CallbackBody, Sniffed, BodySpool]:
         """Stream the request body into a :class:`BodySpool`, enforcing the size, encoding and time limits.
 
         Returns the body ready to store, its uniqueId and the spool, which the caller closes; on any
@@ -178,7 +176,7 @@ class Exchange:
                 await self._receive_into(spool, settings)
             if self.bytes_in == 0:
                 raise CallbackRejected(400, "empty body")
-            body, unique_id = spool.finish()
+            body, sniffed = spool.finish()
         except TimeoutError:
             spool.close()
             raise CallbackRejected(408, f"body not received within {settings.body_deadline_s:g} s") from None
@@ -191,7 +189,7 @@ class Exchange:
         except BaseException:
             spool.close()
             raise
-        return body, unique_id, spool
+        return body, sniffed, spool
 
     async def _receive_into(self, spool: BodySpool, settings: ReceiverSettings) -> None:
         more = True
@@ -341,9 +339,9 @@ class Receiver:
             raise CallbackRejected(401, "invalid token")
         if check is landing.TokenCheck.CLOSED:
             raise self._closed()
-        body, unique_id, spool = await exchange.spool_body(self.settings)
+        body, sniffed, spool = await exchange.spool_body(self.settings)
         try:
-            result = await self._in_thread(self._store, request_id, body, unique_id, exchange)
+            result = await self._in_thread(self._store, request_id, body, sniffed, exchange)
         finally:
             spool.close()
         await _answer_stored(exchange, result)
@@ -355,7 +353,8 @@ class Receiver:
         given = hashlib.sha256((token or "").encode("utf-8", errors="replace")).digest()
         if not hmac.compare_digest(expected, given):
             raise CallbackRejected(401, "invalid token")
-        body, unique_id, spool = await exchange.spool_body(self.settings)
+        body, sniffed, spool = await exchange.spool_body(self.settings)
+        unique_id = sniffed.unique_id
         try:
             if unique_id is None:
                 raise CallbackRejected(422, "no uniqueId in the body: cannot tell which request it answers")
@@ -368,13 +367,13 @@ class Receiver:
                 await asyncio.sleep(0.25)
             if await self._in_thread(landing.closed_for_callbacks, self.engine, request_id, self.late_grace):
                 raise self._closed()
-            result = await self._in_thread(self._store, request_id, body, unique_id, exchange)
+            result = await self._in_thread(self._store, request_id, body, sniffed, exchange)
         finally:
             spool.close()
         await _answer_stored(exchange, result)
 
     def _store(
-        self, request_id: str, body: landing.CallbackBody, unique_id: str | None, exchange: Exchange
+        self, request_id: str, body: landing.CallbackBody, sniffed: Sniffed, exchange: Exchange
     ) -> landing.StoredCallback:
         content_type = exchange.headers.get("content-type")
         with self.write_lock:
@@ -383,9 +382,10 @@ class Receiver:
                 request_id,
                 body,
                 content_type=content_type.replace("\x00", "") if content_type else None,
-                unique_id=unique_id,
+                unique_id=sniffed.unique_id,
                 client_addr=exchange.client_host,
                 headers=exchange.stored_headers(),
+                part=sniffed.part,
             )
 
     def _closed(self) -> CallbackRejected:

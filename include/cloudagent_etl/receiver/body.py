@@ -4,16 +4,18 @@ its uniqueId.
 The receiver stores bytes; parsing is the load step's job. While the body streams in, :class:`BodySpool`
 decodes a gzip or deflate ``Content-Encoding`` (:class:`Inflater`, bounded in size and ratio), writes the
 decoded bytes to a spool file (in memory up to a limit, then on disk), counts and hashes them, and feeds
-them to a :class:`UniqueIdSniffer`, so the body is read exactly once and landing receives the digest
+them to a :class:`BodySniffer`, so the body is read exactly once and landing receives the digest
 ready-made. What is stored is the decoded body: the load reads it like any other.
 
-:class:`UniqueIdSniffer` finds the ``uniqueId`` a body carries: a form field named ``uniqueId`` (urlencoded
+:class:`BodySniffer` finds the ``uniqueId`` a body carries: a form field named ``uniqueId`` (urlencoded
 or multipart) first; else the ``"uniqueId": "<value>"`` pair of the top-level JSON object (the body, a
 multipart ``data`` field, or the percent-decoded ``data`` field of a urlencoded form), so a record's own
 ``uniqueId`` never decides which request a body answers; else the first such pair at any depth (an array
-body whose records carry it). Every search is linear in the body (no pattern that can backtrack; each
-piece costs a few C-level scans, none of them a Python loop per byte or per token) and memory stays at
-one piece plus a small overlap, whatever the body size, its nesting or its number of form fields.
+body whose records carry it). It also reads top-level ``"part": i`` and ``"parts": n`` (a multipart
+export delivered as n bodies), the same way. Every search is linear in the body (no pattern that can
+backtrack; each piece costs a few C-level scans, none of them a Python loop per byte or per token) and
+memory stays at one piece plus a small overlap, whatever the body size, its nesting or its number of form
+fields.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote_to_bytes
@@ -39,6 +42,9 @@ MAX_UNIQUE_ID_CHARS = 200
 #: Whitespace around the colon is bounded so that a pair is at most ~350 bytes: it always fits in the
 #: overlap, and a run of blanks cannot make one search long.
 _JSON_UNIQUE_ID = re.compile(rb'"uniqueId"[ \t\r\n]{0,64}:[ \t\r\n]{0,64}"([^"\\\x00-\x1f]{1,200})"')
+#: ``"part": i`` and ``"parts": n`` beside the records: the body is part i of n of its export.
+_JSON_PART = re.compile(rb'"part"[ \t\r\n]{0,64}:[ \t\r\n]{0,64}([0-9]{1,6})\b')
+_JSON_PARTS = re.compile(rb'"parts"[ \t\r\n]{0,64}:[ \t\r\n]{0,64}([0-9]{1,6})\b')
 #: A JSON escape (``\"``, ``\\``, ``\u`` ...): blanked out before strings are delimited by their quotes,
 #: with control bytes a value may not hold (a value with an escape is not taken, as before).
 _JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)
@@ -107,8 +113,8 @@ class _PercentDecoder:
 
 
 class _JsonPairs:
-    """The ``"uniqueId": "<value>"`` pairs of a JSON stream fed piece by piece: the top-level one, and the
-    first one at any depth.
+    """The pairs a pattern matches in a JSON stream fed piece by piece (``"uniqueId": "<value>"`` by
+    default): the top-level one, and the first one at any depth.
 
     The depth of the stream is counted as it goes: escapes are blanked out first (a trailing odd backslash
     waits for the next piece), so that every quote left opens or closes a string; the text between
@@ -118,7 +124,8 @@ class _JsonPairs:
     without any pair (an array of records) costs one search and nothing more.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pattern: re.Pattern[bytes] = _JSON_UNIQUE_ID) -> None:
+        self._pattern = pattern
         self.top_level: bytes | None = None
         self.first: bytes | None = None
         self._pending = b""  # cleaned bytes not counted yet
@@ -138,7 +145,7 @@ class _JsonPairs:
         window = self._pending + (_JSON_ESCAPE.sub(_ESCAPED, raw) if b"\\" in raw else raw)
         cut = len(window) if final else max(0, len(window) - OVERLAP_BYTES)
         counted = 0
-        for match in _JSON_UNIQUE_ID.finditer(window, self._searched):
+        for match in self._pattern.finditer(window, self._searched):
             if match.start() >= cut:
                 break
             self._count(window[counted : match.start()])
@@ -171,12 +178,22 @@ class _JsonPairs:
         self._depth += outside.count(b"{") + outside.count(b"[") - outside.count(b"}") - outside.count(b"]")
 
 
-class UniqueIdSniffer:
-    """The ``uniqueId`` of a body fed piece by piece (see the module docstring for where it looks)."""
+@dataclass(frozen=True)
+class Sniffed:
+    """What a body says about itself: the ``uniqueId`` it answers, and (i, n) if it is part i of n."""
+
+    unique_id: str | None
+    part: tuple[int, int] | None = None
+
+
+class BodySniffer:
+    """The ``uniqueId`` and the part number of a body fed piece by piece (see the module docstring)."""
 
     def __init__(self, content_type: str | None) -> None:
         self._kind = media_type(content_type)
         self._json = _JsonPairs()
+        self._part = _JsonPairs(_JSON_PART)
+        self._parts = _JsonPairs(_JSON_PARTS)
         self._field: _Search | None = None
         self._decoder: _PercentDecoder | None = None
         if self._kind == FORM_URLENCODED:
@@ -189,19 +206,33 @@ class UniqueIdSniffer:
     def feed(self, piece: bytes) -> None:
         if self._field is not None:
             self._field.feed(piece)
-        self._json.feed(self._decoder.decode(piece) if self._decoder is not None else piece)
+        decoded = self._decoder.decode(piece) if self._decoder is not None else piece
+        for pairs in (self._json, self._part, self._parts):
+            pairs.feed(decoded)
 
-    def result(self) -> str | None:
-        """The uniqueId found (call once the whole body was fed), or None."""
+    def result(self) -> Sniffed:
+        """What the body says (call once the whole body was fed)."""
         if self._field is not None and self._kind == FORM_URLENCODED:
             self._field.feed(b"&")
-        self._json.feed(self._decoder.flush() if self._decoder is not None else b"", final=True)
+        rest = self._decoder.flush() if self._decoder is not None else b""
+        for pairs in (self._json, self._part, self._parts):
+            pairs.feed(rest, final=True)
+        return Sniffed(self._unique_id(), self._part_of())
+
+    def _unique_id(self) -> str | None:
         found = self._field.found if self._field is not None else None
         found = found or self._json.top_level or self._json.first
         if not found:
             return None
         text = found.decode("utf-8", errors="replace").strip()
         return text if text and "\x00" not in text and len(text) <= MAX_UNIQUE_ID_CHARS else None
+
+    def _part_of(self) -> tuple[int, int] | None:
+        """(i, n) from the top-level ``part`` and ``parts`` when both are there and 1 <= i <= n."""
+        if self._part.top_level is None or self._parts.top_level is None:
+            return None
+        number, count = int(self._part.top_level), int(self._parts.top_level)
+        return (number, count) if 1 <= number <= count else None
 
 
 class BodyRejected(Exception):
@@ -324,7 +355,7 @@ class BodySpool:
         self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=in_memory_bytes, dir=str(spool_dir))  # noqa: SIM115
         self.size = 0
         self._hash = hashlib.sha256()
-        self._sniffer = UniqueIdSniffer(content_type)
+        self._sniffer = BodySniffer(content_type)
         self._inflater = inflater
 
     def write(self, piece: bytes) -> None:
@@ -349,8 +380,8 @@ class BodySpool:
         self._hash.update(piece)
         self._sniffer.feed(piece)
 
-    def finish(self) -> tuple[CallbackBody, str | None]:
-        """The body ready to store, and the uniqueId it carries (None if none was found)."""
+    def finish(self) -> tuple[CallbackBody, Sniffed]:
+        """The body ready to store, and what it says about itself (its uniqueId, its part number)."""
         if self._inflater is not None:
             for decoded in self._inflater.finish():
                 self._write_decoded(decoded)

@@ -15,17 +15,17 @@ from urllib.parse import urlencode
 import pytest
 
 from cloudagent_etl.receiver import body
-from cloudagent_etl.receiver.body import BodyRejected, BodySpool, Inflater, UniqueIdSniffer, content_coding
+from cloudagent_etl.receiver.body import BodyRejected, BodySniffer, BodySpool, Inflater, content_coding
 from cloudagent_etl.receiver.logs import mask_tokens
 
 RECORDS = [{"CampaignName": "A", "DataUniqueId": "D-1", "PhoneNumber": "919800000001"}]
 
 
 def sniffed(content: bytes, content_type: str, piece_bytes: int) -> str | None:
-    sniffer = UniqueIdSniffer(content_type)
+    sniffer = BodySniffer(content_type)
     for start in range(0, len(content), piece_bytes):
         sniffer.feed(content[start : start + piece_bytes])
-    return sniffer.result()
+    return sniffer.result().unique_id
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,8 @@ def test_the_spool_measures_and_hashes_what_it_stores(tmp_path: Path) -> None:
     spool = BodySpool("application/json", tmp_path, in_memory_bytes=1024)
     for start in range(0, len(content), 4096):
         spool.write(content[start : start + 4096])
-    callback_body, unique_id = spool.finish()
+    callback_body, sniffed_facts = spool.finish()
+    unique_id = sniffed_facts.unique_id
     try:
         assert (callback_body.size, callback_body.sha256, unique_id) == (
             len(content),
@@ -182,13 +183,13 @@ def test_the_top_level_unique_id_decides_whatever_the_nesting_strings_and_pieces
         document = dict(items)
     content = json.dumps(document, ensure_ascii=chooser.random() < 0.5, indent=chooser.choice([None, 2]))
     raw = content.encode()
-    sniffer = UniqueIdSniffer("application/json")
+    sniffer = BodySniffer("application/json")
     position = 0
     while position < len(raw):
         step = chooser.choice([1, 2, 3, 17, 333, 1025, 5000])
         sniffer.feed(raw[position : position + step])
         position += step
-    assert sniffer.result() == _depth_aware_unique_id(document)
+    assert sniffer.result().unique_id == _depth_aware_unique_id(document)
 
 
 def test_a_trailing_backslash_run_waits_for_the_next_piece_without_growing() -> None:
@@ -260,3 +261,25 @@ def test_other_content_codings_are_415(header: str) -> None:
     with pytest.raises(BodyRejected) as refused:
         content_coding(header)
     assert refused.value.status_code == 415
+
+
+@pytest.mark.parametrize(
+    ("document", "part"),
+    [
+        ({"uniqueId": "U", "part": 2, "parts": 3, "data": RECORDS}, (2, 3)),
+        ({"data": RECORDS * 200, "parts": 3, "part": 3, "uniqueId": "U"}, (3, 3)),
+        ({"uniqueId": "U", "data": [{**RECORDS[0], "part": 1, "parts": 2}]}, None),  # a record's, not ours
+        ({"uniqueId": "U", "part": 1, "data": RECORDS}, None),  # no count
+        ({"uniqueId": "U", "part": 4, "parts": 3, "data": RECORDS}, None),  # not a part of 3
+        (RECORDS, None),
+    ],
+)
+@pytest.mark.parametrize("piece_bytes", [3, 65536])
+def test_a_body_that_says_it_is_part_i_of_n_is_read_at_the_top_level_only(
+    document: object, part: tuple[int, int] | None, piece_bytes: int
+) -> None:
+    content = json.dumps(document).encode()
+    sniffer = BodySniffer("application/json")
+    for start in range(0, len(content), piece_bytes):
+        sniffer.feed(content[start : start + piece_bytes])
+    assert sniffer.result().part == part
