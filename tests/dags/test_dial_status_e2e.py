@@ -176,8 +176,8 @@ def test_a_three_part_export_loads_whole_in_the_nightly_run(sync: Sync) -> None:
     (request,) = sync.requests()
     assert request.state == "loaded"
     with sync.engine.connect() as conn:
-        columns = (callback_payloads.c.part_no, callback_payloads.c.part_count, callback_payloads.c.parse_state)
-        parts = conn.execute(select(*columns)).all()
+        payloads = callback_payloads.c
+        parts = conn.execute(select(payloads.part_no, payloads.part_count, payloads.parse_state)).all()
     assert sorted(parts) == [(1, 3, "loaded"), (2, 3, "loaded"), (3, 3, "loaded")]
     assert_warehouse_matches(sync)
 
