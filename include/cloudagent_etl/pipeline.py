@@ -21,7 +21,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 from cloudagent_etl import landing
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
 from cloudagent_etl.errors import ConfigurationError, PayloadError, redact
-from cloudagent_etl.settings import ApiSettings
+from cloudagent_etl.settings import ApiSettings, LoadSettings, Secret
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +193,18 @@ def expire_request(engine: Engine, request_id: str, waited_minutes: float) -> st
     return message
 
 
-def load_request(engine: Engine, request_id: str) -> dict[str, Any]:
+def load_request(engine: Engine, request_id: str, *, api_key: Secret | None = None) -> dict[str, Any]:
     """Normalize and merge every payload landed for the request; return the counts for the task log.
 
-    Everything the load needs (the payloads, the export's time zone) is in the database.
+    Everything the load needs (the payloads, the export's time zone and campaign) is in the database;
+    ``api_key`` (the account's, from the API connection) is redacted wherever a payload carries it. The
+    bounds of record times come from :meth:`LoadSettings.from_env`.
     """
     # Imported here: it brings pandas, which the triggerer (polling landing.callback_status) does not need.
     from cloudagent_etl import warehouse
 
-    result = warehouse.load_payloads(engine, request_id)
+    secrets = [api_key.get()] if api_key else []
+    result = warehouse.load_payloads(engine, request_id, secrets=secrets, settings=LoadSettings.from_env())
     counts = asdict(result)
     if result.failed_payloads == result.payloads:
         raise PayloadError(

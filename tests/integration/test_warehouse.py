@@ -141,7 +141,7 @@ def _fail_on_key(engine: Engine, key: str) -> None:
             )
 
 
-def test_a_failure_mid_load_leaves_the_database_exactly_as_before(engine: Engine) -> None:
+def test_a_failure_mid_load_leaves_the_database_as_before_but_records_the_failed_load(engine: Engine) -> None:
     request_id = new_request(engine)
     load_payload(engine, land(engine, request_id, [record("0", "2024-05-01 08:00:00")]))
     records = [record(str(i), "2024-05-01 10:00:00") for i in range(30)] + [record("bad", "nope")]
@@ -150,7 +150,13 @@ def test_a_failure_mid_load_leaves_the_database_exactly_as_before(engine: Engine
     before = snapshot(engine)
     with pytest.raises(Exception, match="injected failure"):
         load_payload(engine, payload, batch_size=10)  # batches 0-9 and 10-19 merged before it fails
-    assert snapshot(engine) == before
+    after = snapshot(engine)
+    [failed] = [run for run in after.pop("load_runs") if run["payload_id"] == payload]
+    counts = (failed["rows_in"], failed["inserted"], failed["rejected"])
+    assert (failed["status"], counts) == ("failed", (0, 0, 0))
+    assert "injected failure" in failed["error"]
+    before.pop("load_runs")
+    assert after == before  # nothing merged, the payload still pending, the request still received
 
 
 def test_an_unparseable_payload_is_a_failed_load_not_a_crash(engine: Engine) -> None:
