@@ -64,7 +64,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import lru_cache
 from itertools import chain, islice
 from typing import IO, Any, Final
 
@@ -182,10 +181,18 @@ MIN_LEARNED_SECRET_CHARS: Final = 8
 MAX_COLUMNAR_EXTRA_FIELDS: Final = 64
 
 
-@lru_cache(maxsize=65_536)
+_NOT_TOKEN = re.compile(r"[^0-9a-z]")
+
+
 def field_token(name: str) -> str:
-    """A field name compared without case or separators: ``Data_Unique-Id`` -> ``datauniqueid``."""
-    return re.sub(r"[^0-9a-z]", "", name.lower())
+    """A field name compared without case or separators: ``Data_Unique-Id`` -> ``datauniqueid``.
+
+    Called once per distinct name of a batch: a payload of per-record custom fields has millions.
+    """
+    lowered = name.lower()
+    if lowered.isascii() and lowered.isalnum():
+        return lowered
+    return _NOT_TOKEN.sub("", lowered)
 
 
 def is_secret_field(name: str) -> bool:
@@ -617,6 +624,7 @@ _TIME_PARTS = (
     r"^(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})"
     r"\s+(?P<hour>\d{1,2}):(?P<minute>\d{1,2}):(?P<second>\d{1,2})$"
 )
+_SAFE_TIME = r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8]) (?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
 _PANDAS_TYPES = {_TEXT: pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}
 
 
@@ -644,19 +652,7 @@ def _parse_time(
     """
     trimmed = pc.utf8_trim_whitespace(text)
     local = pc.strptime(trimmed, format=TIME_FORMAT, unit="s", error_is_null=True)
-    parts = pc.extract_regex(trimmed, _TIME_PARTS)
-    written = True
-    for name, parsed in (
-        ("year", pc.year(local)),
-        ("month", pc.month(local)),
-        ("day", pc.day(local)),
-        ("hour", pc.hour(local)),
-        ("minute", pc.minute(local)),
-        ("second", pc.second(local)),
-    ):
-        same = pc.equal(pc.cast(pc.struct_field(parts, name), pa.int64()), pc.cast(parsed, pa.int64()))
-        written = same if written is True else pc.and_kleene(written, same)
-    local = pc.if_else(pc.fill_null(written, False), local, pa.scalar(None, local.type))
+    local = pc.if_else(_as_written(trimmed, local), local, pa.scalar(None, local.type))
     naive = pd.Series(local.to_pandas()).astype("datetime64[us]")
     # Out of range by more than a day in any zone: NaT before localizing (year 0 cannot be localized).
     margin = timedelta(days=1)
@@ -669,6 +665,33 @@ def _parse_time(
     early |= np.array(utc < pd.Timestamp(earliest), dtype=bool)
     late |= np.array(utc > pd.Timestamp(latest), dtype=bool)
     return utc.mask(early | late), early, late
+
+
+def _as_written(trimmed: pa.Array, local: pa.Array) -> pa.Array:
+    """Whether each parsed time has the fields written (False where it was rolled over or is NULL).
+
+    Most rows are proved safe by one regex (day <= 28, hour <= 23, ...); only the others (days 29-31,
+    unpadded fields) have their fields extracted and compared: extracting every row cost 6x the parse.
+    """
+    safe = _mask(pc.match_substring_regex(trimmed, _SAFE_TIME))
+    doubtful = np.flatnonzero(~safe & _mask(local.is_valid()))
+    if len(doubtful):
+        indices = pa.array(doubtful)
+        parts = pc.extract_regex(pc.take(trimmed, indices), _TIME_PARTS)
+        parsed = pc.take(local, indices)
+        same = pa.array(np.ones(len(doubtful), dtype=bool))
+        for name, field_of in (
+            ("year", pc.year),
+            ("month", pc.month),
+            ("day", pc.day),
+            ("hour", pc.hour),
+            ("minute", pc.minute),
+            ("second", pc.second),
+        ):
+            written = pc.cast(pc.struct_field(parts, name), pa.int64())
+            same = pc.and_kleene(same, pc.equal(written, pc.cast(field_of(parsed), pa.int64())))
+        safe[doubtful] = _mask(same)
+    return pa.array(safe)
 
 
 def _whole_number(text: pa.Array) -> pa.Array:
@@ -710,7 +733,20 @@ def _legs(dial_status: pa.Array) -> tuple[pa.Array, pa.Array]:
     return _nulled(first), _nulled(last)
 
 
+def _may_contain(text: pa.Array, needle: str) -> bool:
+    """Whether any value may contain ``needle``: one search of the array's bytes (false positives are
+    possible, e.g. across two values; false negatives are not)."""
+    data = text.buffers()[2] if text.null_count < len(text) else None
+    return data is not None and needle.encode() in data.to_pybytes()
+
+
 def _longer_than(text: pa.Array, limit: int) -> np.ndarray:
+    """Rows longer than ``limit`` characters; the offsets answer first (bytes >= characters)."""
+    offsets = text.buffers()[1]
+    if offsets is not None and len(text):
+        ends = np.frombuffer(offsets, dtype=np.int32)[text.offset : text.offset + len(text) + 1]
+        if int(np.diff(ends).max()) <= limit:
+            return np.zeros(len(text), dtype=bool)
     return _mask(pc.greater(pc.utf8_length(text), limit))
 
 
@@ -878,13 +914,13 @@ class _Notes:
 
 def _cleaned_column(column: str, values: pa.Array, secrets: SecretValues, notes: _Notes) -> pa.Array:
     """``values`` without NUL characters and secrets (vectorized), each change noted."""
-    if values.null_count == len(values):
-        return values
-    nul = pc.match_substring(values, "\x00")
-    if pc.any(nul).as_py():
+    if _may_contain(values, "\x00"):
+        nul = pc.match_substring(values, "\x00")
         values = pc.replace_substring(values, "\x00", "")
         notes.add(_mask(nul), f"{column}: NUL characters removed")
     for secret in secrets:
+        if not _may_contain(values, secret):
+            continue
         found = pc.match_substring(values, secret)
         if pc.any(found).as_py():
             values = pc.replace_substring(values, secret, REDACTED)
@@ -907,15 +943,8 @@ def normalize_records(
         else:
             others.append((position, record))
     plan = _field_plan(dicts)
-    for name in plan.secret_fields:  # learned first, so that everything below is redacted with them
-        rules.secrets.learn(record.get(name) for record in dicts)
-    cleaner = _Cleaner(rules.secrets)
-    reject_rows = [
-        (position, "record is not a JSON object", cleaner.raw_record(record)) for position, record in others
-    ]
-
     columnar = len(plan.extra_fields) <= MAX_COLUMNAR_EXTRA_FIELDS
-    struct_fields = [*plan.column_fields, *(plan.extra_fields if columnar else ())]
+    struct_fields = [*plan.column_fields, *plan.secret_fields, *(plan.extra_fields if columnar else ())]
     struct = pa.struct([(name, _TEXT) for name in struct_fields])
     array: pa.StructArray | None
     try:
@@ -923,6 +952,16 @@ def normalize_records(
         plain = columnar  # every value of the batch is text or null: nothing nested anywhere
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         array, plain = None, False
+    # Secrets are learned first, so that everything below (rejects included) is redacted with them.
+    for name in plan.secret_fields:
+        if array is not None:
+            rules.secrets.learn(pc.unique(array.field(struct_fields.index(name))).to_pylist())
+        else:
+            rules.secrets.learn(record.get(name) for record in dicts)
+    cleaner = _Cleaner(rules.secrets)
+    reject_rows = [
+        (position, "record is not a JSON object", cleaner.raw_record(record)) for position, record in others
+    ]
     if not plain:
         flat, flat_positions, deep = _flattened(dicts, positions, cleaner)
         if deep:
@@ -1026,9 +1065,10 @@ def normalize_records(
 
     extra = _extra_json(dicts, plan, text)
     # Rows whose extra needs care (NUL, a secret, a huge value, a cut column's whole value): rebuilt exactly.
-    suspicious = _mask(pc.match_substring(extra, "\\u0000")) | _longer_than(extra, MAX_STORED_VALUE_CHARS)
-    for secret in rules.secrets:
-        suspicious |= _mask(pc.match_substring(extra, orjson.dumps(secret).decode()[1:-1]))
+    suspicious = _longer_than(extra, MAX_STORED_VALUE_CHARS)
+    for needle in ("\\u0000", *(orjson.dumps(secret).decode()[1:-1] for secret in rules.secrets)):
+        if _may_contain(extra, needle):
+            suspicious |= _mask(pc.match_substring(extra, needle))
     if overflow:
         suspicious[list(overflow)] = True
     too_big = np.zeros(rows, dtype=bool)
