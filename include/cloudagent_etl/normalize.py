@@ -660,11 +660,12 @@ def _parse_time(
     high = pd.Timestamp(latest.astimezone(UTC).replace(tzinfo=None) + margin)
     early = np.array(naive < low, dtype=bool)
     late = np.array(naive > high, dtype=bool)
-    naive = naive.mask(early | late)
+    if early.any() or late.any():
+        naive = naive.mask(early | late)
     utc = naive.dt.tz_localize(zone(tz), ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
     early |= np.array(utc < pd.Timestamp(earliest), dtype=bool)
     late |= np.array(utc > pd.Timestamp(latest), dtype=bool)
-    return utc.mask(early | late), early, late
+    return (utc.mask(early | late) if early.any() or late.any() else utc), early, late
 
 
 def _as_written(trimmed: pa.Array, local: pa.Array) -> pa.Array:
@@ -853,10 +854,15 @@ def _extra_json(records: list[dict[str, Any]], plan: _FieldPlan, text: dict[str,
 
 
 def _flattened(
-    records: list[dict[str, Any]], positions: list[int], cleaner: _Cleaner
-) -> tuple[list[dict[str, Any]], list[int], list[tuple[int, str, str]]]:
-    """Records with every nested value as its JSON text; a record nested too deep becomes a reject."""
+    records: list[dict[str, Any]], positions: list[int], cleaner: _Cleaner, plan: _FieldPlan
+) -> tuple[list[dict[str, Any]], list[int], list[tuple[int, str, str]], dict[int, list[str]]]:
+    """Records with every nested value as its JSON text; a record nested too deep becomes a reject.
+
+    Also returns, per kept record (by its new index), what cleaning its nested values changed.
+    """
     kept, kept_positions, rejects = [], [], []
+    changes: dict[int, list[str]] = {}
+    columns = {name: column for column, names in plan.by_column.items() for name in names}
     for record, position in zip(records, positions, strict=True):
         if _SCALAR_TYPES.issuperset(map(type, record.values())):
             kept.append(record)
@@ -875,14 +881,20 @@ def _flattened(
             )
             rejects.append((position, reason, cleaner.raw_record(record)))
             continue
-        kept.append(
-            {
-                name: cleaner.json_text(value) if isinstance(value, dict | list) else value
-                for name, value in record.items()
-            }
-        )
+        flat: dict[str, Any] = {}
+        for name, value in record.items():
+            if isinstance(value, dict | list) and not is_secret_field(str(name)):
+                value_cleaner = _Cleaner(cleaner.secrets)
+                flat[name] = value_cleaner.json_text(value)
+                label = columns.get(name, "extra")
+                changes.setdefault(len(kept), []).extend(
+                    f"{label}: {c}" for c in sorted(value_cleaner.changes)
+                )
+            else:
+                flat[name] = value
+        kept.append(flat)
         kept_positions.append(position)
-    return kept, kept_positions, rejects
+    return kept, kept_positions, rejects, changes
 
 
 class _Notes:
@@ -947,6 +959,7 @@ def normalize_records(
     struct_fields = [*plan.column_fields, *plan.secret_fields, *(plan.extra_fields if columnar else ())]
     struct = pa.struct([(name, _TEXT) for name in struct_fields])
     array: pa.StructArray | None
+    nested_changes: dict[int, list[str]] = {}
     try:
         array = pa.array(dicts, type=struct)
         plain = columnar  # every value of the batch is text or null: nothing nested anywhere
@@ -963,7 +976,7 @@ def normalize_records(
         (position, "record is not a JSON object", cleaner.raw_record(record)) for position, record in others
     ]
     if not plain:
-        flat, flat_positions, deep = _flattened(dicts, positions, cleaner)
+        flat, flat_positions, deep, nested_changes = _flattened(dicts, positions, cleaner, plan)
         if deep:
             reject_rows.extend(deep)
             keep = np.isin(np.asarray(positions), [position for position, _, _ in deep], invert=True)
@@ -977,6 +990,8 @@ def normalize_records(
     index = pd.Index(positions, name="position")
 
     notes = _Notes(rows)
+    for row, changes in nested_changes.items():
+        notes.add_row(row, changes)
     empty = pa.nulls(rows, _TEXT)
     source: dict[str, pa.Array] = {}
     for column in FIELD_ALIASES:

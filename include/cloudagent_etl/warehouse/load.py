@@ -311,7 +311,7 @@ class _Merger:
     def _count_later_identical_rejects(self) -> None:
         """Set ``occurrences`` of reject rows whose identical records came in later batches."""
         changed = [
-            {"payload_id": self.lineage["payload_id"], "position": position, "count": count}
+            {"reject_payload": self.lineage["payload_id"], "reject_position": position, "count": count}
             for position, count in self.occurrences.items()
             if self.written_occurrences.get(position) != count
         ]
@@ -319,8 +319,8 @@ class _Merger:
             self.conn.execute(
                 update(dial_status_rejects)
                 .where(
-                    dial_status_rejects.c.payload_id == bindparam("payload_id"),
-                    dial_status_rejects.c.position == bindparam("position"),
+                    dial_status_rejects.c.payload_id == bindparam("reject_payload"),
+                    dial_status_rejects.c.position == bindparam("reject_position"),
                 )
                 .values(occurrences=bindparam("count")),
                 changed,
