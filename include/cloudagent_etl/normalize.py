@@ -990,8 +990,8 @@ def normalize_records(
     index = pd.Index(positions, name="position")
 
     notes = _Notes(rows)
-    for row, changes in nested_changes.items():
-        notes.add_row(row, changes)
+    for kept_index, changes in nested_changes.items():
+        notes.add_row(kept_index, changes)
     empty = pa.nulls(rows, _TEXT)
     source: dict[str, pa.Array] = {}
     for column in FIELD_ALIASES:
