@@ -19,7 +19,9 @@ PostgreSQL from ``CLOUDAGENT_BENCH_PG_URL`` (default the local server).
   fields of its own names (a campaign's uploaded columns), loaded end to end; the time per record must
   stay flat (the verdict compares the largest N's with the smallest's, tolerance x1.5);
 - a form body: ~50 MB of ``uniqueId=...&data=<urlencoded JSON array>``; the load's peak RSS must stay
-  under 500 MB (the JSON path's is ~400 MB).
+  under 500 MB (the JSON path's is ~400 MB);
+- 5,000,000 empty records (``[{}, {}, ...]``, 10 MB): every one is rejected for the same reasons, so they
+  must make one reject row (``occurrences`` = 5M), not 5M rows.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ SCALING_RESULTS = Path("bench-results/load-scaling.json")
 CUSTOM_FIELDS_PER_RECORD = 25
 FORM_BODY_BYTES = 50_000_000
 FORM_PEAK_RSS_LIMIT_MB = 500
+EMPTY_RECORDS = 5_000_000
 #: The time per record at the largest N may be at most this times that at the smallest: "linear".
 LINEAR_TOLERANCE = 1.5
 
@@ -238,6 +241,27 @@ def bench_form_body(database: str, url: str, workdir: Path) -> dict[str, Any]:
     }
 
 
+def bench_empty_records(database: str, url: str, workdir: Path) -> dict[str, Any]:
+    """Load ``EMPTY_RECORDS`` empty records: the reject rows they make, and the time."""
+    body = write_payload(workdir / "empty.json", ({} for _ in range(EMPTY_RECORDS)))
+    load = run_load(url, land_payload(url, body, "application/json"))
+    engine = create_db_engine(url)
+    with engine.connect() as conn:
+        reject_rows = conn.execute(text("SELECT COUNT(*) FROM dial_status_rejects")).scalar_one()
+    engine.dispose()
+    return {
+        "scenario": "empty_records",
+        "database": database,
+        "records": EMPTY_RECORDS,
+        "payload_mb": body.size / 1e6,
+        "seconds": load["seconds"],
+        "reject_rows": reject_rows,
+        "peak_rss_mb": load["peak_rss_mb"],
+        "load_avg_1m": os.getloadavg()[0],
+        "counts": load["result"],
+    }
+
+
 @contextmanager
 def scratch_database(
     database: str, admin: Engine, pg_server: str, workdir: Path, label: str
@@ -271,7 +295,8 @@ def scaling(
     for database in databases:
         own = [run(database, f"own-{count}", bench_own_fields, count) for count in sizes]
         form = run(database, "form", bench_form_body, None)
-        for row in (*own, form):
+        empty = run(database, "empty", bench_empty_records, None)
+        for row in (*own, form, empty):
             per_1k = f"{row['ms_per_1k_records']:.0f}" if "ms_per_1k_records" in row else "-"
             print(
                 f"{row['scenario']:<12}{row['database']:<11}{row['records']:>9}{row['payload_mb']:>7.0f}"
@@ -284,10 +309,16 @@ def scaling(
         print(
             f"  {database}: time per record x{growth:.2f} from {sizes[0]} to {sizes[-1]} records "
             f"({'linear' if linear else 'NOT LINEAR'}, tolerance x{LINEAR_TOLERANCE}); form body peak RSS "
-            f"{form['peak_rss_mb']:.0f} MB ({'under' if under else 'OVER'} {FORM_PEAK_RSS_LIMIT_MB} MB)"
+            f"{form['peak_rss_mb']:.0f} MB ({'under' if under else 'OVER'} {FORM_PEAK_RSS_LIMIT_MB} MB); "
+            f"{EMPTY_RECORDS} empty records made {empty['reject_rows']} reject row(s)"
         )
-        verdict = {"own_fields_growth": growth, "linear": linear, "form_under_limit": under}
-        results.extend([*own, form, {"scenario": "verdict", "database": database, **verdict}])
+        verdict = {
+            "own_fields_growth": growth,
+            "linear": linear,
+            "form_under_limit": under,
+            "empty_records_reject_rows": empty["reject_rows"],
+        }
+        results.extend([*own, form, empty, {"scenario": "verdict", "database": database, **verdict}])
     return results
 
 

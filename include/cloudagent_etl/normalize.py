@@ -1068,14 +1068,14 @@ def normalize_records(
 
     lead_id = pc.utf8_trim_whitespace(source["lead_id"])
     record_key = _series(lead_id)
-    for row in np.flatnonzero(record_key.isna().to_numpy()):
-        name, number, created = (
-            columns["campaign_name"][row],
-            columns["phone_number"][row],
-            columns["created_at"][row],
-        )
-        if not (pd.isna(name) or pd.isna(number) or pd.isna(created)):
-            record_key.iloc[int(row)] = hashed_record_key(name, number, created)
+    parts = [columns[name] for name in ("campaign_name", "phone_number", "created_at")]
+    hashable = record_key.isna().to_numpy() & np.logical_and.reduce(
+        [part.notna().to_numpy() for part in parts]
+    )
+    if hashable.any():  # a lead without an id: its key is the hash of campaign, phone and created time
+        rows_to_hash = np.flatnonzero(hashable)
+        hashed = map(hashed_record_key, *(part.iloc[rows_to_hash] for part in parts))
+        record_key.iloc[rows_to_hash] = list(hashed)
     columns["record_key"] = record_key
 
     extra = _extra_json(dicts, plan, text)
