@@ -289,7 +289,7 @@ def scaling(
     """The scaling scenarios (see the module docstring), printed as they finish, with a verdict."""
     results: list[dict[str, Any]] = []
     print(
-        f"{'scenario':<12}{'database':<11}{'records':>9}{'MB':>7}{'seconds':>9}"
+        f"{'scenario':<15}{'database':<11}{'records':>9}{'MB':>7}{'seconds':>9}"
         f"{'ms/1k rec':>11}{'peak RSS MB':>13}"
     )
     for database in databases:
@@ -299,7 +299,7 @@ def scaling(
         for row in (*own, form, empty):
             per_1k = f"{row['ms_per_1k_records']:.0f}" if "ms_per_1k_records" in row else "-"
             print(
-                f"{row['scenario']:<12}{row['database']:<11}{row['records']:>9}{row['payload_mb']:>7.0f}"
+                f"{row['scenario']:<15}{row['database']:<11}{row['records']:>9}{row['payload_mb']:>7.0f}"
                 f"{row['seconds']:>9.2f}{per_1k:>11}{row['peak_rss_mb']:>13.0f}",
                 flush=True,
             )
