@@ -940,6 +940,71 @@ def _cleaned_column(column: str, values: pa.Array, secrets: SecretValues, notes:
     return values
 
 
+def _capped_text_columns(
+    columns: dict[str, pd.Series],
+    source: dict[str, pa.Array],
+    derived: dict[str, pa.Array],
+    records: list[dict[str, Any]],
+    plan: _FieldPlan,
+    notes: _Notes,
+) -> dict[int, dict[str, str]]:
+    """Set every text column but the keys, cut to :data:`MAX_TEXT_CHARS` (noted).
+
+    Returns, per row, the whole values of the source fields that were cut, by field name (for ``extra``).
+    """
+    overflow: dict[int, dict[str, str]] = {}
+    for column in ROW_COLUMNS:
+        if ROW_COLUMN_KINDS[column] != "text" or column in ("record_key", "load_notes"):
+            continue
+        values = derived[column] if column in derived else source[column]
+        if column != "campaign_name" and (long := _longer_than(values, MAX_TEXT_CHARS)).any():
+            if column in source:
+                for row in np.flatnonzero(long).tolist():
+                    name = next(name for name in plan.by_column[column] if records[row].get(name) is not None)
+                    overflow.setdefault(row, {})[str(name)] = values[row].as_py()
+                notes.add(long, f"{column}: cut to {MAX_TEXT_CHARS} characters, the whole value is in extra")
+            values = pc.if_else(pa.array(long), _cut(values, MAX_TEXT_CHARS), values)
+        columns[column] = _series(values)
+    return overflow
+
+
+def _checked_extra(
+    extra: pa.Array,
+    records: list[dict[str, Any]],
+    plan: _FieldPlan,
+    overflow: dict[int, dict[str, str]],
+    secrets: SecretValues,
+    notes: _Notes,
+) -> tuple[pa.Array, np.ndarray]:
+    """``extra`` with the rows that need care rebuilt exactly, and the rows that are too big to store.
+
+    Care: a NUL (``\\u0000`` in the JSON), a secret, a value over :data:`MAX_STORED_VALUE_CHARS`, the whole
+    value of a cut column. Found by searches over the whole array, so clean batches cost nothing more.
+    """
+    suspicious = _longer_than(extra, MAX_STORED_VALUE_CHARS)
+    for needle in ("\\u0000", *(orjson.dumps(secret).decode()[1:-1] for secret in secrets)):
+        if _may_contain(extra, needle):
+            suspicious |= _mask(pc.match_substring(extra, needle))
+    if overflow:
+        suspicious[list(overflow)] = True
+    too_big = np.zeros(len(extra), dtype=bool)
+    if not suspicious.any():
+        return extra, too_big
+    extras = extra.to_pylist()
+    extra_fields, shadowed = frozenset(plan.extra_fields), plan.shadowed
+    for row in np.flatnonzero(suspicious).tolist():
+        cleaner = _Cleaner(secrets)
+        kept = {
+            cleaner.text(str(name)): None if value is None else cleaner.text(value)
+            for name, value in _record_extra(records[row], extra_fields, shadowed).items()
+        }
+        kept.update({name: cleaner.text(value) for name, value in overflow.get(row, {}).items()})
+        extras[row] = orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode() if kept else None
+        too_big[row] = extras[row] is not None and len(extras[row]) > MAX_EXTRA_CHARS
+        notes.add_row(row, (f"extra: {change}" for change in sorted(cleaner.changes)))
+    return pa.array(extras, _TEXT), too_big
+
+
 def normalize_records(
     records: list[Any], *, first_position: int = 0, rules: RecordRules | None = None
 ) -> NormalizedBatch:
@@ -1038,7 +1103,6 @@ def normalize_records(
     columns["call_duration_s"] = parsed_duration
 
     # Lengths: keys too long reject; other text is cut, the whole source value kept in extra.
-    overflow: dict[int, dict[str, str]] = {}
     for column, label in (("campaign_name", "campaign_name"), ("lead_id", "record_key: the lead id")):
         reasons.append(
             (
@@ -1052,19 +1116,7 @@ def normalize_records(
         "dial_status_first": first_leg,
         "dial_status_last": last_leg,
     }
-    for column in ROW_COLUMNS:
-        if ROW_COLUMN_KINDS[column] != "text" or column in ("record_key", "load_notes"):
-            continue
-        values = derived[column] if column in derived else source[column]
-        long = _longer_than(values, MAX_TEXT_CHARS) if column != "campaign_name" else np.zeros(rows, bool)
-        if long.any():
-            if column in source:
-                for row in np.flatnonzero(long):
-                    name = next(name for name in plan.by_column[column] if dicts[row].get(name) is not None)
-                    overflow.setdefault(int(row), {})[str(name)] = values[int(row)].as_py()
-                notes.add(long, f"{column}: cut to {MAX_TEXT_CHARS} characters, the whole value is in extra")
-            values = pc.if_else(pa.array(long), _cut(values, MAX_TEXT_CHARS), values)
-        columns[column] = _series(values)
+    overflow = _capped_text_columns(columns, source, derived, dicts, plan, notes)
 
     lead_id = pc.utf8_trim_whitespace(source["lead_id"])
     record_key = _series(lead_id)
@@ -1078,29 +1130,9 @@ def normalize_records(
         record_key.iloc[rows_to_hash] = list(hashed)
     columns["record_key"] = record_key
 
-    extra = _extra_json(dicts, plan, text)
-    # Rows whose extra needs care (NUL, a secret, a huge value, a cut column's whole value): rebuilt exactly.
-    suspicious = _longer_than(extra, MAX_STORED_VALUE_CHARS)
-    for needle in ("\\u0000", *(orjson.dumps(secret).decode()[1:-1] for secret in rules.secrets)):
-        if _may_contain(extra, needle):
-            suspicious |= _mask(pc.match_substring(extra, needle))
-    if overflow:
-        suspicious[list(overflow)] = True
-    too_big = np.zeros(rows, dtype=bool)
-    if suspicious.any():
-        extras = extra.to_pylist()
-        extra_fields, shadowed = frozenset(plan.extra_fields), plan.shadowed
-        for row in np.flatnonzero(suspicious):
-            row_cleaner = _Cleaner(rules.secrets)
-            kept = {
-                row_cleaner.text(str(name)): None if value is None else row_cleaner.text(value)
-                for name, value in _record_extra(dicts[row], extra_fields, shadowed).items()
-            }
-            kept.update({name: row_cleaner.text(value) for name, value in overflow.get(int(row), {}).items()})
-            extras[row] = orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode() if kept else None
-            too_big[row] = extras[row] is not None and len(extras[row]) > MAX_EXTRA_CHARS
-            notes.add_row(int(row), (f"extra: {change}" for change in sorted(row_cleaner.changes)))
-        extra = pa.array(extras, _TEXT)
+    extra, too_big = _checked_extra(
+        _extra_json(dicts, plan, text), dicts, plan, overflow, rules.secrets, notes
+    )
     reasons.append((too_big, f"extra: more than {MAX_EXTRA_CHARS} characters in fields without a column"))
     columns["extra"] = _series(extra)
     columns["load_notes"] = notes.column()

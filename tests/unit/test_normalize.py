@@ -598,8 +598,8 @@ def test_a_depth_bomb_as_the_whole_document_fails_fast_before_any_parser_sees_it
 def test_the_depth_guard_ignores_brackets_inside_strings_and_escaped_quotes() -> None:
     tricky = '[[[ \\" [[[ \\\\' + "[" * 3000  # an escaped quote, an escaped backslash, then brackets
     body = json.dumps({"data": [good("1", Note=tricky)]}).encode()
-    normalize_records_guard = normalize._DepthGuard(io.BytesIO(body))
-    assert json.loads(normalize_records_guard.read()) == {"data": [good("1", Note=tricky)]}
+    guard = normalize._DepthGuard(io.BytesIO(body))
+    assert json.loads(guard.read()) == {"data": [good("1", Note=tricky)]}
     [row] = rows_of(normalize_with_rules(body))
     assert json.loads(row["extra"])["Note"] == tricky
 
