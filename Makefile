@@ -54,6 +54,7 @@ airflow-stop:
 
 bench: install
 	$(PY) -m benchmarks.bench_load
+	$(PY) -m benchmarks.bench_load --scaling
 
 bench-receiver: install
 	$(PY) -m benchmarks.bench_receiver

@@ -12,6 +12,16 @@ For each size (100k and 1M synthetic records from the simulator's generator, ~54
 
 Prints a table and writes ``bench-results/load.json``. ``python -m benchmarks.bench_load [--sizes 100000]``;
 PostgreSQL from ``CLOUDAGENT_BENCH_PG_URL`` (default the local server).
+
+``--scaling`` measures instead what must grow no faster than the data (``bench-results/load-scaling.json``):
+
+- per-record custom fields: N records (``--scaling-sizes``, default 1k, 10k, 100k), each with 25 custom
+  fields of its own names (a campaign's uploaded columns), loaded end to end; the time per record must
+  stay flat (the verdict compares the largest N's with the smallest's, tolerance x1.5);
+- a form body: ~50 MB of ``uniqueId=...&data=<urlencoded JSON array>``; the load's peak RSS must stay
+  under 500 MB (the JSON path's is ~400 MB);
+- 5,000,000 empty records (``[{}, {}, ...]``, 10 MB): every one is rejected for the same reasons, so they
+  must make one reject row (``occurrences`` = 5M), not 5M rows.
 """
 
 from __future__ import annotations
@@ -26,12 +36,15 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import orjson
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from cloudagent_etl import landing, warehouse
@@ -40,21 +53,48 @@ from cloudagent_etl.simulator.data import synthetic_records
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RESULTS = Path("bench-results/load.json")
+SCALING_RESULTS = Path("bench-results/load-scaling.json")
+CUSTOM_FIELDS_PER_RECORD = 25
+FORM_BODY_BYTES = 50_000_000
+FORM_PEAK_RSS_LIMIT_MB = 500
+EMPTY_RECORDS = 5_000_000
+#: The time per record at the largest N may be at most this times that at the smallest: "linear".
+LINEAR_TOLERANCE = 1.5
 
 
-def write_payload(path: Path, count: int) -> landing.CallbackBody:
-    """Write ``count`` synthetic records as one JSON array, streaming; return it ready to land."""
+def write_payload(
+    path: Path, records: Iterable[dict[str, str]], *, form: bool = False, max_bytes: int | None = None
+) -> landing.CallbackBody:
+    """Write ``records`` as one JSON array (or as a form's urlencoded ``data`` field), streaming.
+
+    Stops after the record that reaches ``max_bytes``; returns the body ready to land.
+    """
     digest = hashlib.sha256()
     with path.open("wb") as out:
-        out.write(b"[")
-        digest.update(b"[")
-        for index, record in enumerate(synthetic_records(count, seed=7)):
-            piece = (b"," if index else b"") + orjson.dumps(record)
-            out.write(piece)
-            digest.update(piece)
-        out.write(b"]")
-        digest.update(b"]")
+
+        def write(piece: bytes, *, encode: bool = form) -> None:
+            data = quote_from_bytes(piece).encode() if encode else piece
+            out.write(data)
+            digest.update(data)
+
+        if form:
+            write(b"uniqueId=bench-form&data=", encode=False)
+        write(b"[")
+        for index, record in enumerate(records):
+            write((b"," if index else b"") + orjson.dumps(record))
+            if max_bytes is not None and out.tell() >= max_bytes:
+                break
+        write(b"]")
     return landing.CallbackBody(path.open("rb"), path.stat().st_size, digest.hexdigest())
+
+
+def records_with_own_fields(count: int) -> Iterator[dict[str, str]]:
+    """Synthetic records, each with ``CUSTOM_FIELDS_PER_RECORD`` custom fields no other record has."""
+    for index, record in enumerate(synthetic_records(count, seed=7)):
+        record.update(
+            {f"Upload_{index}_{field}": f"value {field}" for field in range(CUSTOM_FIELDS_PER_RECORD)}
+        )
+        yield record
 
 
 def child_load(url: str, payload_id: int) -> None:
@@ -125,7 +165,8 @@ def sqlite_reference(url: str, count: int) -> dict[str, float]:
     return {"reference_pk": figure}
 
 
-def bench(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
+def land_payload(url: str, body: landing.CallbackBody, content_type: str) -> int:
+    """Migrate ``url``, make an export request of campaign BENCH and land ``body`` for it; its payload id."""
     migrate(url)
     engine = create_db_engine(url)
     request = landing.create_export_request(
@@ -136,12 +177,17 @@ def bench(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
         window_end=datetime(2024, 1, 2, tzinfo=UTC),
         filters={"sortby": "2"},
     )
-    body = write_payload(workdir / f"payload-{count}.json", count)
     with body.file:
-        stored = landing.store_callback(engine, request.request_id, body, content_type="application/json")
+        stored = landing.store_callback(engine, request.request_id, body, content_type=content_type)
     engine.dispose()
+    return stored.payload_id
+
+
+def bench(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
+    body = write_payload(workdir / f"payload-{count}.json", synthetic_records(count, seed=7))
+    payload_id = land_payload(url, body, "application/json")
     load_before = os.getloadavg()[0]
-    load = run_load(url, stored.payload_id)
+    load = run_load(url, payload_id)
     machine_load = max(load_before, os.getloadavg()[0])
     reference = pg_reference(url, count) if database == "postgresql" else sqlite_reference(url, count)
     rows_per_s = count / load["seconds"]
@@ -160,10 +206,128 @@ def bench(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+def bench_own_fields(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
+    """Load ``count`` records with per-record custom fields: the time per 1,000 records."""
+    body = write_payload(workdir / f"own-fields-{count}.json", records_with_own_fields(count))
+    load = run_load(url, land_payload(url, body, "application/json"))
+    return {
+        "scenario": "own_fields",
+        "database": database,
+        "records": count,
+        "payload_mb": body.size / 1e6,
+        "seconds": load["seconds"],
+        "ms_per_1k_records": 1000 * load["seconds"] / count * 1000,
+        "peak_rss_mb": load["peak_rss_mb"],
+        "load_avg_1m": os.getloadavg()[0],
+        "counts": load["result"],
+    }
+
+
+def bench_form_body(database: str, url: str, workdir: Path) -> dict[str, Any]:
+    """Load a ~50 MB urlencoded form body: its peak RSS."""
+    records = synthetic_records(10**7, seed=7)
+    body = write_payload(workdir / "form.txt", records, form=True, max_bytes=FORM_BODY_BYTES)
+    load = run_load(url, land_payload(url, body, "application/x-www-form-urlencoded"))
+    return {
+        "scenario": "form_body",
+        "database": database,
+        "records": load["result"]["rows_in"],
+        "payload_mb": body.size / 1e6,
+        "seconds": load["seconds"],
+        "peak_rss_mb": load["peak_rss_mb"],
+        "peak_rss_limit_mb": FORM_PEAK_RSS_LIMIT_MB,
+        "load_avg_1m": os.getloadavg()[0],
+        "counts": load["result"],
+    }
+
+
+def bench_empty_records(database: str, url: str, workdir: Path) -> dict[str, Any]:
+    """Load ``EMPTY_RECORDS`` empty records: the reject rows they make, and the time."""
+    body = write_payload(workdir / "empty.json", ({} for _ in range(EMPTY_RECORDS)))
+    load = run_load(url, land_payload(url, body, "application/json"))
+    engine = create_db_engine(url)
+    with engine.connect() as conn:
+        reject_rows = conn.execute(text("SELECT COUNT(*) FROM dial_status_rejects")).scalar_one()
+    engine.dispose()
+    return {
+        "scenario": "empty_records",
+        "database": database,
+        "records": EMPTY_RECORDS,
+        "payload_mb": body.size / 1e6,
+        "seconds": load["seconds"],
+        "reject_rows": reject_rows,
+        "peak_rss_mb": load["peak_rss_mb"],
+        "load_avg_1m": os.getloadavg()[0],
+        "counts": load["result"],
+    }
+
+
+@contextmanager
+def scratch_database(
+    database: str, admin: Engine, pg_server: str, workdir: Path, label: str
+) -> Iterator[str]:
+    """A new empty database of the kind, as a URL (a PostgreSQL one is dropped afterwards)."""
+    if database != "postgresql":
+        yield f"sqlite:///{workdir / f'bench-{label}.db'}"
+        return
+    name = f"bench_load_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(to_sqlalchemy_url(pg_server)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+Scenario = Callable[..., dict[str, Any]]
+
+
+def scaling(
+    databases: list[str], sizes: list[int], run: Callable[[str, str, Scenario, Any], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The scaling scenarios (see the module docstring), printed as they finish, with a verdict."""
+    results: list[dict[str, Any]] = []
+    print(
+        f"{'scenario':<15}{'database':<11}{'records':>9}{'MB':>7}{'seconds':>9}"
+        f"{'ms/1k rec':>11}{'peak RSS MB':>13}"
+    )
+    for database in databases:
+        own = [run(database, f"own-{count}", bench_own_fields, count) for count in sizes]
+        form = run(database, "form", bench_form_body, None)
+        empty = run(database, "empty", bench_empty_records, None)
+        for row in (*own, form, empty):
+            per_1k = f"{row['ms_per_1k_records']:.0f}" if "ms_per_1k_records" in row else "-"
+            print(
+                f"{row['scenario']:<15}{row['database']:<11}{row['records']:>9}{row['payload_mb']:>7.0f}"
+                f"{row['seconds']:>9.2f}{per_1k:>11}{row['peak_rss_mb']:>13.0f}",
+                flush=True,
+            )
+        growth = own[-1]["ms_per_1k_records"] / own[0]["ms_per_1k_records"]
+        linear = growth <= LINEAR_TOLERANCE
+        under = form["peak_rss_mb"] < FORM_PEAK_RSS_LIMIT_MB
+        print(
+            f"  {database}: time per record x{growth:.2f} from {sizes[0]} to {sizes[-1]} records "
+            f"({'linear' if linear else 'NOT LINEAR'}, tolerance x{LINEAR_TOLERANCE}); form body peak RSS "
+            f"{form['peak_rss_mb']:.0f} MB ({'under' if under else 'OVER'} {FORM_PEAK_RSS_LIMIT_MB} MB); "
+            f"{EMPTY_RECORDS} empty records made {empty['reject_rows']} reject row(s)"
+        )
+        verdict = {
+            "own_fields_growth": growth,
+            "linear": linear,
+            "form_under_limit": under,
+            "empty_records_reject_rows": empty["reject_rows"],
+        }
+        results.extend([*own, form, empty, {"scenario": "verdict", "database": database, **verdict}])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--databases", default="postgresql,sqlite")
+    parser.add_argument("--scaling", action="store_true", help="run the scaling scenarios instead")
+    parser.add_argument("--scaling-sizes", default="1000,10000,100000")
     parser.add_argument("--child", nargs=2, metavar=("URL", "PAYLOAD_ID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -172,34 +336,30 @@ def main() -> None:
 
     pg_server = os.environ.get("CLOUDAGENT_BENCH_PG_URL", DEFAULT_PG_URL)
     admin = create_engine(to_sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
-    results = []
+    databases = args.databases.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         workdir = Path(tmp)
-        for database in args.databases.split(","):
-            for count in (int(size) for size in args.sizes.split(",")):
-                if database == "postgresql":
-                    name = f"bench_load_{uuid.uuid4().hex[:8]}"
-                    with admin.connect() as conn:
-                        conn.execute(text(f'CREATE DATABASE "{name}"'))
-                    url = make_url(to_sqlalchemy_url(pg_server)).set(database=name)
-                    try:
-                        results.append(
-                            bench(database, url.render_as_string(hide_password=False), count, workdir)
-                        )
-                    finally:
-                        with admin.connect() as conn:
-                            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                else:
-                    results.append(
-                        bench(database, f"sqlite:///{workdir / f'bench-{count}.db'}", count, workdir)
-                    )
-                print_row(results[-1])
+
+        def run(database: str, label: str, scenario: Scenario, option: Any) -> dict[str, Any]:
+            with scratch_database(database, admin, pg_server, workdir, label) as url:
+                options = () if option is None else (option,)
+                return scenario(database, url, *options, workdir)
+
+        if args.scaling:
+            results = scaling(databases, [int(size) for size in args.scaling_sizes.split(",")], run)
+            target = SCALING_RESULTS
+        else:
+            results, target = [], RESULTS
+            for database in databases:
+                for count in (int(size) for size in args.sizes.split(",")):
+                    results.append(run(database, str(count), bench, count))
+                    print_row(results[-1])
     admin.dispose()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(
         json.dumps({"measured_at": datetime.now(UTC).isoformat(), "results": results}, indent=2)
     )
-    print(f"\nwritten to {RESULTS}")
+    print(f"\nwritten to {target}")
 
 
 def print_row(row: dict[str, Any]) -> None:

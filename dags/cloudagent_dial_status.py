@@ -62,7 +62,7 @@ def cloudagent_dial_status() -> None:
         from cloudagent_etl import pipeline
 
         with CloudAgentDbHook().engine() as engine:
-            report = pipeline.sweep(engine)
+            report = pipeline.sweep(engine, api_key=CloudAgentHook().get_settings().api_key)
         return {"expired": report.expired, "loaded": list(report.loaded), "failed": report.failed}
 
     @task
@@ -103,7 +103,8 @@ def cloudagent_dial_status() -> None:
 
         get_current_context()["campaign"] = campaign  # type: ignore[typeddict-unknown-key]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
-            return pipeline.load_request(engine, request_id)
+            api_key = CloudAgentHook().get_settings().api_key  # redacted wherever a payload carries it
+            return pipeline.load_request(engine, request_id, api_key=api_key)
 
     @task_group(group_id="campaign")
     def sync_campaign(campaign: str) -> None:

@@ -21,7 +21,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
-from cloudagent_airflow.hooks import CloudAgentDbHook
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
 
 
 @dag(
@@ -70,7 +70,8 @@ def cloudagent_reprocess() -> None:
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
             label = landing.describe_request(engine, request_id)
             get_current_context()["request_label"] = label  # type: ignore[typeddict-unknown-key]
-            return pipeline.load_request(engine, request_id)
+            api_key = CloudAgentHook().get_settings().api_key  # redacted wherever a payload carries it
+            return pipeline.load_request(engine, request_id, api_key=api_key)
 
     reload.expand(request_id=landed_requests())
 

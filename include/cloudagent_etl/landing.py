@@ -1101,18 +1101,25 @@ class LandedPayload:
     request_id: str
     content_type: str | None
     timezone: str
+    #: The campaign the export was requested for: the only one the payload may write.
+    campaign_name: str
 
 
 def landed_payload(conn: Connection, payload_id: int) -> LandedPayload:
-    """The payload's request, content type and the time zone of its export; PayloadError if unknown."""
+    """The payload's request, content type, its export's time zone and campaign; PayloadError if unknown."""
     row = conn.execute(
-        select(callback_payloads.c.request_id, callback_payloads.c.content_type, export_requests.c.timezone)
+        select(
+            callback_payloads.c.request_id,
+            callback_payloads.c.content_type,
+            export_requests.c.timezone,
+            export_requests.c.campaign_name,
+        )
         .join(export_requests, export_requests.c.request_id == callback_payloads.c.request_id)
         .where(callback_payloads.c.payload_id == payload_id)
     ).one_or_none()
     if row is None:
         raise PayloadError(f"callback payload {payload_id} does not exist")
-    return LandedPayload(payload_id, row.request_id, row.content_type, row.timezone)
+    return LandedPayload(payload_id, row.request_id, row.content_type, row.timezone, row.campaign_name)
 
 
 def received_payload_ids(conn: Connection, request_id: str) -> list[int]:

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 from cloudagent_etl import landing
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
 from cloudagent_etl.errors import ConfigurationError, PayloadError, redact
-from cloudagent_etl.settings import ApiSettings
+from cloudagent_etl.settings import ApiSettings, LoadSettings, Secret
 
 log = logging.getLogger(__name__)
 
@@ -253,15 +253,18 @@ def may_request_again(engine: Engine, request_id: str, *, re_requests: int) -> b
     return request.is_expired and request.attempt <= re_requests
 
 
-def load_request(engine: Engine, request_id: str) -> dict[str, Any]:
+def load_request(engine: Engine, request_id: str, *, api_key: Secret | None = None) -> dict[str, Any]:
     """Normalize and merge every payload landed for the request; return the counts for the task log.
 
-    Everything the load needs (the payloads, the export's time zone) is in the database.
+    Everything the load needs (the payloads, the export's time zone and campaign) is in the database;
+    ``api_key`` (the account's, from the API connection) is redacted wherever a payload carries it. The
+    bounds of record times come from :meth:`LoadSettings.from_env`.
     """
     # Imported here: it brings pandas, which the triggerer (polling landing.callback_status) does not need.
     from cloudagent_etl import warehouse
 
-    result = warehouse.load_payloads(engine, request_id)
+    secrets = [api_key.get()] if api_key else []
+    result = warehouse.load_payloads(engine, request_id, secrets=secrets, settings=LoadSettings.from_env())
     counts = asdict(result)
     if result.failed_payloads == result.payloads:
         raise PayloadError(
@@ -294,17 +297,17 @@ class SweepReport:
         )
 
 
-def sweep(engine: Engine) -> SweepReport:
+def sweep(engine: Engine, *, api_key: Secret | None = None) -> SweepReport:
     """Leave nothing ``requested`` or ``received`` forever: run at the start of each run and on demand.
 
     Requests still waiting past their callback deadline (their wait died with its worker, or the run was
     marked failed) become ``expired``; payloads that landed but that no load will take (late callbacks,
-    a load that died) are loaded.
+    a load that died) are loaded (``api_key`` redacted wherever they carry it, as in any load).
     """
     report = SweepReport(expired=landing.expire_overdue(engine))
     for request_id in landing.requests_with_unloaded_payloads(engine):
         try:
-            report.loaded[request_id] = load_request(engine, request_id)
+            report.loaded[request_id] = load_request(engine, request_id, api_key=api_key)
         except PayloadError as exc:
             report.failed[request_id] = str(exc)
     log.info("%s", report.summary())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,6 +22,10 @@ DEFAULT_TIMEZONE = "Asia/Kolkata"
 DEFAULT_RATE_LIMIT_PER_MINUTE = 10
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024
+#: Record times before this are refused by the load (a year-0 or 0001 date is not a CloudAgent time).
+DEFAULT_EARLIEST_RECORD_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+#: Record times more than this after the load's start are refused (9999-12-31 would pin a lead forever).
+DEFAULT_FUTURE_TOLERANCE = timedelta(days=1)
 
 #: Connection extras that are read; anything else in ``extra`` is ignored.
 ALLOWED_CONNECTION_EXTRAS = frozenset(
@@ -233,3 +238,40 @@ class ReceiverSettings:
             spool_dir=Path(env.get("CLOUDAGENT_RECEIVER_SPOOL_DIR", str(data_dir(env) / "spool"))),
             **limits,
         )
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """Bounds of the record times a load accepts: ``CLOUDAGENT_LOAD_EARLIEST_TIME`` (an ISO date or
+    date-time, UTC unless it has an offset) and ``CLOUDAGENT_LOAD_FUTURE_TOLERANCE_HOURS``."""
+
+    earliest_time: datetime = DEFAULT_EARLIEST_RECORD_TIME
+    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if self.earliest_time.tzinfo is None:
+            raise ConfigurationError("the earliest record time must be timezone-aware")
+        if self.future_tolerance < timedelta(0):
+            raise ConfigurationError("the future tolerance of record times must not be negative")
+
+    def time_bounds(self, load_started: datetime) -> tuple[datetime, datetime]:
+        """The earliest and latest record time a load that started at ``load_started`` accepts."""
+        return self.earliest_time, load_started + self.future_tolerance
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoadSettings:
+        env = os.environ if env is None else env
+        try:
+            earliest = datetime.fromisoformat(
+                env.get("CLOUDAGENT_LOAD_EARLIEST_TIME", DEFAULT_EARLIEST_RECORD_TIME.isoformat())
+            )
+            hours = float(
+                env.get(
+                    "CLOUDAGENT_LOAD_FUTURE_TOLERANCE_HOURS", DEFAULT_FUTURE_TOLERANCE.total_seconds() / 3600
+                )
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid load setting: {exc}") from None
+        if earliest.tzinfo is None:
+            earliest = earliest.replace(tzinfo=UTC)
+        return cls(earliest_time=earliest, future_tolerance=timedelta(hours=hours))

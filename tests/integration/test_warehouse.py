@@ -122,13 +122,13 @@ def test_same_updated_at_with_other_values_replaces_the_version_everywhere(engin
     assert [row["disposition"] for row in table_rows(engine, dial_status_history)] == ["B"]
 
 
-def _fail_on_key(engine: Engine, key: str) -> None:
+def _fail_on_key(engine: Engine, key: str, message: str = "injected failure") -> None:
     """A real database failure mid-load: a trigger that aborts when a given (new) key reaches dial_status."""
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql(
                 "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql"
-                " AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
+                f" AS $$ BEGIN RAISE EXCEPTION '{message}'; END $$"
             )
             conn.exec_driver_sql(
                 f"CREATE TRIGGER boom BEFORE INSERT ON dial_status FOR EACH ROW "
@@ -137,11 +137,11 @@ def _fail_on_key(engine: Engine, key: str) -> None:
         else:
             conn.exec_driver_sql(
                 f"CREATE TRIGGER boom BEFORE INSERT ON dial_status WHEN NEW.record_key = '{key}' "
-                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+                f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
             )
 
 
-def test_a_failure_mid_load_leaves_the_database_exactly_as_before(engine: Engine) -> None:
+def test_a_failure_mid_load_leaves_the_database_as_before_but_records_the_failed_load(engine: Engine) -> None:
     request_id = new_request(engine)
     load_payload(engine, land(engine, request_id, [record("0", "2024-05-01 08:00:00")]))
     records = [record(str(i), "2024-05-01 10:00:00") for i in range(30)] + [record("bad", "nope")]
@@ -150,7 +150,28 @@ def test_a_failure_mid_load_leaves_the_database_exactly_as_before(engine: Engine
     before = snapshot(engine)
     with pytest.raises(Exception, match="injected failure"):
         load_payload(engine, payload, batch_size=10)  # batches 0-9 and 10-19 merged before it fails
-    assert snapshot(engine) == before
+    after = snapshot(engine)
+    [failed] = [run for run in after.pop("load_runs") if run["payload_id"] == payload]
+    counts = (failed["rows_in"], failed["inserted"], failed["rejected"])
+    assert (failed["status"], counts) == ("failed", (0, 0, 0))
+    assert "injected failure" in failed["error"]
+    before.pop("load_runs")
+    assert after == before  # nothing merged, the payload still pending, the request still received
+
+
+def test_an_error_that_quotes_the_api_key_is_recorded_and_raised_redacted(engine: Engine) -> None:
+    request_id = new_request(engine)
+    payload = land(engine, request_id, [record("1", "2024-05-01 10:00:00")])
+    _fail_on_key(engine, "1", message="quota exceeded for key secret-api-key")
+    with pytest.raises(RuntimeError) as raised:
+        load_payload(engine, payload, secrets=["secret-api-key"])
+    assert "quota exceeded for key ***" in str(raised.value)
+    assert "secret-api-key" not in str(raised.value)
+    assert raised.value.__suppress_context__  # a traceback does not print the original error
+    [run] = table_rows(engine, load_runs)
+    assert run["status"] == "failed"
+    assert "quota exceeded for key ***" in run["error"]
+    assert "secret-api-key" not in run["error"]
 
 
 def test_an_unparseable_payload_is_a_failed_load_not_a_crash(engine: Engine) -> None:

@@ -211,15 +211,17 @@ def test_requests_of_a_run_and_requests_with_payloads(engine: Engine) -> None:
     }
 
 
-def test_landed_payload_knows_the_request_and_the_time_zone_of_its_export(engine: Engine) -> None:
-    new = new_request(engine, timezone="Asia/Dubai")
+def test_landed_payload_knows_the_request_and_the_time_zone_and_campaign_of_its_export(
+    engine: Engine,
+) -> None:
+    new = new_request(engine, "Support", timezone="Asia/Dubai")
     payload_id = land(engine, new.request_id, b"[]", content_type="application/json; charset=utf-8")
     with engine.connect() as conn:
         payload = landing.landed_payload(conn, payload_id)
         with pytest.raises(PayloadError, match="does not exist"):
             landing.landed_payload(conn, 999_999)
     assert payload == landing.LandedPayload(
-        payload_id, new.request_id, "application/json; charset=utf-8", "Asia/Dubai"
+        payload_id, new.request_id, "application/json; charset=utf-8", "Asia/Dubai", "Support"
     )
 
 

@@ -422,3 +422,290 @@ def test_extra_is_the_sorted_json_of_the_unknown_fields_whichever_way_it_is_buil
         for city in cities
     ]
     assert [r["extra"] for r in rows_of(normalize_one(json.dumps(records).encode()))] == expected
+
+
+# ------------------------------------------------------------------------------- poisoned and unusual
+KEY = "KK-secret-key"  # the account's apiKey, as CloudAgent puts it in every record (FULL_RECORD's)
+BOUNDS = (utc("2000-01-01 00:00:00"), utc("2026-01-01 00:00:00"))
+
+
+def normalize_with_rules(
+    records: list[Any] | bytes, content_type: str = "application/json", **rules: Any
+) -> NormalizedBatch:
+    """One batch, with the load's rules: campaign Sales, fixed time bounds, the apiKey configured."""
+    body = records if isinstance(records, bytes) else json.dumps(records).encode()
+    options: dict[str, Any] = {
+        "campaign": "Sales",
+        "time_bounds": BOUNDS,
+        "secrets": normalize.SecretValues([KEY]),
+        **rules,
+    }
+    [batch] = normalize_payload(body, content_type, timezone=IST, **options)
+    return batch
+
+
+def rejects_of(batch: NormalizedBatch) -> list[tuple[int, str]]:
+    return [(r["position"], r["reason"]) for r in batch.rejects.to_dict("records")]
+
+
+def good(key: str, **fields: Any) -> dict[str, Any]:
+    return dict(FULL_RECORD, DataUniqueId=key, **fields)
+
+
+def test_nul_characters_are_removed_from_values_and_names_and_noted() -> None:
+    records = [good("1"), good("2", Disposition="Inter\x00ested", Note="a\x00b", **{"Cu\x00stom": "x"})]
+    rows = {row["record_key"]: row for row in rows_of(normalize_with_rules(records))}
+    assert rows["1"]["load_notes"] is None
+    assert rows["2"]["disposition"] == "Interested"
+    assert json.loads(rows["2"]["extra"]) == {
+        "Custom": "x",
+        "LoanAmount": "250000",
+        "Note": "ab",
+        "UserName": "demo_user",
+    }
+    assert rows["2"]["load_notes"] == "disposition: NUL characters removed; extra: NUL characters removed"
+
+
+def test_a_long_value_is_cut_in_its_column_and_kept_whole_in_extra() -> None:
+    disposition = "D" * 100_000
+    records = [good("1"), good("2", Disposition=disposition, DialStatus="x -> " + "y" * 600)]
+    [_, long] = rows_of(normalize_with_rules(records))
+    assert long["disposition"] == "D" * normalize.MAX_TEXT_CHARS
+    assert long["dial_status"] == ("x -> " + "y" * 600)[: normalize.MAX_TEXT_CHARS]
+    assert (long["dial_status_first"], long["dial_status_last"]) == ("x", "y" * normalize.MAX_TEXT_CHARS)
+    extra = json.loads(long["extra"])
+    assert extra["Disposition"] == disposition
+    assert extra["DialStatus"] == "x -> " + "y" * 600
+    assert long["load_notes"] == (
+        "dial_status: cut to 500 characters, the whole value is in extra; "
+        "disposition: cut to 500 characters, the whole value is in extra"
+    )
+
+
+def test_a_value_over_the_storable_size_is_cut_in_extra_too() -> None:
+    huge = "S" * (normalize.MAX_STORED_VALUE_CHARS + 10)
+    [row] = rows_of(normalize_with_rules([good("1", DialStatus=huge, Blob=huge)]))
+    extra = json.loads(row["extra"])
+    assert extra["DialStatus"] == extra["Blob"] == huge[: normalize.MAX_STORED_VALUE_CHARS]
+    assert row["load_notes"].endswith(f"extra: values cut to {normalize.MAX_STORED_VALUE_CHARS} characters")
+
+
+def test_keys_longer_than_the_index_allows_reject_their_record() -> None:
+    records = [good("1"), good("x" * 100_000), dict(good("3"), CampaignName="C" * 201)]
+    batch = normalize_with_rules(records, campaign=None)
+    assert list(batch.rows["record_key"]) == ["1"]
+    assert rejects_of(batch) == [
+        (1, "record_key: the lead id is longer than 200 characters"),
+        (2, "campaign_name is longer than 200 characters"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("updated", "reason"),
+    [
+        ("2024-02-30 10:00:00", "updated_at: not a time %Y-%m-%d %H:%M:%S"),
+        ("2025-02-29 10:00:00", "updated_at: not a time %Y-%m-%d %H:%M:%S"),
+        ("2024-05-01 24:00:00", "updated_at: not a time %Y-%m-%d %H:%M:%S"),
+        ("2024-05-01 10:00:60", "updated_at: not a time %Y-%m-%d %H:%M:%S"),
+        ("0000-01-01 00:00:00", "updated_at: before 2000-01-01 00:00:00 UTC"),
+        ("0001-01-01 00:00:00", "updated_at: before 2000-01-01 00:00:00 UTC"),
+        ("1999-12-31 23:59:59", "updated_at: before 2000-01-01 00:00:00 UTC"),
+        (
+            "9999-12-31 23:59:59",
+            "updated_at: later than the latest time allowed (the load's start + tolerance)",
+        ),
+        (
+            "2026-01-01 05:30:01",
+            "updated_at: later than the latest time allowed (the load's start + tolerance)",
+        ),
+    ],
+)
+def test_dates_that_are_not_dates_or_out_of_bounds_reject_their_record(updated: str, reason: str) -> None:
+    batch = normalize_with_rules([good("1"), good("2", UpdatedDate=updated)])
+    assert list(batch.rows["record_key"]) == ["1"]
+    assert rejects_of(batch) == [(1, reason)]
+
+
+def test_valid_dates_at_the_bounds_and_leap_days_load() -> None:
+    records = [
+        good("leap", UpdatedDate="2024-02-29 23:59:59"),
+        good("first", UpdatedDate="2000-01-01 05:30:00"),  # 2000-01-01 00:00 UTC
+        good("last", UpdatedDate="2026-01-01 05:30:00"),
+        good("unpadded", UpdatedDate="2024-5-1 9:05:07"),
+    ]
+    rows = {row["record_key"]: row["updated_at"] for row in rows_of(normalize_with_rules(records))}
+    assert rows == {
+        "leap": utc("2024-02-29 18:29:59"),
+        "first": utc("2000-01-01 00:00:00"),
+        "last": utc("2026-01-01 00:00:00"),
+        "unpadded": utc("2024-05-01 03:35:07"),
+    }
+
+
+def test_every_time_column_is_bounded_and_the_duration_fits_its_column() -> None:
+    records = [
+        good("1", CreatedDate="0001-01-01 00:00:00"),
+        good("2", StartTime="2024-02-30 10:00:00"),
+        good("3", Duration="999999:00:00"),
+        good("4", Duration="596523:14:07"),  # 2^31 - 1 seconds: the largest that fits
+    ]
+    batch = normalize_with_rules(records)
+    assert rejects_of(batch) == [
+        (0, "created_at: before 2000-01-01 00:00:00 UTC"),
+        (1, "call_started_at: not a time %Y-%m-%d %H:%M:%S"),
+        (2, "call_duration_s: more than 2147483647 seconds"),
+    ]
+    assert list(batch.rows["call_duration_s"]) == [2**31 - 1]
+
+
+def test_a_record_of_another_campaign_is_rejected() -> None:
+    batch = normalize_with_rules([good("1"), dict(good("2"), CampaignName="Support")])
+    assert list(batch.rows["record_key"]) == ["1"]
+    assert rejects_of(batch) == [(1, "campaign_name: not the campaign of the export request ('Sales')")]
+
+
+def test_a_value_nested_too_deep_rejects_its_record_and_the_raw_record_is_cut() -> None:
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    records = [good("1"), good("2", Note=deep), [[[[deep]]]]]
+    batch = normalize_with_rules(records)
+    assert list(batch.rows["record_key"]) == ["1"]
+    assert rejects_of(batch) == [
+        (1, "Note: nested deeper than 32 levels"),
+        (2, "record is not a JSON object"),
+    ]
+    note = json.loads(json.loads(batch.rejects["raw_record"][0])["Note"])
+    for _ in range(normalize.MAX_VALUE_DEPTH):
+        [note] = note
+    assert note == "(nested deeper than 32 levels: not kept)"
+
+
+def test_nesting_within_the_limit_is_kept_as_json_text() -> None:
+    nested: Any = {"leaf": "v"}
+    for _ in range(normalize.MAX_VALUE_DEPTH - 1):
+        nested = {"in": nested}
+    [row] = rows_of(normalize_with_rules([good("1", Tree=nested)]))
+    assert json.loads(json.loads(row["extra"])["Tree"]) == nested
+
+
+def test_a_depth_bomb_as_the_whole_document_fails_fast_before_any_parser_sees_it() -> None:
+    for body in (b"[" * 100_000, b'{"data": ' + b"[" * 100_000, b'[{"a": 1}, ' + b"[" * 5000):
+        with pytest.raises(PayloadError, match="nested deeper than 1024 levels"):
+            list(iter_records(body, "application/json"))
+
+
+def test_the_depth_guard_ignores_brackets_inside_strings_and_escaped_quotes() -> None:
+    tricky = '[[[ \\" [[[ \\\\' + "[" * 3000  # an escaped quote, an escaped backslash, then brackets
+    body = json.dumps({"data": [good("1", Note=tricky)]}).encode()
+    guard = normalize._DepthGuard(io.BytesIO(body))
+    assert json.loads(guard.read()) == {"data": [good("1", Note=tricky)]}
+    [row] = rows_of(normalize_with_rules(body))
+    assert json.loads(row["extra"])["Note"] == tricky
+
+
+def test_the_api_key_is_removed_at_any_depth_and_its_value_wherever_it_appears() -> None:
+    records = [
+        good("1", Meta={"apiKey": KEY, "list": [KEY, {"API_KEY": "x", "ok": f"is {KEY}"}]}),
+        good("2", Comment=f"my key is {KEY}", Disposition=f"{KEY}!", **{f"f-{KEY}": "name leak"}),
+        good("3", Attempts="many", Note=KEY),
+        ["a list record", {"apikey": KEY}, KEY],
+    ]
+    batch = normalize_with_rules(records)
+    assert KEY not in batch.rows.to_json(date_format="iso") + batch.rejects.to_json()
+    rows = {row["record_key"]: row for row in rows_of(batch)}
+    assert json.loads(json.loads(rows["1"]["extra"])["Meta"]) == {"list": ["***", {"ok": "is ***"}]}
+    assert rows["2"]["disposition"] == "***!"
+    assert json.loads(rows["2"]["extra"])["Comment"] == "my key is ***"
+    assert json.loads(rows["2"]["extra"])["f-***"] == "name leak"
+    assert rows["2"]["load_notes"] == (
+        "disposition: API key value replaced by ***; extra: API key value replaced by ***"
+    )
+    raws = [json.loads(raw) for raw in batch.rejects["raw_record"]]
+    assert raws[0]["Note"] == "***"
+    assert raws[1] == ["a list record", {}, "***"]
+
+
+def test_a_key_value_found_under_an_api_key_field_is_redacted_elsewhere_even_unconfigured() -> None:
+    learned = "learned-key-0123456789"
+    records = [good("1", Apikey=learned, Note=f"copy of {learned}"), good("2", Apikey="short", Note="short")]
+    secrets = normalize.SecretValues()
+    batch = normalize_with_rules(records, secrets=secrets)
+    rows = {row["record_key"]: row for row in rows_of(batch)}
+    assert json.loads(rows["1"]["extra"])["Note"] == "copy of ***"
+    assert json.loads(rows["2"]["extra"])["Note"] == "short"  # too short to be taken for a key
+    assert secrets.redact(f"error quoting {learned}") == "error quoting ***"
+
+
+def test_a_utf8_byte_order_mark_before_the_json_is_ignored() -> None:
+    bom = b"\xef\xbb\xbf"
+    for body in (
+        bom + json.dumps([FULL_RECORD]).encode(),
+        bom + b"  " + json.dumps({"data": [FULL_RECORD]}).encode(),
+    ):
+        assert len(normalize_with_rules(body).rows) == 1
+    form = b"data=" + quote_bytes(bom + json.dumps([FULL_RECORD]).encode())
+    assert len(normalize_with_rules(form, "application/x-www-form-urlencoded").rows) == 1
+
+
+def quote_bytes(data: bytes) -> bytes:
+    from urllib.parse import quote_from_bytes
+
+    return quote_from_bytes(data).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "success", "message": "No data found", "uniqueId": "u1"},
+        {"status": "success", "message": "no records", "data": None},
+        {"message": "No Data Found", "data": ""},
+    ],
+)
+def test_an_object_saying_there_is_no_data_is_an_empty_payload(body: dict[str, Any]) -> None:
+    assert list(iter_records(json.dumps(body).encode(), "application/json")) == []
+
+
+def test_an_error_posted_instead_of_records_fails_with_its_message() -> None:
+    body = json.dumps({"status": "error", "message": "Export failed"}).encode()
+    with pytest.raises(PayloadError, match="CloudAgent posted an error instead of records: 'Export failed'"):
+        list(iter_records(body, "application/json"))
+
+
+def test_every_data_field_of_a_form_is_loaded_in_order() -> None:
+    first, second = [good("1"), good("2")], {"data": [good("3")]}
+    body = urlencode([("data", json.dumps(first)), ("uniqueId", "u1"), ("data", json.dumps(second))]).encode()
+    batch = normalize_with_rules(body, "application/x-www-form-urlencoded")
+    assert list(zip(batch.rows["position"], batch.rows["record_key"], strict=True)) == [
+        (0, "1"),
+        (1, "2"),
+        (2, "3"),
+    ]
+
+
+def test_every_data_part_of_a_multipart_body_is_loaded_in_order() -> None:
+    parts = [json.dumps([good("1")]), json.dumps({"records": [good("2"), good("3")]})]
+    body = "".join(
+        f'--B\r\nContent-Disposition: form-data; name="data"\r\n\r\n{part}\r\n' for part in parts
+    ).encode()
+    batch = normalize_with_rules(body + b"--B--\r\n", "multipart/form-data; boundary=B")
+    assert list(batch.rows["record_key"]) == ["1", "2", "3"]
+
+
+def test_a_form_with_too_many_fields_is_a_payload_error() -> None:
+    body = b"&".join([b"x=1"] * 1001 + [b"data=[]"])
+    with pytest.raises(PayloadError, match="more than 1000 fields"):
+        list(iter_records(body, "application/x-www-form-urlencoded"))
+
+
+def test_per_record_custom_fields_give_the_same_extra_as_shared_ones() -> None:
+    """Above MAX_COLUMNAR_EXTRA_FIELDS distinct names, extra is built record by record: same text."""
+    records = [good(str(i), **{f"Own_{i}_{j}": f"v{j}" for j in range(3)}) for i in range(40)]
+    rows = rows_of(normalize_with_rules(records))
+    for i, row in enumerate(rows):
+        expected = {
+            "LoanAmount": "250000",
+            "UserName": "demo_user",
+            **{f"Own_{i}_{j}": f"v{j}" for j in range(3)},
+        }
+        assert row["extra"] == json.dumps(dict(sorted(expected.items())), separators=(",", ":"))

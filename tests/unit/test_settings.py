@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from cloudagent_etl.errors import ConfigurationError
@@ -10,6 +12,7 @@ from cloudagent_etl.settings import (
     DEFAULT_ENDPOINT,
     RECEIVER_LIMITS,
     ApiSettings,
+    LoadSettings,
     ReceiverSettings,
     Secret,
     callback_base_url,
@@ -104,3 +107,23 @@ def test_receiver_limits_come_from_their_variables_and_must_be_positive_numbers(
                 ReceiverSettings.from_env({**env, variable: bad})
     with pytest.raises(ConfigurationError, match="whole number"):
         ReceiverSettings.from_env({**env, "CLOUDAGENT_RECEIVER_MAX_HEADERS": "1.5"})
+
+
+def test_load_settings_bound_record_times_from_the_environment() -> None:
+    started = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    assert LoadSettings.from_env({}).time_bounds(started) == (
+        datetime(2000, 1, 1, tzinfo=UTC),
+        started + timedelta(days=1),
+    )
+    custom = LoadSettings.from_env(
+        {"CLOUDAGENT_LOAD_EARLIEST_TIME": "2020-01-01", "CLOUDAGENT_LOAD_FUTURE_TOLERANCE_HOURS": "2.5"}
+    )
+    assert custom.time_bounds(started) == (datetime(2020, 1, 1, tzinfo=UTC), started + timedelta(hours=2.5))
+    offset = LoadSettings.from_env({"CLOUDAGENT_LOAD_EARLIEST_TIME": "2020-01-01T00:00:00+05:30"})
+    assert offset.earliest_time == datetime(2019, 12, 31, 18, 30, tzinfo=UTC)
+    for bad in (
+        {"CLOUDAGENT_LOAD_EARLIEST_TIME": "yesterday"},
+        {"CLOUDAGENT_LOAD_FUTURE_TOLERANCE_HOURS": "-1"},
+    ):
+        with pytest.raises(ConfigurationError, match=r"load setting|must not be negative"):
+            LoadSettings.from_env(bad)

@@ -15,12 +15,19 @@ Semantics:
   migration 0002 moves a row that a newer version replaces into ``dial_status_superseded``; the load
   upserts there the versions that did not become current.
 - Rejected records go to ``dial_status_rejects`` once per (payload, position) (a reload adds nothing).
+  Identical rejects of one payload (same reason, same raw record: 5M empty records, say) are one row
+  whose ``occurrences`` counts them; the first :data:`MAX_TRACKED_REJECTS` distinct rejects of a payload
+  are tracked for this, each later distinct one is a row of its own.
 - All effects of one payload (current rows, history, rejects, its ``load_runs`` row, the payload's
   ``parse_state`` and the request's ``loaded`` state) commit in one transaction: a failure half-way
   leaves nothing behind, and the load can simply be run again.
 - A payload that cannot be parsed at all (:class:`PayloadError`) rolls back whatever it merged, then
   records a ``failed`` ``load_runs`` row with the reason and ``parse_state = 'failed'``; the request
-  becomes ``failed`` only when none of its payloads loaded. Nothing raises for a bad payload.
+  becomes ``failed`` only when none of its payloads loaded. Nothing raises for a bad payload. Any other
+  error (the database, a bug) also rolls back and records a ``failed`` ``load_runs`` row, then raises:
+  the payload stays ``pending`` and the request ``received``, so a retry loads it.
+- Every text that leaves the load (error, log) is redacted with the configured apiKey and the values
+  found under API-key fields of the payload (:class:`~cloudagent_etl.normalize.SecretValues`).
 
 Counts of a load (``load_runs``): per distinct key of the payload, ``inserted`` (new key), ``updated``
 (existing key this load changed) or ``unchanged``; ``duplicates`` = valid records beyond one per key;
@@ -40,7 +47,9 @@ Where the time goes, and the alternatives measured and not adopted: ``docs/bench
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,7 +63,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sqlalchemy import Connection, Engine, insert, text, update
+from sqlalchemy import Connection, Engine, bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cloudagent_etl import landing
@@ -66,9 +75,13 @@ from cloudagent_etl.normalize import (
     TIME_COLUMNS,
     VALUE_COLUMNS,
     NormalizedBatch,
+    SecretValues,
     normalize_payload,
 )
+from cloudagent_etl.settings import LoadSettings
 from cloudagent_etl.warehouse.tables import LINEAGE_COLUMNS, dial_status_rejects, load_runs
+
+log = logging.getLogger(__name__)
 
 STAGE_TABLE = "dial_status_stage"
 STAGE_COLUMNS = (*ROW_COLUMNS, "position", "is_latest")
@@ -76,6 +89,10 @@ STAGE_COLUMNS = (*ROW_COLUMNS, "position", "is_latest")
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 #: PostgreSQL work_mem of a load transaction: a 50k-row batch sorts in ~15 MB.
 SORT_MEMORY = "64MB"
+#: Distinct rejects of one payload remembered to count identical ones (16-byte digests: ~15 MB).
+MAX_TRACKED_REJECTS = 100_000
+#: Longest error text recorded for a failed load.
+MAX_ERROR_CHARS = 2000
 
 
 @dataclass
@@ -209,6 +226,11 @@ class _Merger:
     rejected: int = 0
     records_in: int = 0
     key_hashes: list[np.ndarray] = field(default_factory=list)
+    #: Digest of (reason, raw record) -> position of the reject row that stands for it.
+    reject_rows: dict[bytes, int] = field(default_factory=dict)
+    #: Position of a tracked reject row -> identical rejects so far, and as last written.
+    occurrences: dict[int, int] = field(default_factory=dict)
+    written_occurrences: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dialect = self.conn.dialect.name
@@ -252,25 +274,60 @@ class _Merger:
         self.conn.exec_driver_sql(f"DELETE FROM {STAGE_TABLE}")
 
     def _reject(self, rejects: pd.DataFrame) -> None:
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        """Store the batch's rejects; one identical to an earlier one of the payload only counts."""
+        new: list[tuple[int, str, str]] = []
+        for position, reason, raw_record in rejects.itertuples(index=False, name=None):
+            digest = hashlib.blake2b(f"{reason}\x00{raw_record}".encode(), digest_size=16).digest()
+            first = self.reject_rows.get(digest)
+            if first is not None:
+                self.occurrences[first] += 1
+                continue
+            if len(self.reject_rows) < MAX_TRACKED_REJECTS:
+                self.reject_rows[digest] = int(position)
+                self.occurrences[int(position)] = 1
+            new.append((int(position), reason, raw_record))
+        if not new:
+            return
         rows = [
             {
                 "payload_id": self.lineage["payload_id"],
-                "position": int(position),
+                "position": position,
                 "request_id": self.lineage["request_id"],
                 "load_run_id": self.lineage["load_run_id"],
                 "reason": reason,
                 "raw_record": orjson.loads(raw_record),
+                "occurrences": self.occurrences.get(position, 1),
                 "rejected_at": self.lineage["loaded_at"],
             }
-            for position, reason, raw_record in rejects.itertuples(index=False, name=None)
+            for position, reason, raw_record in new
         ]
+        self.written_occurrences.update((row["position"], row["occurrences"]) for row in rows)
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         statement = dialect_insert(dial_status_rejects).on_conflict_do_nothing(
             index_elements=["payload_id", "position"]
         )
         self.conn.execute(statement, rows)
 
+    def _count_later_identical_rejects(self) -> None:
+        """Set ``occurrences`` of reject rows whose identical records came in later batches."""
+        changed = [
+            {"reject_payload": self.lineage["payload_id"], "reject_position": position, "count": count}
+            for position, count in self.occurrences.items()
+            if self.written_occurrences.get(position) != count
+        ]
+        if changed:
+            self.conn.execute(
+                update(dial_status_rejects)
+                .where(
+                    dial_status_rejects.c.payload_id == bindparam("reject_payload"),
+                    dial_status_rejects.c.position == bindparam("reject_position"),
+                )
+                .values(occurrences=bindparam("count")),
+                changed,
+            )
+
     def finish(self) -> LoadResult:
+        self._count_later_identical_rejects()
         if self.dialect == "sqlite":  # PostgreSQL drops it on commit
             self.conn.exec_driver_sql(f"DROP TABLE {STAGE_TABLE}")
         distinct = int(np.unique(np.concatenate(self.key_hashes)).size) if self.key_hashes else 0
@@ -324,11 +381,22 @@ def _gc_paused() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------- loads
-def load_payload(engine: Engine, payload_id: int, *, batch_size: int = DEFAULT_BATCH_SIZE) -> LoadResult:
+def load_payload(
+    engine: Engine,
+    payload_id: int,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    secrets: Iterable[str | None] = (),
+    settings: LoadSettings | None = None,
+) -> LoadResult:
     """Normalize and merge one landed payload in one transaction (see the module docstring).
 
-    Times are read in the time zone recorded on the payload's export request.
+    Times are read in the time zone recorded on the payload's export request and must lie within
+    ``settings``' bounds; only records of the request's campaign are merged. ``secrets`` (the configured
+    apiKey) are redacted wherever they appear.
     """
+    settings = settings or LoadSettings()
+    secret_values = SecretValues(secrets)
     started = datetime.now(UTC)
     clock = time.perf_counter()
     with engine.connect() as conn:
@@ -339,7 +407,13 @@ def load_payload(engine: Engine, payload_id: int, *, batch_size: int = DEFAULT_B
             load_run_id = _start_run(conn, run)
             body = landing.open_payload_body(reader, payload_id)
             batches = normalize_payload(
-                body, payload.content_type, timezone=payload.timezone, batch_size=batch_size
+                body,
+                payload.content_type,
+                timezone=payload.timezone,
+                campaign=payload.campaign_name,
+                secrets=secret_values,
+                time_bounds=settings.time_bounds(started),
+                batch_size=batch_size,
             )
             lineage = {"request_id": payload.request_id, "payload_id": payload_id, "load_run_id": load_run_id}
             result = merge_batches(conn, batches, {**lineage, "loaded_at": started})
@@ -348,15 +422,52 @@ def load_payload(engine: Engine, payload_id: int, *, batch_size: int = DEFAULT_B
             landing.mark_payload_loaded(conn, payload_id)
             landing.mark_loaded(conn, payload.request_id)
     except PayloadError as exc:
-        result = LoadResult(payloads=1, failed_payloads=1, error=f"payload {payload_id}: {exc}")
-        result.seconds = time.perf_counter() - clock
+        error = secret_values.redact(f"payload {payload_id}: {exc}")
+        result = _failed(engine, run, error, clock)
         with engine.begin() as conn:
-            _finish_run(conn, _start_run(conn, run), result, "failed")
             landing.mark_payload_failed(conn, payload_id)
+    except Exception as exc:
+        error = secret_values.redact(f"payload {payload_id}: {type(exc).__name__}: {exc}")
+        try:
+            _failed(engine, run, error, clock)
+        except Exception:  # the database itself is gone: the original error says more
+            log.error("could not record the failed load of payload %s", payload_id)
+        if _shows_secret(exc, secret_values):
+            raise RuntimeError(error[:MAX_ERROR_CHARS]) from None
+        raise
     return result
 
 
-def load_payloads(engine: Engine, request_id: str) -> LoadResult:
+def _shows_secret(exc: BaseException, secrets: SecretValues) -> bool:
+    """Whether the message of ``exc`` or of an exception it chains holds one of ``secrets``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if secrets.redact(str(current)) != str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _failed(engine: Engine, run: dict[str, Any], error: str, clock: float) -> LoadResult:
+    """Record a ``failed`` load run (its own transaction) and return its result."""
+    if len(error) > MAX_ERROR_CHARS:
+        error = error[:MAX_ERROR_CHARS] + f"... [{len(error) - MAX_ERROR_CHARS} more chars]"
+    result = LoadResult(payloads=1, failed_payloads=1, error=error)
+    result.seconds = time.perf_counter() - clock
+    with engine.begin() as conn:
+        _finish_run(conn, _start_run(conn, run), result, "failed")
+    return result
+
+
+def load_payloads(
+    engine: Engine,
+    request_id: str,
+    *,
+    secrets: Iterable[str | None] = (),
+    settings: LoadSettings | None = None,
+) -> LoadResult:
     """Load every payload landed for the request, oldest first, each in its own transaction.
 
     The request becomes ``loaded`` with its first good payload; when every payload failed to parse it
@@ -364,6 +475,7 @@ def load_payloads(engine: Engine, request_id: str) -> LoadResult:
     A payload that lands while this runs is loaded too: the payloads are listed again after each pass,
     and one stored after the request became ``loaded`` is at worst flagged late by the receiver.
     """
+    secrets = tuple(secrets)
     total = LoadResult()
     seen: set[int] = set()
     while True:
@@ -372,7 +484,7 @@ def load_payloads(engine: Engine, request_id: str) -> LoadResult:
         if not pending:
             break
         for payload_id in pending:
-            total.add(load_payload(engine, payload_id))
+            total.add(load_payload(engine, payload_id, secrets=secrets, settings=settings))
             seen.add(payload_id)
     if not seen:
         raise PayloadError(f"no callback payload has landed for request {request_id}")

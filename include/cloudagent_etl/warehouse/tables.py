@@ -52,8 +52,10 @@ _VERSION_COLUMNS_DOC = {
     "priority": "lead priority as received",
     "created_at": "lead created (UTC)",
     "updated_at": "lead last updated (UTC): the version; newer wins",
-    "extra": "JSON object of the record's fields that have no column (custom upload columns); "
-    "API keys are never kept",
+    "extra": "JSON object of the record's fields that have no column (custom upload columns), and the "
+    "whole value of a field cut to fit its column; API keys are never kept",
+    "load_notes": "what the load changed to store the record (NUL characters removed, a value cut, an API "
+    "key value replaced by ***), '; '-separated; NULL when nothing",
     "request_id": "export request whose payload wrote this version",
     "payload_id": "callback payload that wrote this version",
     "load_run_id": "load run that wrote this version",
@@ -72,14 +74,17 @@ DATA_DICTIONARY: dict[str, dict[str, str]] = {
         "request_id": "export request of the payload",
         "load_run_id": "load run that first rejected it (a reload adds nothing)",
         "reason": "every contract rule the record broke, '; '-separated",
-        "raw_record": "the record as received (values as text), API key fields removed",
+        "raw_record": "the record as received (values as text), API keys removed, NUL characters removed, "
+        "values cut at 1 MiB characters",
+        "occurrences": "records of the payload identical to this one (same reason and raw record), this "
+        "one included; only the first one's position is kept",
         "rejected_at": "when it was rejected (UTC)",
     },
     "load_runs": {
         "load_run_id": "one row per attempt to load one payload",
         "request_id": "export request",
         "payload_id": "callback payload loaded",
-        "status": "loaded, or failed (the payload could not be parsed; see error)",
+        "status": "loaded, or failed (the payload could not be parsed, or the load hit an error; see error)",
         "started_at": "load start (UTC)",
         "finished_at": "load end (UTC)",
         "rows_in": "records in the payload",
@@ -175,6 +180,7 @@ dial_status_rejects = Table(
         Column("load_run_id", BigInteger, nullable=False),
         Column("reason", Text, nullable=False),
         Column("raw_record", JsonDocument, nullable=False),
+        Column("occurrences", BigInteger, nullable=False, server_default="1"),
         Column("rejected_at", UtcDateTime, nullable=False),
     ),
     comment="records that broke the contract, with the reason; never silently dropped",

@@ -146,8 +146,8 @@ def upgrade() -> None:
     _keep_replaced_versions(version_columns)
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"COMMENT ON VIEW dial_status_history IS {_quoted(HISTORY_VIEW_COMMENT)}")
-        for name, meaning in DATA_DICTIONARY["dial_status_history"].items():
-            op.execute(f"COMMENT ON COLUMN dial_status_history.{name} IS {_quoted(meaning)}")
+        for column in _version_columns("dial_status_history"):  # the columns this revision created
+            op.execute(f"COMMENT ON COLUMN dial_status_history.{column.name} IS {_quoted(column.comment)}")
 
     table = "dial_status_rejects"
     op.create_table(
