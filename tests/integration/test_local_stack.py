@@ -190,6 +190,26 @@ def _backfill_finished(stack: Stack) -> bool:
     )
 
 
+def _failures(stack: Stack, runs: list[dict]) -> str:
+    """Each run that did not succeed, its unsuccessful task instances and the tail of their last log."""
+    lines = []
+    for run in runs:
+        if run["state"] == "success":
+            continue
+        lines.append(f"run {run['dag_run_id']} ({run['run_type']}): {run['state']}")
+        tis = stack.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances", limit=100)
+        for ti in tis["task_instances"]:
+            if ti["state"] == "success":
+                continue
+            lines.append(f"  {ti['task_id']}[{ti['map_index']}] {ti['state']} after {ti['try_number']} tries")
+            logs = Path(stack.state.airflow_home, "logs", f"dag_id={DAG_ID}", f"run_id={run['dag_run_id']}")
+            attempts = sorted((logs / f"task_id={ti['task_id']}").glob("**/attempt=*.log"))
+            if attempts:
+                tail = attempts[-1].read_text(errors="replace")[-2500:]
+                lines.append("    " + tail.replace("\n", "\n    "))
+    return "\n".join(lines)
+
+
 def _table(engine: Engine, table) -> list[tuple]:
     with engine.connect() as conn:
         return sorted(tuple(row) for row in conn.execute(select(table)))
@@ -216,7 +236,7 @@ def a_three_day_backfill_through_the_scheduler_lands_the_ground_truth_once(stack
     runs = stack.runs()
     backfill_runs = sorted(run["logical_date"] for run in runs if run["run_type"] == "backfill")
     assert len(backfill_runs) == 3
-    assert {run["state"] for run in runs} == {"success"}, runs
+    assert {run["state"] for run in runs} == {"success"}, _failures(stack, runs)
     # (a) the warehouse is exactly what the simulator sent (every accepted request, backfill and nightly).
     sync = Sync(stack.engine, simulator, dags={})
     assert_warehouse_matches(sync)
