@@ -21,8 +21,10 @@ class WaitForCallbackOperator(BaseOperator):
     the request's callback deadline). When the deadline passes, the request is marked ``expired`` and the
     window is requested again through the shared limiter, up to ``re_requests`` times, each new export
     waited for in turn; the task returns the id of the request whose callback landed (the load reads it).
-    After the last attempt it fails with a message naming campaign, window and uniqueId. The task itself
-    is not retried: the re-requests are its retries.
+    After the last attempt it fails with a message naming campaign, window and uniqueId (no retry: a new
+    wait cannot bring the callback). Other failures (a worker lost at resume, a stale executor event
+    failing a resumed deferral, the metadata API timing out) are retried: a retry starts from the first
+    request id and finds the live re-request in the database, so it never spends another API call.
     """
 
     template_fields = ("request_id", "campaign_name", "timeout_minutes", "re_requests")
@@ -38,7 +40,9 @@ class WaitForCallbackOperator(BaseOperator):
         db_conn_id: str = CloudAgentDbHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("retries", 0)
+        kwargs.setdefault("retries", 2)
+        kwargs.setdefault("retry_delay", timedelta(seconds=15))
+        kwargs.setdefault("retry_exponential_backoff", False)
         super().__init__(**kwargs)
         self.request_id = request_id
         self.campaign_name = campaign_name

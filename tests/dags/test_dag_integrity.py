@@ -45,14 +45,13 @@ def test_dag_follows_conventions(dag_bag, dag_id: str) -> None:
     assert dag.catchup is False
 
 
-def test_only_the_wait_opts_out_of_retries(dag_bag) -> None:
-    """A new wait cannot bring a callback back (the export is re-requested instead); the rest retries."""
+def test_every_task_retries_and_the_wait_retries_quickly(dag_bag) -> None:
+    """Infrastructure failures are retried everywhere; a wait's retry finds its live export (no API call),
+    so it waits 15 s, not the default's backoff, and a callback that never came is re-requested instead."""
     tasks = {task.task_id: task for task in dag_bag.dags["cloudagent_dial_status"].tasks}
-    assert tasks["campaign.wait_for_callback"].retries == 0
-    retried = {
-        task_id: task.retries for task_id, task in tasks.items() if task_id != "campaign.wait_for_callback"
-    }
-    assert all(retries >= 1 for retries in retried.values()), retried
+    wait = tasks["campaign.wait_for_callback"]
+    assert (wait.retries, wait.retry_delay.total_seconds(), wait.retry_exponential_backoff) == (2, 15, False)
+    assert all(task.retries >= 1 for task in tasks.values()), {t: task.retries for t, task in tasks.items()}
     assert tasks["campaign.request_export"].pool == "cloudagent_api"
 
 

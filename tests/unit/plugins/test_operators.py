@@ -174,3 +174,23 @@ def test_an_export_expired_by_a_sweep_during_the_wait_is_requested_again(
 
     second = deferred.value.trigger.serialize()[1]["request_id"]
     assert landing.require_export_request(db, second).retry_of == first.request_id
+
+
+def test_a_retried_wait_after_a_re_request_waits_for_the_live_re_request_without_an_api_call(
+    db: Engine, cloudagent: SimulatorHandle
+) -> None:
+    """A retry of the task starts again from the first request id: it must not spend another call."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    first = landing.claim_export(db, **_export_of(new_request(db)), callback_timeout=timedelta(minutes=1))
+    with pytest.raises(TaskDeferred) as deferred:
+        wait_for(first.request_id, timeout_minutes=1, re_requests=2).execute_complete(
+            {}, {"status": "timeout", "request_id": first.request_id}
+        )
+    second = deferred.value.trigger.serialize()[1]["request_id"]
+
+    with pytest.raises(TaskDeferred) as retried:  # the next try of the task: execute() on the first id
+        wait_for(first.request_id, timeout_minutes=1, re_requests=2).execute(context={})
+
+    assert retried.value.trigger.serialize()[1]["request_id"] == second
+    assert len(cloudagent.requests_log()) == 1
