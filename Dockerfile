@@ -1,8 +1,11 @@
-# The image every Airflow service, the receiver and the simulator run: the official Airflow image plus our lock.
-# The project code is not baked in: dags/, plugins/ and include/ are mounted (see docker-compose.yaml).
+# The image every Airflow service, the receiver and the simulator run: the official Airflow image plus this
+# project installed as a package (cloudagent_etl, and the provider cloudagent_airflow that Airflow finds
+# through its entry point). Only dags/ is mounted (see docker-compose.yaml), as a git-sync would provide it.
 FROM apache/airflow:3.3.2-python3.11
 
 COPY --chown=airflow:0 requirements.txt /opt/cloudagent/requirements.txt
 RUN pip install --no-cache-dir -r /opt/cloudagent/requirements.txt
 
-ENV PYTHONPATH=/opt/airflow/include
+COPY --chown=airflow:0 pyproject.toml README.md /opt/cloudagent/
+COPY --chown=airflow:0 include /opt/cloudagent/include
+RUN pip install --no-cache-dir --no-deps /opt/cloudagent

@@ -84,7 +84,7 @@ def airflow_env(
     callback_base_url: str,
     campaigns: Sequence[str] | None,
 ) -> dict[str, str]:
-    """The environment every Airflow process of ours runs with: home, this repo's DAGs/plugins, the
+    """The environment every Airflow process of ours runs with: home, this repo's DAGs, the
     metadata DB, the connections ``cloudagent_default``/``cloudagent_db``, the campaign Variable, the
     receiver's URL, and the venv's ``bin`` first on PATH (Airflow starts ``airflow`` sub-commands by name).
     """
@@ -93,7 +93,6 @@ def airflow_env(
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db_url,
         "AIRFLOW_CONN_CLOUDAGENT_DEFAULT": json.dumps({"conn_type": "cloudagent", **api_connection}),

@@ -99,15 +99,23 @@ def test_the_celery_override_gates_on_redis_health_and_runs_workers() -> None:
     )
 
 
-def test_project_code_is_mounted_and_on_pythonpath(main_services: dict[str, Any]) -> None:
+def test_the_project_is_installed_in_the_image_and_only_dags_are_mounted(
+    main_services: dict[str, Any],
+) -> None:
+    """As in any existing Airflow: the package (and its provider) pip-installed, the DAG files dropped in."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY --chown=airflow:0 include /opt/cloudagent/include" in dockerfile
+    assert "pip install --no-cache-dir --no-deps /opt/cloudagent" in dockerfile
     for name in (*IMAGE_SERVICES, "airflow-triggerer", "receiver", "simulator"):
         service = main_services[name]
-        mounts = [volume.split(":")[:2] for volume in service["volumes"]]
-        assert ["./include", "/opt/airflow/include"] in mounts, f"{name} does not mount include/"
-        assert "/opt/airflow/include" in service["environment"]["PYTHONPATH"].split(":"), name
+        assert "PYTHONPATH" not in service.get("environment", {}), f"{name} still relies on PYTHONPATH"
+        sources = {volume.split(":")[0] for volume in service.get("volumes", [])}
+        assert sources & {"./include", "./plugins"} == set(), f"{name} mounts code the image installs"
     for name in IMAGE_SERVICES:
-        mounted = {source for source, _ in (v.split(":")[:2] for v in main_services[name]["volumes"])}
-        assert {"./dags", "./plugins"} <= mounted, f"{name} does not mount dags/ and plugins/"
+        mounted = {v.split(":")[0] for v in main_services[name]["volumes"]}
+        assert "./dags" in mounted, f"{name} does not mount dags/"
+    connection = main_services["airflow-scheduler"]["environment"]["AIRFLOW_CONN_CLOUDAGENT_DEFAULT"]
+    assert '"conn_type": "cloudagent"' in connection  # the provider's type: its form and its hook
 
 
 @pytest.mark.parametrize("name", COMPOSE_FILES)

@@ -17,7 +17,7 @@ PRODUCT_SOURCES = sorted(p for p in PRODUCT.rglob("*.py") if "migrations" not in
 #: Code that runs in production: the product, the Airflow adapters and the DAGs.
 DEPLOYED_SOURCES = [
     *PRODUCT_SOURCES,
-    *sorted((REPO / "plugins").rglob("*.py")),
+    *sorted((REPO / "include" / "cloudagent_airflow").rglob("*.py")),
     *sorted((REPO / "dags").rglob("*.py")),
 ]
 LANDING_TABLES = ("export_requests", "callback_payloads", "callback_payload_chunks")

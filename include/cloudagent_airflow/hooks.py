@@ -36,17 +36,6 @@ class CloudAgentHook(BaseHook):
         super().__init__()
         self.cloudagent_conn_id = cloudagent_conn_id
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port"],
-            "relabeling": {"host": "Base URL", "login": "userName", "password": "apiKey"},
-            "placeholders": {
-                "host": "https://in1-ccaas-api.ozonetel.com",
-                "extra": '{"timezone": "Asia/Kolkata", "rate_limit_per_minute": 10, "api_key_in": "header"}',
-            },
-        }
-
     def get_settings(self) -> ApiSettings:
         """Settings from the connection; extras are read through ``ALLOWED_CONNECTION_EXTRAS`` only."""
         from cloudagent_etl.settings import ApiSettings
