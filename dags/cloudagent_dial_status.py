@@ -3,10 +3,17 @@
 
 Each run exports one data interval of **Campaign Dial Status** data (the 24 h ending 03:30 IST on the
 run's date, started `lookback_minutes` early) and merges it into the warehouse table `dial_status`.
-Per campaign (one mapped instance each, named by campaign):
+First, once per run:
 
-0. `sweep` (once per run): requests past their callback deadline become `expired`; payloads that landed
-   but were never loaded (late callbacks, a load that died) are loaded.
+- `preflight`: fails in seconds, naming the setting to fix, when the connection `cloudagent_default` is
+  incomplete, the database (`cloudagent_db`) does not answer or is not migrated, the callback URL
+  (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this database, or the campaigns are
+  not a list. Nothing is requested then.
+- `sweep`: requests past their callback deadline become `expired`; payloads that landed but were never
+  loaded (late callbacks, a load that died) are loaded.
+
+Then per campaign (one mapped instance each, named by campaign):
+
 1. `request_export`: asks CloudAgent through the shared 10/min limiter (pool `cloudagent_api`), unless
    an export of the same window is still live (then it waits for that one: no API call). Terminal API
    errors (bad apiKey, unknown campaign...) fail at once with the API's message; transient ones retry.
@@ -16,8 +23,11 @@ Per campaign (one mapped instance each, named by campaign):
    callback_timeout_minutes` in all).
 3. `load`: normalizes and merges the landed payloads (idempotent, newer wins).
 
-One campaign failing does not stop the others; `quality_checks` then fails the run listing every
-campaign that did not load. Logic lives in `cloudagent_etl.pipeline`; see the README for backfills.
+The `campaigns` param, when not empty, replaces the Variable `cloudagent_campaigns` for this run (a JSON
+list or a comma-separated string). A run triggered without a logical date exports the last complete
+nightly interval. One campaign failing does not stop the others; `quality_checks` then fails the run
+listing every campaign that did not load. Logic lives in `cloudagent_etl.pipeline`; see the README for
+what each kind of date means and for backfills.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
 from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
 from cloudagent_airflow.operators import WaitForCallbackOperator
+from cloudagent_airflow.preflight import configured_campaigns, preflight_or_fail
 
 
 @dag(
@@ -45,7 +56,7 @@ from cloudagent_airflow.operators import WaitForCallbackOperator
                   "retry_exponential_backoff": True},
     params={
         "campaigns": Param(None, type=["null", "array"], items={"type": "string"},
-                           description="Campaigns to sync; empty = the Variable cloudagent_campaigns."),
+                           description="Campaigns of this run; empty = the Variable cloudagent_campaigns."),
         "status": Param("All", enum=["All", "Fail", "Success", "Pending"], description="Lead status filter."),
         "dialstatus": Param("ALL", enum=["ALL", "Fail", "NoAnswer", "user_disconnected", "answered"]),
         "dispositions": Param("ALL", type="string", minLength=1, description="ALL or one disposition."),
@@ -57,6 +68,10 @@ from cloudagent_airflow.operators import WaitForCallbackOperator
     },
 )  # fmt: skip
 def cloudagent_dial_status() -> None:
+    @task(retries=0)
+    def preflight() -> None:
+        preflight_or_fail(get_current_context()["params"]["campaigns"])
+
     @task
     def sweep() -> dict:
         from cloudagent_etl import pipeline
@@ -67,13 +82,11 @@ def cloudagent_dial_status() -> None:
 
     @task
     def campaigns_to_sync() -> list[str]:
-        from airflow.sdk import Variable
-
         from cloudagent_etl.pipeline import parse_campaigns
 
         with terminal_errors_fail_fast():
-            override = get_current_context()["params"]["campaigns"]
-            return parse_campaigns(override or Variable.get("cloudagent_campaigns", default=None) or [])
+            value, _ = configured_campaigns(get_current_context()["params"]["campaigns"])
+            return parse_campaigns(value)
 
     @task(pool="cloudagent_api", map_index_template="{{ campaign }}")
     def request_export(campaign: str) -> str:
@@ -84,7 +97,9 @@ def cloudagent_dial_status() -> None:
         params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
             window = pipeline.export_window(
-                context["data_interval_start"], context["data_interval_end"], params["lookback_minutes"]
+                context.get("data_interval_start"),
+                context.get("data_interval_end"),
+                params["lookback_minutes"],
             )
             api, callback_base_url, filters = (
                 CloudAgentHook().get_settings(),
@@ -120,8 +135,11 @@ def cloudagent_dial_status() -> None:
         load(waited.output, campaign)
 
     @task(trigger_rule="all_done", outlets=[DIAL_STATUS])
-    def quality_checks(campaigns: list[str]) -> None:
-        from airflow.sdk.exceptions import AirflowFailException
+    def quality_checks(campaigns: list[str] | None) -> None:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        if campaigns is None:  # no campaign list: the task that failed before says why
+            raise AirflowSkipException("no campaigns were resolved: see the first failed task of the run")
 
         from cloudagent_etl import pipeline
 
@@ -134,7 +152,7 @@ def cloudagent_dial_status() -> None:
             raise AirflowFailException("quality checks failed:\n- " + "\n- ".join(problems))
 
     campaigns = campaigns_to_sync()
-    sweep() >> campaigns
+    preflight() >> sweep() >> campaigns
     sync_campaign.expand(campaign=campaigns) >> quality_checks(campaigns)
 
 

@@ -22,6 +22,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
 from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
+from cloudagent_airflow.preflight import configured_campaigns, preflight_or_fail
 
 
 @dag(
@@ -48,19 +49,19 @@ from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
     },
 )
 def cloudagent_reprocess() -> None:
+    @task(retries=0)
+    def preflight() -> None:
+        """The dial-status DAG's checks but the callback URL: this DAG requests nothing."""
+        preflight_or_fail(get_current_context()["params"]["campaigns"], callback=False)
+
     @task
     def landed_requests() -> list[str]:
-        from airflow.sdk import Variable
-
         from cloudagent_etl import landing, pipeline
 
         params = get_current_context()["params"]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
             window = pipeline.parse_window(params["window_start"], params["window_end"])
-            override = params["campaigns"]
-            campaigns = pipeline.parse_campaigns(
-                override or Variable.get("cloudagent_campaigns", default=None) or []
-            )
+            campaigns = pipeline.parse_campaigns(configured_campaigns(params["campaigns"])[0])
             return landing.requests_with_payloads(engine, campaigns, *window)
 
     @task(outlets=[DIAL_STATUS], map_index_template="{{ request_label }}")
@@ -73,7 +74,9 @@ def cloudagent_reprocess() -> None:
             api_key = CloudAgentHook().get_settings().api_key  # redacted wherever a payload carries it
             return pipeline.load_request(engine, request_id, api_key=api_key)
 
-    reload.expand(request_id=landed_requests())
+    requests = landed_requests()
+    preflight() >> requests
+    reload.expand(request_id=requests)
 
 
 cloudagent_reprocess()

@@ -67,11 +67,11 @@ class WaitForCallbackOperator(BaseOperator):
             if message is None:  # the callback landed just as the wait ran out
                 return str(request_id)
             retried = self._request_again(engine, request_id)
-        if retried is None:
-            raise AirflowFailException(
-                f"{message}; no re-request left ({self.re_requests} allowed). What to check: "
-                "the receiver's logs, and whether CloudAgent can reach the callback URL."
-            )
+            if retried is None:
+                advice = pipeline.no_callback_advice(engine, request_id)
+                raise AirflowFailException(
+                    f"{message}; no re-request left ({self.re_requests} allowed). {advice}"
+                )
         return self._wait_for(retried)
 
     def _request_again(self, engine: Any, request_id: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The ``cloudagent-etl`` command: migrate, sweep, data-dictionary, receiver, simulate.
+"""The ``cloudagent-etl`` command: migrate, doctor, sweep, data-dictionary, receiver, simulate.
 
 Each sub-command imports its implementation lazily so that ``--help`` stays fast.
 """
@@ -19,6 +19,17 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     migrate(args.database_url or settings.database_url())
     print("migrations applied")
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from cloudagent_etl.preflight import checks_from_env
+
+    checks = checks_from_env(database_url=args.database_url)
+    for check in checks:
+        print(check.line())
+    failed = sum(1 for check in checks if not check.ok)
+    print(f"{failed} problem(s) found" if failed else "every check passed")
+    return 1 if failed else 0
 
 
 def data_dictionary_markdown() -> str:
@@ -64,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the Alembic migrations (idempotent)")
     migrate.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
     migrate.set_defaults(handler=_cmd_migrate)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the settings (account, database, callback URL, campaigns) as a run's preflight does",
+    )
+    doctor.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
+    doctor.set_defaults(handler=_cmd_doctor)
 
     sweeper = commands.add_parser(
         "sweep", help="expire requests past their callback deadline and load payloads left behind"

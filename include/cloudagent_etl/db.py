@@ -102,7 +102,7 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def schema_metadata() -> MetaData:
     """The MetaData holding every table of the project: each owner registers its tables when imported."""
-    from cloudagent_etl import landing  # noqa: F401  (export requests, callback payloads)
+    from cloudagent_etl import identity, landing  # noqa: F401  (the probe secret; requests, payloads)
     from cloudagent_etl.api import limiter  # noqa: F401  (the call log)
     from cloudagent_etl.sqltypes import metadata
     from cloudagent_etl.warehouse import tables  # noqa: F401  (dial status, rejects, load runs)
@@ -118,6 +118,13 @@ def alembic_config(uri: str) -> Any:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = uri
     return config
+
+
+def head_revision() -> str:
+    """The newest migration of this code: what ``migrate`` brings a database to."""
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(alembic_config("")).get_current_head())
 
 
 def migrate(uri: str, revision: str = "head") -> None:

@@ -530,6 +530,12 @@ def callback_url(base_url: str, request_id: str, token: Secret) -> str:
     return f"{base_url.rstrip('/')}/callbacks/dial-status/{request_id}/{token.get()}"
 
 
+def shown_callback_url(request: ExportRequest) -> str:
+    """The ``callBackUrl`` of ``request`` as messages show it: its token replaced by ``***``."""
+    base = request.callback_base_url or "<no callback URL recorded>"
+    return f"{base.rstrip('/')}/callbacks/dial-status/{request.request_id}/***"
+
+
 def record_unique_id(engine: Engine, request_id: str, unique_id: str) -> None:
     """Store the ``uniqueId`` CloudAgent answered with and stamp ``requested_at``.
 

@@ -12,8 +12,9 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import Engine, and_, func, or_, select
@@ -69,14 +70,45 @@ def parse_campaigns(value: object) -> list[str]:
     return names
 
 
+#: The nightly schedule: each run exports the 24 h ending at 03:30 in CloudAgent's (India's) time zone.
+NIGHTLY_CRON = "30 3 * * *"
+NIGHTLY_TIMEZONE = "Asia/Kolkata"
+
+
+def last_complete_interval(now: datetime) -> tuple[datetime, datetime]:
+    """The nightly data interval that ended last at ``now``: what a run without a logical date syncs
+    (a manual or REST trigger with ``logical_date: null``)."""
+    if now.tzinfo is None:
+        raise ConfigurationError(f"now must be timezone-aware, got {now.isoformat()}")
+    local = now.astimezone(ZoneInfo(NIGHTLY_TIMEZONE))
+    end = local.replace(hour=3, minute=30, second=0, microsecond=0)
+    if end > local:
+        end -= timedelta(days=1)
+    return end - timedelta(days=1), end
+
+
 def export_window(
-    data_interval_start: datetime, data_interval_end: datetime, lookback_minutes: float
+    data_interval_start: datetime | None,
+    data_interval_end: datetime | None,
+    lookback_minutes: float,
+    *,
+    now: datetime | None = None,
 ) -> tuple[datetime, datetime]:
     """The window to export for a data interval: the interval, started ``lookback_minutes`` early.
 
     The overlap catches records whose updated date was written late; the idempotent merge makes the
-    records seen twice harmless.
+    records seen twice harmless. A run without a data interval (no logical date) gets the last complete
+    nightly interval at ``now``.
     """
+    if data_interval_start is None and data_interval_end is None:
+        data_interval_start, data_interval_end = last_complete_interval(now or datetime.now(UTC))
+        log.info(
+            "the run has no data interval (no logical date): exporting the last complete one, %s..%s",
+            data_interval_start.isoformat(),
+            data_interval_end.isoformat(),
+        )
+    if data_interval_start is None or data_interval_end is None:
+        raise ConfigurationError("a data interval needs both its start and its end")
     for name, value in (
         ("data_interval_start", data_interval_start),
         ("data_interval_end", data_interval_end),
@@ -226,6 +258,18 @@ def re_request_export(
         run_id=expired.run_id,
         retry_of=expired.request_id,
         transport=transport,
+    )
+
+
+def no_callback_advice(engine: Engine, request_id: str) -> str:
+    """What to check when an export's callbacks never came: the URL CloudAgent was given, and the causes."""
+    url = landing.shown_callback_url(landing.require_export_request(engine, request_id))
+    return (
+        f"CloudAgent was given the callback URL {url}. Likely causes: that URL is not reachable from the "
+        "internet (the run's preflight and `cloudagent-etl doctor` check it from inside), the receiver "
+        "refused or could not store the callback (see its logs), or CloudAgent did not run the export "
+        "(ask Ozonetel, quoting the uniqueId). Waiting again cannot help: fix the cause, then clear the "
+        "campaign's request_export"
     )
 
 

@@ -51,8 +51,25 @@ def test_every_task_retries_and_the_wait_retries_quickly(dag_bag) -> None:
     tasks = {task.task_id: task for task in dag_bag.dags["cloudagent_dial_status"].tasks}
     wait = tasks["campaign.wait_for_callback"]
     assert (wait.retries, wait.retry_delay.total_seconds(), wait.retry_exponential_backoff) == (2, 15, False)
-    assert all(task.retries >= 1 for task in tasks.values()), {t: task.retries for t, task in tasks.items()}
+    retried = {task_id: task.retries for task_id, task in tasks.items() if task_id != "preflight"}
+    assert all(retries >= 1 for retries in retried.values()), retried
+    assert tasks["preflight"].retries == 0  # a wrong setting stays wrong: fail in seconds, not minutes
     assert tasks["campaign.request_export"].pool == "cloudagent_api"
+
+
+@pytest.mark.parametrize("dag_id", ["cloudagent_dial_status", "cloudagent_reprocess"])
+def test_the_preflight_runs_before_anything_touches_data(dag_bag, dag_id: str) -> None:
+    dag = dag_bag.dags[dag_id]
+    (first,) = dag.roots
+    assert first.task_id == "preflight"
+    assert {task.task_id for task in dag.tasks} - {"preflight"} <= first.get_flat_relative_ids(upstream=False)
+
+
+def test_the_nightly_timetable_is_the_one_runs_without_a_logical_date_fall_back_to(dag_bag) -> None:
+    from cloudagent_etl.pipeline import NIGHTLY_CRON, NIGHTLY_TIMEZONE
+
+    timetable = dag_bag.dags["cloudagent_dial_status"].timetable
+    assert (timetable.expression, str(timetable.timezone)) == (NIGHTLY_CRON, NIGHTLY_TIMEZONE)
 
 
 def test_dial_status_params_accept_exactly_the_api_values(dag_bag) -> None:

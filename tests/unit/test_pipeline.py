@@ -441,3 +441,23 @@ def test_a_run_reusing_another_runs_live_export_is_checked_on_that_export(engine
     pipeline.load_request(engine, first)
 
     assert pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="manual") == []
+
+
+@pytest.mark.parametrize(
+    ("now", "interval"),
+    [
+        # 03:30 IST is 22:00 UTC the day before.
+        ("2026-12-01T22:00:00+00:00", ("2026-11-30T22:00:00+00:00", "2026-12-01T22:00:00+00:00")),
+        ("2026-12-01T21:59:59+00:00", ("2026-11-29T22:00:00+00:00", "2026-11-30T22:00:00+00:00")),
+        ("2026-12-02T10:00:00+05:30", ("2026-11-30T22:00:00+00:00", "2026-12-01T22:00:00+00:00")),
+    ],
+)
+def test_a_run_without_a_logical_date_exports_the_last_complete_nightly_interval(now, interval) -> None:
+    start, end = (datetime.fromisoformat(value) for value in interval)
+    assert pipeline.last_complete_interval(datetime.fromisoformat(now)) == (start, end)
+    assert pipeline.export_window(None, None, 15, now=datetime.fromisoformat(now)) == (
+        start - timedelta(minutes=15),
+        end,
+    )
+    with pytest.raises(ConfigurationError, match="both its start and its end"):
+        pipeline.export_window(start, None, 15)

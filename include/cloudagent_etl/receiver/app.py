@@ -12,7 +12,9 @@ Routes:
   callback can race the commit of the API's answer) and then answers 404, which a sender retries.
 - ``GET /healthz`` — 200 when a callback could be stored now: a rolled-back write of the landing
   tables succeeds (:func:`landing.check_can_store`) and the spool folder takes a write and has
-  ``spool_min_free_bytes`` free; 503 with ``Retry-After`` otherwise.
+  ``spool_min_free_bytes`` free; 503 with ``Retry-After`` otherwise. With ``?probe=<nonce>`` the answer
+  also carries ``probe``: the nonce signed with this database's secret (:mod:`cloudagent_etl.identity`),
+  which is how a preflight knows that the callback URL reaches this receiver.
 
 Any content type is accepted and stored verbatim; a gzip or deflate ``Content-Encoding`` is decoded while
 the body streams in and the decoded body is stored (any other encoding: 415, so the sender resends it
@@ -57,12 +59,13 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloudagent_etl import landing
+from cloudagent_etl import identity, landing
 from cloudagent_etl.db import create_db_engine, is_unavailable, to_sqlalchemy_url
 from cloudagent_etl.media_types import MULTIPART_FORM, media_type
 from cloudagent_etl.receiver.body import BodyRejected, BodySpool, Inflater, Sniffed, content_coding
@@ -414,11 +417,25 @@ class Receiver:
         return None if free >= self.settings.spool_min_free_bytes else "spool folder full"
 
     async def _healthz(self, exchange: Exchange) -> None:
-        problem = await asyncio.get_running_loop().run_in_executor(self.database_threads, self._cannot_store)
+        nonce = _probe_nonce(exchange.scope.get("query_string", b""))
+        loop = asyncio.get_running_loop()
+        problem = await loop.run_in_executor(self.database_threads, self._cannot_store)
         if problem:
             await exchange.answer(503, {"status": "unavailable", "reason": problem}, _RETRY_LATER)
             return
-        await exchange.answer(200, {"status": "ok"})
+        if nonce is None:
+            await exchange.answer(200, {"status": "ok"})
+            return
+        secret = await loop.run_in_executor(self.database_threads, identity.probe_secret, self.engine)
+        await exchange.answer(200, {"status": "ok", "probe": identity.probe_answer(secret, nonce)})
+
+
+def _probe_nonce(query_string: bytes) -> str | None:
+    """The preflight's nonce (``?probe=...``), if the query carries a usable one."""
+    values = parse_qs(query_string.decode("latin-1")).get(identity.PROBE_PARAMETER)
+    if not values or not 0 < len(values[0]) <= identity.MAX_NONCE_CHARS:
+        return None
+    return values[0]
 
 
 async def _answer_stored(exchange: Exchange, result: landing.StoredCallback) -> None:
