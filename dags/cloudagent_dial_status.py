@@ -136,10 +136,13 @@ def cloudagent_dial_status() -> None:
 
     @task(trigger_rule="all_done", outlets=[DIAL_STATUS])
     def quality_checks(campaigns: list[str] | None) -> None:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException
 
-        if campaigns is None:  # no campaign list: the task that failed before says why
-            raise AirflowSkipException("no campaigns were resolved: see the first failed task of the run")
+        if campaigns is None:  # not a second error: the run must fail (a skipped leaf would pass it)
+            raise AirflowFailException(
+                "nothing to check: the run stopped before it had a campaign list; the failed task before "
+                "this one (preflight or campaigns_to_sync) names the setting to fix"
+            )
 
         from cloudagent_etl import pipeline
 

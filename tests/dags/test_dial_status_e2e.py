@@ -14,48 +14,18 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from cloudagent_dev.localstack import connection_uri
 from cloudagent_etl.api.limiter import api_call_log
-from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.landing import callback_payloads
 from cloudagent_etl.warehouse.tables import dial_status_history
 from tests.checks import CAMPAIGNS, LOGICAL_DATE, Sync, assert_warehouse_matches
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
-
-
-@pytest.fixture
-def dags(airflow_home) -> dict:
-    """Freshly parsed DAGs: an in-process run's conf leaks into the DAG object's params."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tests.fixtures.airflow import DAGS_FOLDER
-
-    return DagBag(dag_folder=str(DAGS_FOLDER)).dags
-
-
-@pytest.fixture
-def sync(monkeypatch, receiver, fresh_simulator, dags) -> Iterator[Sync]:
-    api = {
-        "conn_type": "cloudagent",
-        "host": fresh_simulator.base_url,
-        "login": fresh_simulator.user,
-        "password": fresh_simulator.api_key,
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DEFAULT", json.dumps(api))
-    monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", connection_uri(receiver.db_url))
-    monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", json.dumps(CAMPAIGNS))
-    monkeypatch.setenv("CLOUDAGENT_CALLBACK_BASE_URL", receiver.base_url)
-    engine = create_db_engine(receiver.db_url)
-    yield Sync(engine, fresh_simulator, dags)
-    engine.dispose()
 
 
 def test_a_run_loads_exactly_what_cloudagent_sent_and_a_rerun_changes_nothing(sync: Sync) -> None:
@@ -239,3 +209,20 @@ def test_the_limiter_holds_across_a_nightly_run_and_a_backfill_at_once(
     assert arrivals[-1] - arrivals[0] >= 60  # the limiter really made the 11th call wait
     loaded = {(r.campaign_name, r.window_start) for r in sync.requests() if r.state == "loaded"}
     assert len(loaded) == 2 * 3
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+def test_a_run_without_a_logical_date_syncs_the_last_complete_nightly_interval(sync: Sync) -> None:
+    """What a REST trigger with ``logical_date: null`` makes: no data interval in the context."""
+    from cloudagent_etl.pipeline import last_complete_interval
+
+    before = last_complete_interval(datetime.now(UTC))
+    state, tis = sync.run(logical_date=None, campaigns=["Alpha"])
+
+    assert state == "success", {key: ti.state for key, ti in tis.items()}
+    (request,) = sync.requests()
+    assert (request.window_start + timedelta(minutes=15), request.window_end) in (
+        before,
+        last_complete_interval(datetime.now(UTC)),  # the test ran across 03:30 IST
+    )
+    assert request.state == "loaded"

@@ -1,0 +1,77 @@
+"""A wrong setting fails the run in its first task, in seconds, naming the setting; nothing is requested.
+
+Each case runs the real DAG under ``dag.test()`` against the session's receiver and simulator, with one
+setting broken. The ``preflight`` task fails (no retry), nothing downstream runs, and ``quality_checks``
+fails the run pointing back at it (a skipped last task would let the run pass) instead of a TypeError.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cloudagent_dev.processes import free_port
+from tests.checks import Sync
+
+pytestmark = pytest.mark.usefixtures("airflow_home")
+
+
+def _broken(monkeypatch: pytest.MonkeyPatch, sync: Sync, case: str, tmp_path) -> str:
+    """Break one setting; return the text the failure must name."""
+    if case == "dead callback URL":
+        monkeypatch.setenv("CLOUDAGENT_CALLBACK_BASE_URL", f"http://127.0.0.1:{free_port()}")
+        return "CLOUDAGENT_CALLBACK_BASE_URL: http://127.0.0.1"
+    if case == "callback URL of another server":
+        monkeypatch.setenv("CLOUDAGENT_CALLBACK_BASE_URL", sync.simulator.base_url)
+        return "but not as a cloudagent-etl receiver"
+    if case == "unmigrated database":
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", f"sqlite:///{tmp_path / 'empty.db'}")
+        return "connection cloudagent_db: the database is not migrated"
+    if case == "incomplete connection":
+        connection = {"conn_type": "cloudagent", "host": sync.simulator.base_url, "login": "u"}
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DEFAULT", json.dumps(connection))
+        return "connection cloudagent_default: its password (the apiKey) not set"
+    if case == "campaigns not a list":
+        monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", '["Alpha", "Beta"')
+        return "Variable cloudagent_campaigns: campaigns is not a valid JSON list"
+    assert case == "empty Variable"
+    monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", "")
+    return "Variable cloudagent_campaigns: no campaigns to sync"
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "dead callback URL",
+        "callback URL of another server",
+        "unmigrated database",
+        "incomplete connection",
+        "campaigns not a list",
+        "empty Variable",
+    ],
+)
+def test_a_wrong_setting_fails_the_run_at_preflight_naming_it(
+    sync: Sync, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], tmp_path, case: str
+) -> None:
+    named = _broken(monkeypatch, sync, case, tmp_path)
+    began = time.monotonic()
+
+    state, tis = sync.run()
+
+    seconds = time.monotonic() - began
+    assert state == "failed"
+    assert tis[("preflight", -1)].state == "failed"
+    assert tis[("preflight", -1)].try_number == 1
+    assert tis[("quality_checks", -1)].state == "failed"
+    others = {key: ti.state for key, ti in tis.items() if key[0] not in ("preflight", "quality_checks")}
+    assert set(others.values()) <= {"upstream_failed", None}, others
+    assert sync.simulator.requests_log() == []  # no export was requested
+    assert sync.requests() == []
+    out = capfd.readouterr().out
+    assert named in out
+    assert "the run stopped before it had a campaign list" in out
+    assert "TypeError" not in out
+    assert seconds < 60
