@@ -42,11 +42,11 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Path of the Campaign Dial Status export under the base URL.",
                         "schema": {"type": ["string", "null"], "default": settings.DEFAULT_ENDPOINT},
                     },
+                    # No default here: Airflow masks the values of fields named like "*key*" ("***").
                     "api_key_in": {
                         "label": "Send the apiKey in",
-                        "description": "'header' (an apiKey header) or 'body' (a field of the JSON body).",
-                        "schema": {"type": ["string", "null"], "enum": ["header", "body", None],
-                                   "default": "header"},
+                        "description": "'header' (an apiKey header; when empty) or 'body' (a JSON field).",
+                        "schema": {"type": ["string", "null"], "enum": ["header", "body", None]},
                     },
                     "timezone": {
                         "label": "Account time zone",

@@ -150,6 +150,23 @@ def the_stack_answers_on_loopback_and_a_second_start_starts_nothing(stack: Stack
     }
     assert stack.get(f"/api/v2/dags/{DAG_ID}")["is_paused"] is False
     assert stack.get("/api/v2/pools/cloudagent_api")["slots"] == 1
+    # The provider's connection form, as the UI asks for it (Airflow 3.3 serves it under /ui/).
+    (form,) = [
+        meta for meta in stack.get("/ui/connections/hook_meta") if meta["connection_type"] == "cloudagent"
+    ]
+    assert form["hook_class_name"] == "cloudagent_airflow.hooks.CloudAgentHook"
+    assert set(form["extra_fields"]) == {
+        "endpoint",
+        "api_key_in",
+        "timezone",
+        "rate_limit_per_minute",
+        "timeout_s",
+    }
+    assert form["extra_fields"]["timezone"]["value"] == "Asia/Kolkata"
+    assert (form["standard_fields"]["password"]["title"], form["standard_fields"]["port"]["hidden"]) == (
+        "apiKey",
+        True,
+    )
     for url in (stack.state.receiver_url, stack.state.simulator_url):
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
     assert [p.name for p in stack.state.processes] == [

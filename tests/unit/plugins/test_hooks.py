@@ -65,3 +65,12 @@ def test_db_hook_opens_the_database_it_names(monkeypatch, db_url) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", connection_uri(db_url))
     with CloudAgentDbHook().engine() as engine, engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM export_requests").scalar_one() == 0
+
+
+def test_the_provider_declares_a_form_field_for_every_extra_the_settings_read() -> None:
+    from cloudagent_airflow import get_provider_info
+    from cloudagent_etl.settings import ALLOWED_CONNECTION_EXTRAS
+
+    (connection_type,) = get_provider_info()["connection-types"]
+    assert connection_type["connection-type"] == "cloudagent"
+    assert set(connection_type["conn-fields"]) == ALLOWED_CONNECTION_EXTRAS
