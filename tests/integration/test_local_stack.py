@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: Two campaigns: the two backfills and the nightly run make 14 export calls, so the limiter must hold
 #: back the ones past 10 in the first minute (more campaigns would only add minutes of waiting).
 CAMPAIGNS = ("Alpha", "Beta")
-#: Logical dates 2025-06-01/02/03 22:00 UTC: the nightly windows ending 2025-06-02/03/04 03:30 IST.
+#: Logical dates 2025-06-01/02/03 22:00 UTC: the nightly windows starting 2025-06-02/03/04 03:30 IST.
 BACKFILL = {"from_date": "2025-06-01T00:00:00+00:00", "to_date": "2025-06-03T23:59:00+00:00"}
 #: Long enough that the wait task finds no callback yet and defers, short enough to keep the test quick.
 CALLBACK_DELAY_S = 8.0
