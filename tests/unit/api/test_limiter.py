@@ -75,7 +75,9 @@ def fire_from_threads(db_url: str, threads_n: int, calls_each: int, **engine_opt
     def worker(index: int) -> None:
         engine = create_db_engine(db_url, **engine_options)
         try:
-            limiter = RateLimiter(engine, "test_user", calls_per_window=PER_WINDOW, window_s=WINDOW_S)
+            limiter = RateLimiter(
+                engine, "test_user", calls_per_window=PER_WINDOW, window_s=WINDOW_S, safety_margin_s=MARGIN_S
+            )
             for call in range(calls_each):
                 limiter.acquire(f"thread-{index}-{call}")
         except BaseException as exc:
