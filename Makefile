@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock test lint format demo airflow airflow-stop bench bench-receiver clean
+.PHONY: install lock test lint format demo airflow airflow-stop airflow-status bench bench-receiver clean
 
 install: $(STAMP)
 
@@ -45,12 +45,17 @@ demo: install
 	$(PY) -m cloudagent_dev.demo
 
 # The local stack without Docker (Airflow api-server/scheduler/dag-processor/triggerer, receiver, simulator),
-# detached on loopback under data/airflow-local; `make airflow-stop` stops exactly what it started.
+# detached on loopback under $CLOUDAGENT_LOCALSTACK_DIR (default data/airflow-local). `make airflow-stop`
+# stops exactly what it started; stop and status in a folder without a stack name the stacks running
+# elsewhere and the command that stops each (exit codes: `python -m cloudagent_dev.localstack --help`).
 airflow: install
 	$(PY) -m cloudagent_dev.localstack start
 
 airflow-stop:
 	$(PY) -m cloudagent_dev.localstack stop
+
+airflow-status:
+	$(PY) -m cloudagent_dev.localstack status
 
 bench: install
 	$(PY) -m benchmarks.bench_load

@@ -9,6 +9,9 @@ What it does, all on loopback and under ``./data/demo`` (nothing else is touched
    03:30 IST) with the connections and the campaign Variable given as ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*``;
 5. prints rows per campaign and dial status, rejects and timings.
 
+Each step is printed as it ends, and during the DAG run each campaign's request, callback and load as
+they happen (read from the warehouse).
+
 The servers it started are stopped by their PIDs on every exit path (failure and Ctrl-C too). Running it
 again gives the same warehouse: the simulator is seeded and the load is an idempotent merge. Airflow is
 only ever run as a subprocess (this package never imports it).
@@ -20,19 +23,20 @@ import fcntl
 import hashlib
 import os
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import OperationalError
 
 from cloudagent_dev.localstack import (
     DAG_ID,
     DEMO_API_KEY,
     DEMO_CAMPAIGNS,
     DEMO_USER,
+    Progress,
     airflow_env,
     prepare_airflow_metadata,
     run_airflow,
@@ -85,9 +89,57 @@ def summary(engine: Engine) -> str:
     return "\n".join(lines)
 
 
+class CampaignProgress:
+    """Prints, as it happens, each campaign's export request of this run: requested, callback landed, rows
+    loaded (or failed/expired). Requests that existed before the run are not this run's and are skipped."""
+
+    def __init__(self, engine: Engine, progress: Progress) -> None:
+        self.engine, self.progress = engine, progress
+        self.before = {request.request_id for request in landing.latest_request_per_campaign(engine).values()}
+        self.reported: set[tuple[str, str]] = set()
+
+    def poll(self) -> None:
+        try:
+            latest = landing.latest_request_per_campaign(self.engine)
+        except OperationalError:  # the warehouse is busy (SQLite): the next poll reports it
+            return
+        for name, request in sorted(latest.items()):
+            if request.request_id in self.before:
+                continue
+            if request.requested_at is not None:
+                self._once(
+                    request.request_id,
+                    "requested",
+                    f"{name}: export requested (uniqueId={request.unique_id})",
+                )
+            if request.received_at is not None:
+                self._once(request.request_id, "landed", f"{name}: callback landed")
+            if request.loaded_at is not None:
+                self._once(request.request_id, "loaded", f"{name}: {self._loaded(request.request_id)}")
+            if request.failed_at is not None or request.expired_at is not None:
+                self._once(request.request_id, "ended", f"{name}: {request.state.value} ({request.error})")
+
+    def _once(self, request_id: str, milestone: str, message: str) -> None:
+        if (request_id, milestone) not in self.reported:
+            self.reported.add((request_id, milestone))
+            self.progress.say(message)
+
+    def _loaded(self, request_id: str) -> str:
+        runs = load_runs
+        counts = [
+            func.coalesce(func.sum(runs.c[name]), 0)
+            for name in ("rows_in", "inserted", "updated", "rejected")
+        ]
+        with self.engine.connect() as conn:
+            rows_in, inserted, updated, rejected = conn.execute(
+                select(*counts).where(runs.c.request_id == request_id)
+            ).one()
+        return f"{rows_in} rows loaded ({inserted} inserted, {updated} updated, {rejected} rejected)"
+
+
 def run_demo(data_dir: Path) -> int:
     """Run the demo under ``data_dir``; return the process exit code (0 when every campaign loaded)."""
-    timings: dict[str, float] = {}
+    progress = Progress()
     airflow_home = data_dir / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
     db_path = data_dir / "cloudagent.db"
@@ -95,14 +147,13 @@ def run_demo(data_dir: Path) -> int:
     log_path = data_dir / "airflow.log"
     log_path.write_bytes(b"")
 
-    print(f"cloudagent-etl demo in {data_dir}")
-    started = time.perf_counter()
-    migrate(db_url)
-    timings["migrate project database"] = time.perf_counter() - started
+    print(f"cloudagent-etl demo in {data_dir}", flush=True)
+    progress.timed("migrate project database", lambda: migrate(db_url))
 
     server_env = {"CLOUDAGENT_DB_URL": db_url, "CLOUDAGENT_DATA_DIR": str(data_dir)}
     servers: list[StartedProcess] = []
     urls: dict[str, str] = {}
+    engine = create_db_engine(db_url)
     try:
         simulator_args = ["simulate", "--user", DEMO_USER, "--api-key", DEMO_API_KEY]
         simulator_args += ["--campaigns", ",".join(DEMO_CAMPAIGNS)]
@@ -110,7 +161,7 @@ def run_demo(data_dir: Path) -> int:
             server = start_server(name, args, free_port(), data_dir / f"{name}.log", server_env)
             servers.append(server.started)
             urls[name] = server.base_url
-            print(f"  {name} listening on {server.base_url} (pid {server.pid}, log {server.log_path})")
+            progress.say(f"{name} listening on {server.base_url} (pid {server.pid}, log {server.log_path})")
         env = airflow_env(
             airflow_home,
             metadata_db_url=f"sqlite:///{airflow_home / 'airflow.db'}",
@@ -119,26 +170,28 @@ def run_demo(data_dir: Path) -> int:
             callback_base_url=urls["receiver"],
             campaigns=DEMO_CAMPAIGNS,
         )
-        timings.update(prepare_airflow_metadata(env, log_path))
+        prepare_airflow_metadata(env, log_path, progress)
         today = date.today().isoformat()
-        print(f"  running `airflow dags test {DAG_ID} {today}` (log {log_path}) ...")
+        progress.say(f"running `airflow dags test {DAG_ID} {today}` (log {log_path}) ...")
+        campaigns = CampaignProgress(engine, progress)
         try:
-            timings["airflow dags test"] = run_airflow(["dags", "test", DAG_ID, today], env, log_path)
+            progress.timed(
+                "airflow dags test",
+                lambda: run_airflow(["dags", "test", DAG_ID, today], env, log_path, campaigns.poll),
+            )
         except RuntimeError as exc:
-            print(f"  {exc}")
+            progress.say(str(exc))
     finally:
         survivors = stop_processes(servers)
         if survivors:
-            print(f"  could not stop: {'; '.join(survivors)}")
-    engine = create_db_engine(db_url)
+            print(f"  could not stop: {'; '.join(survivors)}", flush=True)
     try:
         print(summary(engine))
         latest = landing.latest_request_per_campaign(engine)
     finally:
         engine.dispose()
     print("timings:")
-    for step, seconds in timings.items():
-        print(f"  {step:<26} {seconds:6.1f} s")
+    print(progress.summary())
     failed = sorted(name for name in DEMO_CAMPAIGNS if name not in latest or not latest[name].is_loaded)
     if failed:
         print(f"FAILED: campaigns not loaded: {', '.join(failed)}")

@@ -6,23 +6,36 @@
 
 - the CloudAgent simulator (``CLOUDAGENT_SIMULATOR_PORT``, default 8765) with the demo account and
   campaigns — unless ``CLOUDAGENT_API_BASE_URL``, ``CLOUDAGENT_API_USER`` and ``CLOUDAGENT_API_KEY`` point at
-  a real CloudAgent;
+  a real CloudAgent (all three or none: a partial set is refused, exit 2, nothing started);
 - the callback receiver (``CLOUDAGENT_RECEIVER_PORT``, default 8081);
-- Airflow's api-server (UI and REST API, ``CLOUDAGENT_AIRFLOW_PORT``, default 8080), scheduler
-  (LocalExecutor), dag-processor and triggerer (the wait for the callback is deferred to it), each as its
-  own process group. Their log servers are off: every component reads the same local log folder.
+- Airflow's api-server (UI and REST API, ``CLOUDAGENT_AIRFLOW_PORT``, default 8080), then, once its health
+  endpoint answers, the scheduler (LocalExecutor), dag-processor and triggerer (the wait for the callback is
+  deferred to it): tasks talk to the api-server, so nothing that runs tasks starts before it listens. Each
+  is its own process group. Their log servers are off: every component reads the same local log folder.
 
-The warehouse is ``CLOUDAGENT_DB_URL`` (default: a SQLite file in the folder, migrated at start). Airflow's
-metadata is ``CLOUDAGENT_AIRFLOW_DB_URL`` (PostgreSQL, for heavier use) or a SQLite file in the Airflow
-home: enough for one laptop. The connections ``cloudagent_default``/``cloudagent_db`` and the Variable
-``cloudagent_campaigns`` (``CLOUDAGENT_CAMPAIGNS``, comma-separated) are ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*``
-in every Airflow process's environment; the pool ``cloudagent_api`` (1 slot) is set in the metadata DB; DAGs
-start unpaused. The UI login is ``admin`` with the password Airflow generates into the Airflow home.
+Every step is printed as it happens. The warehouse is ``CLOUDAGENT_DB_URL`` (default: a SQLite file in the
+folder, migrated at start). Airflow's metadata is ``CLOUDAGENT_AIRFLOW_DB_URL`` (PostgreSQL, for heavier use)
+or a SQLite file in the Airflow home: enough for one laptop. The connections
+``cloudagent_default``/``cloudagent_db`` and the Variable ``cloudagent_campaigns`` (``CLOUDAGENT_CAMPAIGNS``:
+a JSON list or comma-separated, read by :func:`cloudagent_etl.pipeline.parse_campaigns` like the Variable
+itself) are ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*`` in every Airflow process's environment; the pool
+``cloudagent_api`` (1 slot) is set in the metadata DB; DAGs start unpaused. The UI login is ``admin`` with
+the password Airflow generates into the Airflow home.
 
 Every started process is recorded (PID = process group id, and its start time, so a reused PID is never
-mistaken for ours) in ``localstack.json`` as soon as it starts. ``stop`` signals exactly those process
-groups (and the task processes that Airflow put in groups of their own), waits, checks that none is left
-and removes the state file. A second ``start`` while the recorded stack is alive starts nothing.
+mistaken for ours) in ``localstack.json`` as soon as it starts, and that file in the user's registry of
+stacks (:mod:`cloudagent_dev.registry`). ``stop`` signals exactly those process groups (and the task
+processes that Airflow put in groups of their own), waits, checks that none is left and removes the state
+file. ``stop`` and ``status`` in a folder without a running stack name the stacks running elsewhere and the
+command that stops each. A second ``start`` while the recorded stack is alive starts nothing.
+
+Exit codes — ``start``: 0 running (started, or already running), 1 failed to start (what it started is
+stopped again), 2 settings refused (nothing started). ``stop``: 0 the folder's stack was running and none
+of its processes is left, or no stack runs anywhere; 1 processes survived (listed); 3 nothing stopped: no
+stack runs in this folder, but one runs elsewhere (its stop command is printed). ``status``: 0 every
+process of the folder's stack is alive, 1 some exited, 3 none runs in this folder. ``airflow <args>``:
+Airflow's own code, 3 when the folder's stack is not running. ``make`` turns any non-zero code into its
+own failure.
 
 This module never imports Airflow: Airflow is run as subprocesses from this interpreter's ``bin`` folder.
 """
@@ -33,19 +46,20 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
 from cloudagent_dev.processes import (
     LOOPBACK,
     StartedProcess,
-    answers,
     log_tail,
     port_is_free,
     start_process,
@@ -53,8 +67,11 @@ from cloudagent_dev.processes import (
     stop_processes,
     wait_until,
 )
+from cloudagent_dev.registry import StackRegistry, registry_path
 from cloudagent_dev.servers import start_server
 from cloudagent_etl.db import migrate
+from cloudagent_etl.errors import ConfigurationError
+from cloudagent_etl.pipeline import parse_campaigns
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -65,6 +82,36 @@ DEMO_CAMPAIGNS = ("Sales", "Support", "Renewals")
 POOL = ("cloudagent_api", "1", "CloudAgent API: one export request at a time")
 ADMIN_USER = "admin"
 STATE_FILE = "localstack.json"
+DEFAULT_DIR = "data/airflow-local"
+API_VARIABLES = ("CLOUDAGENT_API_BASE_URL", "CLOUDAGENT_API_USER", "CLOUDAGENT_API_KEY")
+#: The parts of Airflow's health answer that the components started after the api-server report on.
+HEALTH_PARTS = {"scheduler": "scheduler", "dag_processor": "dag-processor", "triggerer": "triggerer"}
+
+T = TypeVar("T")
+
+
+class Progress:
+    """One line per step, printed and flushed as it happens, with the seconds since the command began;
+    the steps' durations are kept for the summary at the end."""
+
+    def __init__(self) -> None:
+        self.began = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def say(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.began:6.1f} s] {message}", flush=True)
+
+    def timed(self, step: str, action: Callable[[], T]) -> T:
+        began = time.perf_counter()
+        result = action()
+        self.timings[step] = time.perf_counter() - began
+        self.say(f"{step}: done in {self.timings[step]:.1f} s")
+        return result
+
+    def summary(self) -> str:
+        rows = {**self.timings, "total": time.perf_counter() - self.began}
+        width = max(map(len, rows))
+        return "\n".join(f"  {step:<{width}} {seconds:6.1f} s" for step, seconds in rows.items())
 
 
 # --- Airflow: one way to build its environment and to run its CLI ----------------------------------------
@@ -104,48 +151,64 @@ def airflow_env(
     return env
 
 
-def run_airflow(args: Sequence[str], env: Mapping[str, str], log_path: Path) -> float:
-    """Run the venv's ``airflow <args>``, output to ``log_path``; return seconds taken (raise on failure)."""
+def run_airflow(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    while_running: Callable[[], None] | None = None,
+) -> float:
+    """Run the venv's ``airflow <args>``, output to ``log_path``; return seconds taken (raise on failure).
+
+    ``while_running`` is called about once a second until it ends (the demo reports progress with it).
+    """
     started = time.perf_counter()
     with log_path.open("ab") as log:
-        result = subprocess.run(  # noqa: S603  (the venv's airflow, fixed arguments)
-            [str(VENV_BIN / "airflow"), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            check=False,
+        process = subprocess.Popen(  # noqa: S603  (the venv's airflow, fixed arguments)
+            [str(VENV_BIN / "airflow"), *args], stdout=log, stderr=subprocess.STDOUT, env=dict(env)
         )
-    if result.returncode != 0:
+        try:
+            while True:
+                try:
+                    returncode = process.wait(timeout=1)
+                    break
+                except subprocess.TimeoutExpired:
+                    if while_running is not None:
+                        while_running()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    if while_running is not None:
+        while_running()
+    if returncode != 0:
         raise RuntimeError(
-            f"`airflow {' '.join(args)}` failed ({result.returncode}); last lines:\n{log_tail(log_path)}"
+            f"`airflow {' '.join(args)}` failed ({returncode}); last lines:\n{log_tail(log_path)}"
         )
     return time.perf_counter() - started
 
 
-def prepare_airflow_metadata(env: Mapping[str, str], log_path: Path) -> dict[str, float]:
-    """Migrate Airflow's metadata DB and set the ``cloudagent_api`` pool; return the seconds each took."""
-    return {
-        "airflow db migrate": run_airflow(["db", "migrate"], env, log_path),
-        "airflow pools set": run_airflow(["pools", "set", *POOL], env, log_path),
-    }
+def prepare_airflow_metadata(env: Mapping[str, str], log_path: Path, progress: Progress) -> None:
+    """Migrate Airflow's metadata DB and set the ``cloudagent_api`` pool, each step reported as it ends."""
+    progress.say("airflow db migrate (a fresh metadata DB takes the longest) ...")
+    progress.timed("airflow db migrate", lambda: run_airflow(["db", "migrate"], env, log_path))
+    progress.timed("airflow pools set", lambda: run_airflow(["pools", "set", *POOL], env, log_path))
 
 
 # --- the local stack ------------------------------------------------------------------------------------
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` without any user:password part, for printing."""
+    return str(httpx.URL(url).copy_with(username=None, password=None))
+
+
 @dataclass(frozen=True)
-class StackSettings:
-    """Where and how ``make airflow`` runs; every field has an environment variable (see the module doc)."""
+class StackPaths:
+    """Where a local stack keeps its files, and the user's registry of stacks: all that ``stop`` and
+    ``status`` need (so that they work whatever the other settings are)."""
 
     data_dir: Path
-    airflow_port: int
-    receiver_port: int
-    simulator_port: int
-    warehouse_db_url: str
-    metadata_db_url: str
-    real_api: Mapping[str, str] | None  # host/login/password of a real CloudAgent; None = the simulator
-    callback_base_url: str | None  # public URL of the receiver when CloudAgent is real
-    campaigns: tuple[str, ...]
+    registry_path: Path
 
     @property
     def airflow_home(self) -> Path:
@@ -155,16 +218,78 @@ class StackSettings:
     def state_path(self) -> Path:
         return self.data_dir / STATE_FILE
 
+    @property
+    def registry(self) -> StackRegistry:
+        return StackRegistry(self.registry_path)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StackPaths:
+        env = os.environ if env is None else env
+        return cls(_data_dir(env), registry_path(env))
+
+
+def _data_dir(env: Mapping[str, str]) -> Path:
+    return Path(env.get("CLOUDAGENT_LOCALSTACK_DIR") or DEFAULT_DIR).absolute()
+
+
+def make_command(data_dir: Path, target: str = "airflow-stop") -> str:
+    """The exact command that runs ``make <target>`` for the stack in ``data_dir`` (by default: stops it)."""
+    if data_dir == Path(DEFAULT_DIR).absolute():
+        return f"make {target}"
+    return f"CLOUDAGENT_LOCALSTACK_DIR={shlex.quote(str(data_dir))} make {target}"
+
+
+def real_api_settings(env: Mapping[str, str]) -> dict[str, str] | None:
+    """host/login/password of a real CloudAgent from ``CLOUDAGENT_API_*``; None (the simulator) when none is
+    set. A partial set is refused: half a configuration must not silently talk to the simulator."""
+    values = {name: env.get(name, "").strip() for name in API_VARIABLES}
+    if not any(values.values()):
+        return None
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        given = [name for name, value in values.items() if value]
+        raise ConfigurationError(
+            f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not: set all of {', '.join(API_VARIABLES)} to use a "
+            "real CloudAgent, or none of them for the simulator"
+        )
+    return dict(zip(("host", "login", "password"), values.values(), strict=True))
+
+
+def campaigns_setting(env: Mapping[str, str], default: Sequence[str]) -> tuple[str, ...]:
+    """``CLOUDAGENT_CAMPAIGNS`` read like the Variable it becomes (a JSON list or comma-separated);
+    ``default`` when it is unset or empty."""
+    raw = env.get("CLOUDAGENT_CAMPAIGNS", "")
+    if not raw.strip():
+        return tuple(default)
+    try:
+        return tuple(parse_campaigns(raw))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"CLOUDAGENT_CAMPAIGNS: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StackSettings(StackPaths):
+    """Where and how ``make airflow`` runs; every field has an environment variable (see the module doc)."""
+
+    airflow_port: int
+    receiver_port: int
+    simulator_port: int
+    warehouse_db_url: str
+    metadata_db_url: str
+    real_api: Mapping[str, str] | None  # host/login/password of a real CloudAgent; None = the simulator
+    callback_base_url: str | None  # public URL of the receiver when CloudAgent is real
+    campaigns: tuple[str, ...]
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
+        """The settings, or a ConfigurationError naming what is missing or malformed."""
         env = os.environ if env is None else env
-        data_dir = Path(env.get("CLOUDAGENT_LOCALSTACK_DIR", "data/airflow-local")).absolute()
-        api = [env.get(f"CLOUDAGENT_API_{name}", "") for name in ("BASE_URL", "USER", "KEY")]
-        real_api = dict(zip(("host", "login", "password"), api, strict=True)) if all(api) else None
-        default_campaigns = "" if real_api else ",".join(DEMO_CAMPAIGNS)
-        campaigns = env.get("CLOUDAGENT_CAMPAIGNS", default_campaigns)
+        data_dir = _data_dir(env)
+        real_api = real_api_settings(env)
         return cls(
             data_dir=data_dir,
+            registry_path=registry_path(env),
             airflow_port=int(env.get("CLOUDAGENT_AIRFLOW_PORT", "8080")),
             receiver_port=int(env.get("CLOUDAGENT_RECEIVER_PORT", "8081")),
             simulator_port=int(env.get("CLOUDAGENT_SIMULATOR_PORT", "8765")),
@@ -173,28 +298,41 @@ class StackSettings:
             or f"sqlite:///{data_dir / 'airflow' / 'airflow.db'}",
             real_api=real_api,
             callback_base_url=env.get("CLOUDAGENT_CALLBACK_BASE_URL") or None,
-            campaigns=tuple(name.strip() for name in campaigns.split(",") if name.strip()),
+            campaigns=campaigns_setting(env, () if real_api else DEMO_CAMPAIGNS),
         )
+
+    def cloudagent(self) -> str:
+        """Which CloudAgent the stack talks to, for printing (no credentials)."""
+        if self.real_api is None:
+            return f"the simulator on http://{LOOPBACK}:{self.simulator_port} (account {DEMO_USER})"
+        return f"a real CloudAgent at {_without_credentials(self.real_api['host'])}"
 
 
 @dataclass(frozen=True)
 class StackState:
-    """What ``localstack.json`` records: the addresses and every process started."""
+    """What ``localstack.json`` records: the addresses, every process started and when each step happened."""
 
     airflow_url: str
     receiver_url: str
     simulator_url: str | None
     airflow_home: str
     processes: tuple[StartedProcess, ...]
+    cloudagent: str = ""  # which CloudAgent it talks to (StackSettings.cloudagent)
+    #: (step, wall-clock seconds) in the order they happened: "<name> started", "<name> ready", ...
+    events: tuple[tuple[str, float], ...] = field(default=())
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> StackState:
-        data = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
         data["processes"] = tuple(StartedProcess(**item) for item in data["processes"])
+        data["events"] = tuple((str(step), float(at)) for step, at in data.get("events", ()))
         return cls(**data)
+
+    def event_time(self, step: str) -> float:
+        return dict(self.events)[step]
 
     def admin_password(self) -> str | None:
         """The admin password Airflow's simple auth manager generated (None until the api-server made it)."""
@@ -205,25 +343,61 @@ class StackState:
             return None
 
 
-def running_stack(settings: StackSettings) -> StackState | None:
-    """The recorded stack if any of its processes is still alive."""
-    if not settings.state_path.exists():
+def recorded_stack(paths: StackPaths) -> StackState | None:
+    """The stack recorded in the folder, running or not (None without a readable state file)."""
+    try:
+        return StackState.load(paths.state_path)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    state = StackState.load(settings.state_path)
-    return state if still_running(state.processes) else None
 
 
-def _airflow_health(base_url: str) -> bool:
-    """True when the metadata DB, scheduler, triggerer and dag-processor report healthy."""
+def running_stack(paths: StackPaths) -> StackState | None:
+    """The recorded stack if any of its processes is still alive."""
+    state = recorded_stack(paths)
+    return state if state is not None and still_running(state.processes) else None
 
-    def healthy(response: httpx.Response) -> bool:
-        if response.status_code != 200:
-            return False
-        body = response.json()
-        parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-        return all((body.get(part) or {}).get("status") == "healthy" for part in parts)
 
-    return answers(f"{base_url}/api/v2/monitor/health", healthy)
+def stacks_elsewhere(paths: StackPaths) -> list[tuple[Path, StackState]]:
+    """The running stacks of the user's registry outside ``paths.data_dir``: (folder, state) each.
+
+    Entries whose state file is gone are dropped from the registry (a stack that is starting already has
+    one, so it is never dropped by mistake).
+    """
+    registry, found, gone = paths.registry, [], []
+    for state_path in registry.state_paths():
+        if state_path == paths.state_path:
+            continue
+        if not state_path.exists():
+            gone.append(state_path)
+            continue
+        other = StackPaths(state_path.parent, paths.registry_path)
+        if (state := running_stack(other)) is not None:
+            found.append((other.data_dir, state))
+    registry.remove(*gone)
+    return found
+
+
+def elsewhere_report(paths: StackPaths) -> str:
+    """What runs outside this folder, with the command that stops each ("" when nothing does)."""
+    others = stacks_elsewhere(paths)
+    lines = []
+    for data_dir, state in others:
+        lines.append(f"a local stack runs in {data_dir} (Airflow UI {state.airflow_url}); stop it with:")
+        lines.append(f"    {make_command(data_dir)}")
+    return "\n".join(lines)
+
+
+def _airflow_health(base_url: str) -> dict[str, Any] | None:
+    """The health answer (``/api/v2/monitor/health``, no login needed); None while it does not answer."""
+    try:
+        response = httpx.get(f"{base_url}/api/v2/monitor/health", timeout=5)
+        return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _healthy(health: Mapping[str, Any] | None, part: str) -> bool:
+    return ((health or {}).get(part) or {}).get("status") == "healthy"
 
 
 def api_token(base_url: str, password: str) -> str:
@@ -288,156 +462,253 @@ def _jwt_secret(airflow_home: Path) -> str:
     return path.read_text().strip()
 
 
-def start_stack(settings: StackSettings, timeout: float = 240) -> StackState:
+def start_stack(
+    settings: StackSettings, timeout: float = 240, progress: Progress | None = None
+) -> StackState:
     """Start the stack (see the module doc) and return its state once the UI answers and the DAG is parsed.
 
-    On any failure everything started so far is stopped again and the state file removed.
+    Each step is reported on ``progress`` as it ends. On any failure everything started so far is stopped
+    again, the state file removed and the stack taken out of the registry.
     """
+    progress = progress or Progress()
     if (state := running_stack(settings)) is not None:
-        print(f"the local stack is already running: {state.airflow_url} (state in {settings.state_path})")
+        progress.say(
+            f"the local stack is already running: {state.airflow_url} (state in {settings.state_path})"
+        )
         return state
     ports = {"airflow": settings.airflow_port, "receiver": settings.receiver_port}
     if settings.real_api is None:
         ports["simulator"] = settings.simulator_port
     busy = [f"{name} port {port}" for name, port in ports.items() if not port_is_free(port)]
     if busy:
+        elsewhere = elsewhere_report(settings)
         raise RuntimeError(
             f"{', '.join(busy)} already in use on {LOOPBACK}; choose others with CLOUDAGENT_AIRFLOW_PORT, "
-            "CLOUDAGENT_RECEIVER_PORT, CLOUDAGENT_SIMULATOR_PORT"
+            "CLOUDAGENT_RECEIVER_PORT, CLOUDAGENT_SIMULATOR_PORT" + (f"\n{elsewhere}" if elsewhere else "")
         )
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(exist_ok=True)
     started: list[StartedProcess] = []
+    events: list[tuple[str, float]] = []
     airflow_url = f"http://{LOOPBACK}:{settings.airflow_port}"
+    urls: dict[str, str | None] = {"receiver": "", "simulator": None}
 
-    def record(receiver_url: str = "", simulator_url: str | None = None) -> StackState:
+    def record() -> StackState:
         state = StackState(
-            airflow_url, receiver_url, simulator_url, str(settings.airflow_home), tuple(started)
+            airflow_url,
+            urls["receiver"] or "",
+            urls["simulator"],
+            str(settings.airflow_home),
+            tuple(started),
+            settings.cloudagent(),
+            tuple(events),
         )
         state.save(settings.state_path)
         return state
 
+    def note(step: str, detail: str = "") -> StackState:
+        events.append((step, time.time()))
+        progress.say(step + detail)
+        return record()
+
+    def start_airflow(name: str, args: Sequence[str], env: Mapping[str, str]) -> StartedProcess:
+        command = [str(VENV_BIN / "airflow"), *args]
+        process = start_process(name, command, env, log_dir / f"airflow-{name}.log")
+        started.append(process)
+        note(f"{name} started", f" (pid {process.pid}, log {process.log_path})")
+        return process
+
     try:
-        timings = {"warehouse migrate": _timed(lambda: migrate(settings.warehouse_db_url))}
+        record()  # before registering: the registry only lists folders that have a state file
+        settings.registry.add(settings.state_path)
+        progress.timed("warehouse migrate", lambda: migrate(settings.warehouse_db_url))
         server_env = {
             "CLOUDAGENT_DB_URL": settings.warehouse_db_url,
             "CLOUDAGENT_DATA_DIR": str(settings.data_dir),
         }
-        simulator_url = None
+        servers = [("receiver", ["receiver"], settings.receiver_port)]
         if settings.real_api is None:
             simulator_args = ["simulate", "--user", DEMO_USER, "--api-key", DEMO_API_KEY]
             simulator_args += ["--campaigns", ",".join(settings.campaigns or DEMO_CAMPAIGNS)]
-            simulator = start_server(
-                "simulator", simulator_args, settings.simulator_port, log_dir / "simulator.log", server_env
-            )
-            started.append(simulator.started)
-            simulator_url = simulator.base_url
-            record(simulator_url=simulator_url)
-        receiver = start_server(
-            "receiver", ["receiver"], settings.receiver_port, log_dir / "receiver.log", server_env
-        )
-        started.append(receiver.started)
-        receiver_url = receiver.base_url
-        record(receiver_url, simulator_url)
-        env = stack_airflow_env(settings, receiver_url, simulator_url)
-        timings.update(prepare_airflow_metadata(env, log_dir / "airflow-setup.log"))
-        components = {
-            "api-server": ["api-server"],
-            "scheduler": ["scheduler", "--skip-serve-logs"],
-            "dag-processor": ["dag-processor"],
-            "triggerer": ["triggerer", "--skip-serve-logs"],
-        }
-        for name, args in components.items():
-            command = [str(VENV_BIN / "airflow"), *args]
-            started.append(start_process(name, command, env, log_dir / f"airflow-{name}.log"))
-            record(receiver_url, simulator_url)
-        state = record(receiver_url, simulator_url)
+            servers.insert(0, ("simulator", simulator_args, settings.simulator_port))
+        for name, args, port in servers:
+            server = start_server(name, args, port, log_dir / f"{name}.log", server_env)
+            started.append(server.started)
+            urls[name] = server.base_url
+            note(f"{name} ready", f" on {server.base_url} (pid {server.pid})")
+        env = stack_airflow_env(settings, urls["receiver"] or "", urls["simulator"])
+        prepare_airflow_metadata(env, log_dir / "airflow-setup.log", progress)
+
         began = time.perf_counter()
-        wait_until("Airflow (api-server, scheduler, triggerer, dag-processor)",
-                   lambda: _airflow_health(airflow_url), started, timeout)  # fmt: skip
-        wait_until(f"DAG {DAG_ID} in Airflow", lambda: _dag_registered(airflow_url, state), started, timeout)
-        timings["airflow components ready"] = time.perf_counter() - began
+        start_airflow("api-server", ["api-server"], env)
+
+        def api_server_up() -> bool:
+            return _healthy(_airflow_health(airflow_url), "metadatabase")
+
+        wait_until(f"the api-server on {airflow_url}", api_server_up, started, timeout)
+        progress.timings["api-server ready"] = time.perf_counter() - began
+        note("api-server ready", f" on {airflow_url} after {progress.timings['api-server ready']:.1f} s")
+
+        began = time.perf_counter()
+        start_airflow("scheduler", ["scheduler", "--skip-serve-logs"], env)
+        start_airflow("dag-processor", ["dag-processor"], env)
+        start_airflow("triggerer", ["triggerer", "--skip-serve-logs"], env)
+        recorded = record()
+        pending = dict(HEALTH_PARTS)
+
+        def components_healthy() -> bool:
+            health = _airflow_health(airflow_url)
+            for part, name in list(pending.items()):
+                if _healthy(health, part):
+                    del pending[part]
+                    note(f"{name} ready", f" after {time.perf_counter() - began:.1f} s")
+            return not pending
+
+        wait_until("Airflow's " + ", ".join(HEALTH_PARTS.values()), components_healthy, started, timeout)
+        progress.timings["scheduler, dag-processor, triggerer ready"] = time.perf_counter() - began
+        began = time.perf_counter()
+        wait_until(
+            f"DAG {DAG_ID} in Airflow", lambda: _dag_registered(airflow_url, recorded), started, timeout
+        )
+        progress.timings[f"DAG {DAG_ID} registered"] = time.perf_counter() - began
+        state = note(f"DAG {DAG_ID} registered", " (the UI can trigger it)")
     except BaseException:
         survivors = stop_processes(started)
-        settings.state_path.unlink(missing_ok=True)
         if survivors:
             print(f"could not stop: {survivors}", file=sys.stderr)
+        else:
+            settings.state_path.unlink(missing_ok=True)
+            settings.registry.remove(settings.state_path)
         raise
-    for step, seconds in timings.items():
-        print(f"  {step:<26} {seconds:6.1f} s")
     return state
 
 
-def _timed(step: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    step()
-    return time.perf_counter() - began
-
-
-def stop_stack(settings: StackSettings) -> list[str]:
-    """Stop every recorded process group, check that none is left, remove the state file; return survivors."""
-    if not settings.state_path.exists():
-        print(f"no local stack recorded in {settings.state_path}")
+def stop_stack(paths: StackPaths) -> list[str]:
+    """Stop every recorded process group, check that none is left, remove the state file and the registry
+    entry; return what survived (and keep both records while anything does)."""
+    state = recorded_stack(paths)
+    if state is None:
         return []
-    state = StackState.load(settings.state_path)
     survivors = stop_processes(state.processes)
-    if survivors:
-        return survivors
-    settings.state_path.unlink()
+    left = still_running(state.processes)
+    if survivors or left:
+        return survivors or [f"{process.pid} {process.name()}" for process in left]
+    paths.state_path.unlink(missing_ok=True)
+    paths.registry.remove(paths.state_path)
     return []
 
 
-def describe(state: StackState) -> str:
+def describe(state: StackState, data_dir: Path) -> str:
+    """Where the stack answers, how to log in, which CloudAgent it talks to, where its files are."""
     password = (
         state.admin_password() or "(see simple_auth_manager_passwords.json.generated in the Airflow home)"
     )
     lines = [
         f"Airflow UI      {state.airflow_url}   login: {ADMIN_USER} / {password}",
         f"receiver        {state.receiver_url}",
-        f"simulator       {state.simulator_url or '(none: a real CloudAgent is configured)'}",
-        f"Airflow home    {state.airflow_home} (logs in {Path(state.airflow_home).parent / 'logs'})",
-        "processes       " + ", ".join(f"{p.name}={p.pid}" for p in state.processes),
-        "stop with       make airflow-stop",
+        f"CloudAgent      {state.cloudagent or state.simulator_url}",
+        f"Airflow home    {state.airflow_home} (logs in {data_dir / 'logs'})",
     ]
     return "\n".join(lines)
 
 
+def _start(settings: StackSettings) -> int:
+    progress = Progress()
+    print(f"starting the local Airflow stack in {settings.data_dir} ...", flush=True)
+    print(f"CloudAgent: {settings.cloudagent()}", flush=True)
+    campaigns = ", ".join(settings.campaigns) or "none set (set the Variable cloudagent_campaigns in the UI)"
+    print(f"campaigns: {campaigns}", flush=True)
+    try:
+        state = start_stack(settings, progress=progress)
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    print("timings:")
+    print(progress.summary())
+    print(describe(state, settings.data_dir))
+    print("processes       " + ", ".join(f"{p.name}={p.pid}" for p in state.processes))
+    print(f"status          {make_command(settings.data_dir, 'airflow-status')}")
+    print(f"stop with       {make_command(settings.data_dir)}")
+    return 0
+
+
+def _stop(paths: StackPaths) -> int:
+    state = recorded_stack(paths)
+    if state is not None and still_running(state.processes):
+        survivors = stop_stack(paths)
+        if survivors:
+            print(f"still running after stop (state kept in {paths.state_path}): " + "; ".join(survivors),
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(f"the local stack in {paths.data_dir} is stopped: none of its processes is running")
+        elsewhere = elsewhere_report(paths)
+        if elsewhere:
+            print(f"still running elsewhere:\n{elsewhere}")
+        return 0
+    if state is not None:
+        stop_stack(paths)
+        print(f"the local stack recorded in {paths.data_dir} had already exited; removed its state file")
+    else:
+        print(f"no local stack recorded in {paths.data_dir}: nothing stopped there")
+    elsewhere = elsewhere_report(paths)
+    if elsewhere:
+        print(elsewhere)
+        return 3
+    print(f"no other local stack is running (registry {paths.registry_path})")
+    return 0
+
+
+def _status(paths: StackPaths) -> int:
+    state = recorded_stack(paths)
+    code = 3
+    if state is None:
+        print(f"no local stack recorded in {paths.data_dir}")
+    else:
+        alive = [item.process() is not None for item in state.processes]
+        code = 0 if alive and all(alive) else 1 if any(alive) else 3
+        verdict = {0: "running", 1: "partly running (restart: make airflow-stop, then make airflow)",
+                   3: "not running (its processes exited)"}[code]  # fmt: skip
+        print(f"the local stack in {paths.data_dir} is {verdict}")
+        for item, up in zip(state.processes, alive, strict=True):
+            print(f"  {item.name:<14} pid {item.pid:<8} {'alive' if up else 'exited':<7} log {item.log_path}")
+        print(describe(state, paths.data_dir))
+        print(f"stop with       {make_command(paths.data_dir)}")
+    elsewhere = elsewhere_report(paths)
+    if elsewhere:
+        print(elsewhere)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cloudagent_etl.localstack", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m cloudagent_dev.localstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("action", choices=["start", "stop", "status", "airflow"])
     parser.add_argument("airflow_args", nargs=argparse.REMAINDER, help="after `airflow`: its CLI arguments")
     parsed = parser.parse_args(argv)
-    action, settings = parsed.action, StackSettings.from_env()
-    if action == "airflow":
-        # The stack's own environment, so that e.g. `airflow backfill create` uses its metadata DB.
-        state = running_stack(settings)
-        if state is None:
-            print("the local stack is not running (make airflow)", file=sys.stderr)
-            return 3
-        env = stack_airflow_env(settings, state.receiver_url, state.simulator_url)
-        command = [str(VENV_BIN / "airflow"), *parsed.airflow_args]
-        return subprocess.run(command, env=env, check=False).returncode  # noqa: S603
-    if action == "start":
-        print(f"starting the local Airflow stack in {settings.data_dir} ...")
-        try:
-            state = start_stack(settings)
-        except (RuntimeError, KeyboardInterrupt) as exc:
-            print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
-        print(describe(state))
-        return 0
+    action, paths = parsed.action, StackPaths.from_env()
     if action == "stop":
-        survivors = stop_stack(settings)
-        if survivors:
-            print("still running after stop: " + "; ".join(survivors), file=sys.stderr)
-            return 1
-        print("the local stack is stopped")
-        return 0
-    running = running_stack(settings)
-    print(describe(running) if running else "the local stack is not running")
-    return 0 if running else 3
+        return _stop(paths)
+    if action == "status":
+        return _status(paths)
+    try:
+        settings = StackSettings.from_env()
+    except ConfigurationError as exc:
+        print(f"refused, nothing started: {exc}", file=sys.stderr)
+        return 2
+    if action == "start":
+        return _start(settings)
+    # `airflow ...` in the stack's environment, so that e.g. `airflow backfill create` uses its metadata DB.
+    state = running_stack(settings)
+    if state is None:
+        elsewhere = elsewhere_report(settings)
+        print(f"the local stack in {settings.data_dir} is not running (make airflow)", file=sys.stderr)
+        if elsewhere:
+            print(elsewhere, file=sys.stderr)
+        return 3
+    env = stack_airflow_env(settings, state.receiver_url, state.simulator_url)
+    command = [str(VENV_BIN / "airflow"), *parsed.airflow_args]
+    return subprocess.run(command, env=env, check=False).returncode  # noqa: S603
 
 
 if __name__ == "__main__":

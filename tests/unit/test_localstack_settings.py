@@ -1,0 +1,103 @@
+"""``make airflow``'s settings: all of CLOUDAGENT_API_* or none, and campaigns read like the Variable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cloudagent_dev.localstack import DEMO_CAMPAIGNS, StackSettings, main
+from cloudagent_etl.errors import ConfigurationError
+
+REPO = Path(__file__).resolve().parents[2]
+API = {
+    "CLOUDAGENT_API_BASE_URL": "https://in1-ccaas-api.ozonetel.com",
+    "CLOUDAGENT_API_USER": "acme_user",
+    "CLOUDAGENT_API_KEY": "s3cret-api-key",
+}
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        (["CLOUDAGENT_API_USER", "CLOUDAGENT_API_KEY"], ["CLOUDAGENT_API_BASE_URL"]),
+        (["CLOUDAGENT_API_BASE_URL"], ["CLOUDAGENT_API_USER", "CLOUDAGENT_API_KEY"]),
+        (["CLOUDAGENT_API_KEY"], ["CLOUDAGENT_API_BASE_URL", "CLOUDAGENT_API_USER"]),
+    ],
+)
+def test_a_partial_cloudagent_api_setting_is_refused_naming_what_is_missing(
+    given: list[str], missing: list[str]
+) -> None:
+    env = {name: API[name] for name in given} | {name: "  " for name in missing}  # blank counts as unset
+
+    with pytest.raises(ConfigurationError) as refused:
+        StackSettings.from_env(env)
+
+    message = str(refused.value)
+    assert f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not" in message
+    for name in given:
+        assert name in message
+        assert API[name] not in message, "a value (the apiKey, too) reached the message"
+
+
+def test_all_three_talk_to_the_real_cloudagent_and_none_to_the_simulator() -> None:
+    real = StackSettings.from_env({**API, "CLOUDAGENT_CAMPAIGNS": "Alpha"})
+    assert real.real_api == {"host": API["CLOUDAGENT_API_BASE_URL"], "login": "acme_user",
+                             "password": "s3cret-api-key"}  # fmt: skip
+    assert real.cloudagent() == "a real CloudAgent at https://in1-ccaas-api.ozonetel.com"
+    assert real.campaigns == ("Alpha",)
+    assert StackSettings.from_env({**API}).campaigns == (), "a real account has no demo campaigns"
+
+    simulated = StackSettings.from_env({"CLOUDAGENT_SIMULATOR_PORT": "9999"})
+    assert simulated.real_api is None
+    assert simulated.cloudagent().startswith("the simulator on http://127.0.0.1:9999")
+    assert simulated.campaigns == DEMO_CAMPAIGNS
+
+
+def test_credentials_in_the_base_url_are_not_printed() -> None:
+    settings = StackSettings.from_env({**API, "CLOUDAGENT_API_BASE_URL": "https://u:pw@api.example.com/x"})
+    assert settings.cloudagent() == "a real CloudAgent at https://api.example.com/x"
+
+
+@pytest.mark.parametrize(
+    "value", ['["Alpha","Beta"]', '[" Alpha", "Beta", "Alpha"]', "Alpha,Beta", " Alpha , Beta ,"]
+)
+def test_campaigns_are_a_json_list_or_comma_separated(value: str) -> None:
+    assert StackSettings.from_env({"CLOUDAGENT_CAMPAIGNS": value}).campaigns == ("Alpha", "Beta")
+
+
+def test_the_env_example_campaigns_are_read_as_names() -> None:
+    example = (REPO / ".env.example").read_text()
+    values = re.findall(r"^CLOUDAGENT_CAMPAIGNS=(.*)$", example, re.MULTILINE)
+    assert values
+    for value in values:
+        names = StackSettings.from_env({"CLOUDAGENT_CAMPAIGNS": value}).campaigns
+        assert names, value
+        assert all(re.fullmatch(r"\w+", name) for name in names), names
+
+
+@pytest.mark.parametrize("value", ['["Alpha", "Beta"', "[]", '["Alpha", 3]'])
+def test_malformed_campaigns_are_refused_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^CLOUDAGENT_CAMPAIGNS: "):
+        StackSettings.from_env({"CLOUDAGENT_CAMPAIGNS": value})
+
+
+def test_start_with_a_partial_setting_exits_2_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, registry = tmp_path / "stack", tmp_path / "registry"
+    monkeypatch.setenv("CLOUDAGENT_LOCALSTACK_DIR", str(folder))
+    monkeypatch.setenv("CLOUDAGENT_LOCALSTACK_REGISTRY", str(registry))
+    monkeypatch.delenv("CLOUDAGENT_API_BASE_URL", raising=False)
+    monkeypatch.setenv("CLOUDAGENT_API_USER", API["CLOUDAGENT_API_USER"])
+    monkeypatch.setenv("CLOUDAGENT_API_KEY", API["CLOUDAGENT_API_KEY"])
+
+    assert main(["start"]) == 2
+
+    out, err = capsys.readouterr()
+    assert "refused, nothing started: " in err
+    assert "CLOUDAGENT_API_BASE_URL is not" in err
+    assert API["CLOUDAGENT_API_KEY"] not in out + err
+    assert not folder.exists()
+    assert not registry.exists()
