@@ -94,6 +94,7 @@ def stack(
     env.update(
         {
             "CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path_factory.mktemp("localstack")),
+            "CLOUDAGENT_LOCALSTACK_REGISTRY": str(tmp_path_factory.mktemp("registry") / "localstacks"),
             "CLOUDAGENT_AIRFLOW_PORT": str(free_port()),
             "CLOUDAGENT_RECEIVER_PORT": str(free_port()),
             "CLOUDAGENT_SIMULATOR_PORT": str(free_port()),
