@@ -330,7 +330,8 @@ def executor_settings(env: Mapping[str, str], metadata_db_url: str) -> tuple[str
                                           ("CLOUDAGENT_CELERY_BROKER", broker)) if value]  # fmt: skip
         if given:
             raise ConfigurationError(
-                f"{' and '.join(given)} only apply to CeleryExecutor: set CLOUDAGENT_EXECUTOR=celery "
+                f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to CeleryExecutor: "
+                "set CLOUDAGENT_EXECUTOR=celery "
                 "(make airflow EXECUTOR=celery WORKERS=3), or unset them"
             )
         return executor, 0, None

@@ -130,10 +130,10 @@ def test_celery_on_sqlite_metadata_is_refused_naming_the_setting() -> None:
     ("env", "message"),
     [
         ({"CLOUDAGENT_EXECUTOR": "kubernetes"}, "CLOUDAGENT_EXECUTOR must be one of local, celery"),
-        ({"CLOUDAGENT_WORKERS": "3"}, "CLOUDAGENT_WORKERS only apply to CeleryExecutor"),
+        ({"CLOUDAGENT_WORKERS": "3"}, "CLOUDAGENT_WORKERS applies only to CeleryExecutor"),
         (
             {"CLOUDAGENT_CELERY_BROKER": "redis://x/1"},
-            "CLOUDAGENT_CELERY_BROKER only apply to CeleryExecutor",
+            "CLOUDAGENT_CELERY_BROKER applies only to CeleryExecutor",
         ),
         ({"CLOUDAGENT_EXECUTOR": "celery", "CLOUDAGENT_WORKERS": "0"}, "from 1 to 16, not '0'"),
         ({"CLOUDAGENT_EXECUTOR": "celery", "CLOUDAGENT_WORKERS": "two"}, "from 1 to 16, not 'two'"),
