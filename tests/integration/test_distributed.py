@@ -67,8 +67,9 @@ CAMPAIGNS = ("Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta")
 BACKFILL = {"from_date": "2025-06-01T00:00:00+00:00", "to_date": "2025-06-05T23:59:00+00:00"}
 DAYS = 5
 WORKERS = 3
-#: Long enough that every wait defers (and is seen deferred), short enough to keep the test quick.
-CALLBACK_DELAY_S = 8.0
+#: Longer than a wait_for_callback can take to start after its request_export (12 s was seen on the busy
+#: 2-core machine, when the callback had landed already and there was nothing to defer for).
+CALLBACK_DELAY_S = 30.0
 #: Enough records that a load runs a few seconds: a worker can be caught in the middle of one.
 RECORDS_PER_DAY = 1000
 RATE_LIMIT_PER_MINUTE = 10
@@ -324,7 +325,11 @@ class Watch:
     def __call__(self) -> None:
         self.polls += 1
         for ti in self.stack.task_instances("campaign.wait_for_callback", state="deferred"):
-            self.deferred[(ti["dag_run_id"], ti["map_index"])] = ti
+            # A snapshot that shows the trigger and its triggerer wins over one caught just before the
+            # triggerer took the trigger (or just after it fired): those show none.
+            key = (ti["dag_run_id"], ti["map_index"])
+            if (ti["trigger"] and ti["triggerer_job"]) or key not in self.deferred:
+                self.deferred[key] = ti
         if self.kill and not self.killed:
             self._kill_a_worker_during_a_load()
 
@@ -395,9 +400,11 @@ def _backfill_kill_rerun(stack: CeleryStack) -> dict[str, Any]:
 
     # 1. The backfill, one worker SIGKILLed while it runs a load.
     watch = Watch(stack, kill=True)
+    began = time.time()
     stack.backfill()
     backfill_s = _wait_for("the backfill", stack.backfill_finished, 1500, watch)
     print(f"backfill of {DAYS} days x {len(CAMPAIGNS)} campaigns took {backfill_s:.1f} s", flush=True)
+    first = Phase(began, backfill_s, _tries(stack))
 
     runs = stack.runs()
     assert {run["state"] for run in runs} == {"success"}, _failures(stack)
@@ -438,8 +445,7 @@ def _backfill_kill_rerun(stack: CeleryStack) -> dict[str, Any]:
     assert len(accepted) == len(requests), "an export was made that no export_requests row records"
 
     # Tasks ran on several workers; callbacks landed on both receivers.
-    tis = stack.task_instances()
-    backfill_tis = [ti for ti in tis if ti["dag_run_id"].startswith("backfill__")]
+    backfill_tis = [ti for ti in stack.task_instances() if ti["dag_run_id"].startswith("backfill__")]
     by_worker = Counter(ti["hostname"] for ti in backfill_tis)
     assert set(by_worker) <= set(stack.state.workers), by_worker
     assert len(by_worker) >= 2, by_worker
@@ -453,29 +459,36 @@ def _backfill_kill_rerun(stack: CeleryStack) -> dict[str, Any]:
 
     # Every wait of the backfill was deferred to a trigger that the triggerer ran.
     waits = [
-        ti
-        for ti in stack.task_instances("campaign.wait_for_callback")
-        if ti["dag_run_id"].startswith("backfill__")
+        t
+        for t in stack.task_instances("campaign.wait_for_callback")
+        if t["dag_run_id"].startswith("backfill__")
     ]
     assert len(waits) == DAYS * len(CAMPAIGNS)
     assert {ti["state"] for ti in waits} == {"success"}
-    assert {(ti["dag_run_id"], ti["map_index"]) for ti in waits} <= set(watch.deferred)
+    never_deferred = {(ti["dag_run_id"], ti["map_index"]) for ti in waits} - set(watch.deferred)
+    assert not never_deferred, (
+        f"waits never seen deferred (their callback may have landed first): {never_deferred}"
+    )
     for ti in watch.deferred.values():
         assert ti["trigger"]["classpath"].endswith("CallbackArrivedTrigger")
         assert ti["triggerer_job"]["job_type"] == "TriggererJob"
+    first.stale_events = _stale_executor_event_watch(stack, None, watch.killed["worker"])
 
     # 2. The same backfill again (reprocess completed runs) changes nothing.
     before = {name: _table(stack.engine, table) for name, table in _warehouse_tables().items()}
     first_loads = _backfill_loads(stack.engine)
     rerun_watch = Watch(stack, kill=False)
+    began = time.time()
     stack.backfill(reprocess_behavior="completed")
     rerun_s = _wait_for("the second backfill", stack.backfill_finished, 1500, rerun_watch)
     print(f"the same backfill again took {rerun_s:.1f} s", flush=True)
+    rerun = Phase(began, rerun_s, _tries(stack))
     assert {run["state"] for run in stack.runs()} == {"success"}, _failures(stack)
     assert {name: _table(stack.engine, table) for name, table in _warehouse_tables().items()} == before
     again = [load for key, load in _backfill_loads(stack.engine).items() if key not in first_loads]
     assert len(again) == DAYS * len(CAMPAIGNS)
     assert {(load.inserted, load.updated, load.rejected) for load in again} == {(0, 0, 0)}
+    rerun.stale_events = _stale_executor_event_watch(stack, first, watch.killed["worker"])
 
     # 3. Over both backfills and the nightly run: the limiter and the pool held.
     log = simulator.requests_log()
@@ -487,7 +500,29 @@ def _backfill_kill_rerun(stack: CeleryStack) -> dict[str, Any]:
     for (_, end), (next_start, _) in itertools.pairwise(intervals):
         assert end <= next_start, "two request_export instances overlapped"
 
-    return _report(stack, watch, backfill_s, rerun_s, worst, by_worker, receivers, first_loads, len(log))
+    return _report(stack, watch, first, rerun, log, worst, by_worker, receivers, first_loads)
+
+
+@dataclass
+class Phase:
+    """One backfill: when it began (UNIX time), how long it took, every task instance's try number after
+    it, and what the watch for stale executor events saw."""
+
+    began: float
+    seconds: float
+    tries: dict[tuple[str, str, int], int]
+    stale_events: dict[str, Any] = field(default_factory=dict)
+
+    def exports(self, log: list[dict]) -> list[float]:
+        """Arrival times of the export calls made while it ran."""
+        end = self.began + self.seconds
+        return sorted(e["arrived_at"] for e in log if self.began <= e["arrived_at"] <= end)
+
+
+def _tries(stack: CeleryStack) -> dict[tuple[str, str, int], int]:
+    return {
+        (ti["dag_run_id"], ti["task_id"], ti["map_index"]): ti["try_number"] for ti in stack.task_instances()
+    }
 
 
 def _timestamp(iso: str) -> float:
@@ -500,28 +535,62 @@ def _warehouse_tables() -> dict[str, Any]:
     return {"dial_status": dial_status, "dial_status_history": dial_status_history}
 
 
-def _stale_executor_events(stack: CeleryStack) -> dict[str, Any]:
-    """What the watch for apache/airflow#72716 saw: tasks retried other than the killed worker's, and the
-    scheduler's "state mismatch" audit events (an executor reporting a task finished that is not)."""
+def _stale_executor_event_watch(
+    stack: CeleryStack, previous: Phase | None, killed_worker: str
+) -> dict[str, Any]:
+    """What the watch for apache/airflow#72716 saw in a backfill (``previous``: the one before, None for
+    the first): every try beyond the one the backfill itself makes, split into the tries lost with the
+    killed worker and the others (a deferred task failed by a stale executor event would be one), and the
+    scheduler's "state mismatch" audit events (an executor reporting as finished a task that is not)."""
+    lost, other = [], []
+    for key, try_number in _tries(stack).items():
+        run_id, task_id, map_index = key
+        expected = 1 if previous is None else previous.tries.get(key, 0) + 1
+        if not run_id.startswith("backfill__") or try_number <= expected:
+            continue
+        ti = {"dag_run_id": run_id, "task_id": task_id, "map_index": map_index}
+        extra = [t for t in stack.tries(ti) if expected <= t["try_number"] < try_number]
+        label = f"{task_id}[{map_index}] {run_id}: " + ", ".join(
+            f"try {t['try_number']} {t['state']} on {t['hostname']}" for t in extra
+        )
+        (lost if any(t["hostname"] == killed_worker for t in extra) else other).append(label)
+    seen = set() if previous is None else set(previous.stale_events.get("state_mismatch_event_ids", ()))
     events = stack.get("/api/v2/eventLogs", event="state mismatch", limit=100)["event_logs"]
-    retried = [
-        f"{ti['task_id']}[{ti['map_index']}] {ti['dag_run_id']} try {ti['try_number']}"
-        for ti in stack.task_instances()
-        if ti["try_number"] > 1 and ti["dag_run_id"].startswith("backfill__")
-    ]
+    new = [e for e in events if e["event_log_id"] not in seen]
     return {
-        "state_mismatch_events": [f"{e['task_id']}[{e.get('map_index')}] {e['run_id']}" for e in events],
-        "tasks_retried": retried,
+        "retries_lost_with_the_killed_worker": lost,
+        "other_retries": other,
+        "state_mismatch_event_ids": sorted(seen | {e["event_log_id"] for e in new}),
+        "state_mismatch_events": [
+            f"{e['task_id']}[{e['map_index']}] {e['run_id']} try {e['try_number']}: {_head(e['extra'])}"
+            for e in new
+        ],
     }
 
 
+def _head(text: str | None, length: int = 160) -> str:
+    return (text or "")[:length]
+
+
 def _report(
-    stack: CeleryStack, watch: Watch, backfill_s: float, rerun_s: float, worst: int,
-    by_worker: Counter, receivers: Counter, first_loads: dict[str, Any], exports: int,
+    stack: CeleryStack, watch: Watch, first: Phase, rerun: Phase, log: list[dict], worst: int,
+    by_worker: Counter, receivers: Counter, first_loads: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     per_backfill = DAYS * len(CAMPAIGNS)
-    nightly = exports - 2 * per_backfill
-    floor = _rate_limit_floor(per_backfill + nightly)
+    nightly = len(log) - 2 * per_backfill
+
+    def phase(item: Phase, exports: int) -> dict[str, Any]:
+        arrivals = item.exports(log)
+        return {
+            "wall_time_s": round(item.seconds, 1),
+            "exports": len(arrivals),
+            "first_to_last_export_s": round(arrivals[-1] - arrivals[0], 1) if arrivals else None,
+            "floor_s": round(_rate_limit_floor(exports), 1),
+            "stale_executor_event_watch": {
+                k: v for k, v in item.stale_events.items() if k != "state_mismatch_event_ids"
+            },
+        }
+
     return {
         "machine": {"cores": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},
         "stack": {
@@ -530,6 +599,7 @@ def _report(
             "workers": WORKERS,
             "worker_concurrency": 2,
             "start_s": round(stack.start_seconds, 1),
+            "callback_delay_s": CALLBACK_DELAY_S,
         },
         "backfill": {"days": DAYS, "campaigns": len(CAMPAIGNS), "max_active_runs": 3},
         "workers_seen": dict(sorted(by_worker.items())),
@@ -539,22 +609,22 @@ def _report(
             "backfill": per_backfill,
             "rerun": per_backfill,
             "nightly_run": nightly,
-            "total": exports,
+            "total": len(log),
         },
         "worst_calls_per_60s": worst,
-        "wall_time_s": {"backfill_with_kill": round(backfill_s, 1), "rerun": round(rerun_s, 1)},
-        "floor_s": {
-            "issue_30_exports_at_10_per_min": 180.0,
-            "strict_last_admission_plus_callback_delay": round(floor, 1),
-            "note": f"the first backfill shares the limiter with the nightly run's {nightly} exports",
-        },
+        "floor_note": (
+            "floor_s: the earliest the last export can be admitted (10 per rolling 60 s + 2 s margin) plus "
+            f"the callback delay; the first backfill shares the limiter with the nightly run's {nightly} "
+            "exports. The issue's figure: 30 exports at 10/min = 180 s plus callback delays."
+        ),
+        "first_backfill_with_the_kill": phase(first, per_backfill + nightly),
+        "rerun": phase(rerun, per_backfill),
         "rows": {
             "dial_status": _count(stack.engine, dial_status),
             "dial_status_history": _count(stack.engine, dial_status_history),
             "loaded_records": sum(load.rows_in for load in first_loads.values()),
             "loads_of_the_backfill": len(first_loads),
         },
-        "stale_executor_event_watch": _stale_executor_events(stack),
         "polls": {"backfill": watch.polls},
     }
 
