@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -562,14 +563,18 @@ def _stale_executor_event_watch(
         "other_retries": other,
         "state_mismatch_event_ids": sorted(seen | {e["event_log_id"] for e in new}),
         "state_mismatch_events": [
-            f"{e['task_id']}[{e['map_index']}] {e['run_id']} try {e['try_number']}: {_head(e['extra'])}"
+            f"{e['task_id']}[{e['map_index']}] {e['run_id']} try {e['try_number']}: {_mismatch(e['extra'])}"
             for e in new
         ],
     }
 
 
-def _head(text: str | None, length: int = 160) -> str:
-    return (text or "")[:length]
+def _mismatch(extra: str | None) -> str:
+    """The two states of a "state mismatch" audit event: what the executor reported, what the TI said."""
+    found = re.search(
+        r"finished with state (\w+), but the task instance's state attribute is (\w+)", extra or ""
+    )
+    return f"executor reported {found[1]}, the task instance was {found[2]}" if found else (extra or "")[:200]
 
 
 def _report(
