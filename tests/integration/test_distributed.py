@@ -430,7 +430,7 @@ def _backfill_kill_rerun(stack: CeleryStack) -> dict[str, Any]:
         first_try_state=first_try["state"],
         retried_on=killed_load["hostname"],
         retry_try_number=killed_load["try_number"],
-        recovered_after_s=round(_timestamp(killed_load["end_date"]) - watch.killed.pop("killed_at"), 1),
+        recovered_after_s=round(_timestamp(killed_load["end_date"]) - watch.killed["killed_at"], 1),
     )
 
     # The warehouse is exactly what the simulator sent; no campaign x window was exported twice.
@@ -473,7 +473,8 @@ def _backfill_kill_rerun(stack: CeleryStack) -> dict[str, Any]:
     for ti in watch.deferred.values():
         assert ti["trigger"]["classpath"].endswith("CallbackArrivedTrigger")
         assert ti["triggerer_job"]["job_type"] == "TriggererJob"
-    first.stale_events = _stale_executor_event_watch(stack, None, watch.killed["worker"])
+    killed_at = watch.killed["killed_at"]
+    first.stale_events = _stale_executor_event_watch(stack, None, watch.killed["worker"], killed_at)
 
     # 2. The same backfill again (reprocess completed runs) changes nothing.
     before = {name: _table(stack.engine, table) for name, table in _warehouse_tables().items()}
@@ -489,7 +490,7 @@ def _backfill_kill_rerun(stack: CeleryStack) -> dict[str, Any]:
     again = [load for key, load in _backfill_loads(stack.engine).items() if key not in first_loads]
     assert len(again) == DAYS * len(CAMPAIGNS)
     assert {(load.inserted, load.updated, load.rejected) for load in again} == {(0, 0, 0)}
-    rerun.stale_events = _stale_executor_event_watch(stack, first, watch.killed["worker"])
+    rerun.stale_events = _stale_executor_event_watch(stack, first, watch.killed["worker"], None)
 
     # 3. Over both backfills and the nightly run: the limiter and the pool held.
     log = simulator.requests_log()
@@ -537,7 +538,7 @@ def _warehouse_tables() -> dict[str, Any]:
 
 
 def _stale_executor_event_watch(
-    stack: CeleryStack, previous: Phase | None, killed_worker: str
+    stack: CeleryStack, previous: Phase | None, killed_worker: str, killed_at: float | None
 ) -> dict[str, Any]:
     """What the watch for apache/airflow#72716 saw in a backfill (``previous``: the one before, None for
     the first): every try beyond the one the backfill itself makes, split into the tries lost with the
@@ -555,18 +556,35 @@ def _stale_executor_event_watch(
             f"try {t['try_number']} {t['state']} on {t['hostname']}" for t in extra
         )
         (lost if any(t["hostname"] == killed_worker for t in extra) else other).append(label)
-    seen = set() if previous is None else set(previous.stale_events.get("state_mismatch_event_ids", ()))
-    events = stack.get("/api/v2/eventLogs", event="state mismatch", limit=100)["event_logs"]
-    new = [e for e in events if e["event_log_id"] not in seen]
+    seen = set() if previous is None else set(previous.stale_events.get("event_ids", ()))
+    new = [e for e in _audit_events(stack) if e["event_log_id"] not in seen]
+
+    def described(event: str) -> list[str]:
+        return [
+            f"{e['task_id']}[{e['map_index']}] {e['run_id']} try {e['try_number']}: {_mismatch(e['extra'])}"
+            + (f" ({_timestamp(e['when']) - killed_at:.0f} s after the kill)" if killed_at else "")
+            for e in new
+            if e["event"] == event
+        ]
+
     return {
         "retries_lost_with_the_killed_worker": lost,
         "other_retries": other,
-        "state_mismatch_event_ids": sorted(seen | {e["event_log_id"] for e in new}),
-        "state_mismatch_events": [
-            f"{e['task_id']}[{e['map_index']}] {e['run_id']} try {e['try_number']}: {_mismatch(e['extra'])}"
-            for e in new
-        ],
+        "event_ids": sorted(seen | {e["event_log_id"] for e in new}),
+        "state_mismatch_events": described("state mismatch"),
+        # A task handed to the worker just before it died: Redis keeps the unacknowledged message until
+        # its visibility timeout (24 h), so the task stays queued until [scheduler] task_queued_timeout.
+        "stuck_in_queued_events": described("stuck in queued reschedule"),
+        "stuck_in_queued_failed": described("stuck in queued tries exceeded"),
     }
+
+
+def _audit_events(stack: CeleryStack) -> list[dict]:
+    """The scheduler's audit events about tasks an executor lost track of."""
+    found = []
+    for event in ("state mismatch", "stuck in queued reschedule", "stuck in queued tries exceeded"):
+        found += stack.get("/api/v2/eventLogs", event=event, limit=100)["event_logs"]
+    return found
 
 
 def _mismatch(extra: str | None) -> str:
@@ -591,9 +609,7 @@ def _report(
             "exports": len(arrivals),
             "first_to_last_export_s": round(arrivals[-1] - arrivals[0], 1) if arrivals else None,
             "floor_s": round(_rate_limit_floor(exports), 1),
-            "stale_executor_event_watch": {
-                k: v for k, v in item.stale_events.items() if k != "state_mismatch_event_ids"
-            },
+            "stale_executor_event_watch": {k: v for k, v in item.stale_events.items() if k != "event_ids"},
         }
 
     return {
@@ -608,7 +624,7 @@ def _report(
         },
         "backfill": {"days": DAYS, "campaigns": len(CAMPAIGNS), "max_active_runs": 3},
         "workers_seen": dict(sorted(by_worker.items())),
-        "killed_worker": watch.killed,
+        "killed_worker": {k: v for k, v in watch.killed.items() if k != "killed_at"},
         "callbacks_per_receiver": dict(sorted(receivers.items())),
         "exports": {
             "backfill": per_backfill,
