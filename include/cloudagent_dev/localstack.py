@@ -100,7 +100,7 @@ DEFAULT_CELERY_BROKER = "redis://127.0.0.1:6379/5"
 CELERY_SETTINGS = {
     # Few task processes per worker (a load is one CPU-bound process): scale out with workers instead.
     "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-    # A worker reserves no task beyond the ones it runs: a lost worker strands none in its prefetch.
+    # A worker takes a task only for a free slot: a lost worker strands no backlog in its prefetch.
     "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
     "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
     # A task whose worker died stops heartbeating: fail it (and retry it elsewhere) after 60 s, not 300 s.
