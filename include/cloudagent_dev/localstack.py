@@ -72,6 +72,7 @@ from cloudagent_dev.servers import start_server
 from cloudagent_etl.db import migrate
 from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.pipeline import parse_campaigns
+from cloudagent_etl.settings import API_ENV_VARIABLES
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -83,7 +84,7 @@ POOL = ("cloudagent_api", "1", "CloudAgent API: one export request at a time")
 ADMIN_USER = "admin"
 STATE_FILE = "localstack.json"
 DEFAULT_DIR = "data/airflow-local"
-API_VARIABLES = ("CLOUDAGENT_API_BASE_URL", "CLOUDAGENT_API_USER", "CLOUDAGENT_API_KEY")
+API_VARIABLES = tuple(API_ENV_VARIABLES.values())
 #: The parts of Airflow's health answer that the components started after the api-server report on.
 HEALTH_PARTS = {"scheduler": "scheduler", "dag_processor": "dag-processor", "triggerer": "triggerer"}
 
