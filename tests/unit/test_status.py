@@ -34,14 +34,15 @@ def loaded(engine: Engine, campaign: str, day: date, records: list[dict], **fiel
 
 @pytest.fixture
 def synced(engine: Engine) -> dict[str, str]:
-    """Sales loaded on every day (06-03 twice: a rerun, and a bad record), Support expired on 06-03 and
-    then failed, received on 06-04; Renewals never requested; one request still waiting on 06-04."""
+    """Sales loaded on every day (06-03 twice: a rerun with a bad record), Support expired on 06-03 and
+    then failed, received (not loaded) on 06-04; Renewals never requested."""
     run = {"dag_id": "cloudagent_dial_status", "run_id": "backfill__2025-06-02T22:00:00+00:00"}
     ids = {}
     for day in DAYS:
         answered = [record(f"S-{day}-{n}", f"{day} 10:0{n}:00", DialStatus="answered") for n in range(3)]
-        ids[f"Sales {day}"] = loaded(engine, "Sales", day, [*answered, record(f"S-{day}-9", f"{day} 11:00:00",
-                                     DialStatus="NoAnswer")], **(run if day == DAYS[1] else {}))  # fmt: skip
+        unanswered = record(f"S-{day}-9", f"{day} 11:00:00", DialStatus="NoAnswer")
+        lineage = run if day == DAYS[1] else {}
+        ids[f"Sales {day}"] = loaded(engine, "Sales", day, [*answered, unanswered], **lineage)
     bad = record("S-bad", "not a date")
     ids["Sales rerun"] = loaded(
         engine, "Sales", DAYS[1], [record(f"S-{DAYS[1]}-0", f"{DAYS[1]} 10:00:00"), bad]
@@ -122,7 +123,7 @@ def test_status_prints_the_grid_the_missing_days_their_backfill_and_the_rejects(
     assert "  2025-06-03  Support  failed  window 2025-06-03 03:15 .. 2025-06-04 03:30 IST" in out
     assert f"    attempt 1: expired, uniqueId U-support-expired, request {synced['expired']}" in out
     commands = [line.strip() for line in lines if line.strip().startswith("airflow backfill")]
-    assert [shlex.split(c)[6:11:2] + [json.loads(shlex.split(c)[-1])["campaigns"]] for c in commands] == [
+    assert [[*shlex.split(c)[6:11:2], json.loads(shlex.split(c)[-1])["campaigns"]] for c in commands] == [
         ["2025-06-02T03:30:00+05:30", "2025-06-03T03:30:00+05:30", "failed", ["Support", "Renewals"]],
         ["2025-06-04T03:30:00+05:30", "2025-06-04T03:30:00+05:30", "failed", ["Renewals"]],
     ]  # Support failed or never requested on 06-02..03; on 06-04 its callback landed: on its way
