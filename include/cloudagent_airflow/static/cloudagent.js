@@ -75,8 +75,10 @@ function taskLink(dagId, runId) {
 function cellCounts(cell) {
   const loads = cell.loads;
   if (cell.state === "loaded") {
-    return [plural(loads.records, "record"),
-      `+${NUMBER.format(loads.inserted)} ~${NUMBER.format(loads.updated)} ✕${NUMBER.format(loads.rejected)}`];
+    const changes = [`${NUMBER.format(loads.inserted)} new`];
+    if (loads.updated) changes.push(`${NUMBER.format(loads.updated)} upd`);
+    if (loads.rejected) changes.push(`${NUMBER.format(loads.rejected)} rej`);
+    return [plural(loads.records, "record"), changes.join(" · ")];
   }
   if (cell.state === "never_requested") return ["no request"];
   const lines = [plural(cell.requests, "request")];
@@ -231,7 +233,8 @@ function renderChart(data) {
   chart.textContent = "";
   Plotly.react(chart, traces, {
     margin: { l: 50, r: 20, t: 10, b: 40 },
-    xaxis: { type: "date", range: [data.days[0], data.days[data.days.length - 1]], tickformat: "%m-%d" },
+    xaxis: { type: "date", range: [data.days[0], data.days[data.days.length - 1]], tickformat: "%m-%d",
+      dtick: 86400000 * Math.max(1, Math.ceil(data.days.length / 14)) },
     yaxis: { title: { text: "answered (%)" }, range: [0, 100] },
     legend: { orientation: "h" },
   }, { displaylogo: false, responsive: true });
