@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,9 @@ def _failures(stack: Stack, runs: list[dict]) -> str:
             logs = Path(stack.state.airflow_home, "logs", f"dag_id={DAG_ID}", f"run_id={run['dag_run_id']}")
             attempts = sorted((logs / f"task_id={ti['task_id']}").glob("**/attempt=*.log"))
             if attempts:
-                tail = attempts[-1].read_text(errors="replace")[-2500:]
+                text = attempts[-1].read_text(errors="replace")
+                errors = [line[:1500] for line in text.splitlines() if '"level":"error"' in line]
+                tail = "\n".join(errors[-3:]) or text[-2500:]
                 lines.append("    " + tail.replace("\n", "\n    "))
     return "\n".join(lines)
 
@@ -362,7 +364,8 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
     began = time.monotonic()
     simulator = _simulator(stack)
     simulator.configure(drop_exports=1, callback_delay_s=0.5)
-    logical_date = f"{(datetime.fromisoformat(DROPPED_DAY) + timedelta(days=1)).date()}T22:00:00+00:00"
+    # A manual run with logical date L exports the window that ends at L (03:30 IST the next day).
+    logical_date = f"{DROPPED_DAY}T22:00:00+00:00"
     conf = {"campaigns": ["Beta"], "re_requests": 0, "callback_timeout_minutes": 0.1}
     created = stack.api.post(
         f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": logical_date, "conf": conf}
@@ -414,6 +417,7 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             page.get_by_role("link", name="CloudAgent").click()  # the navigation entry of the plugin
             page.wait_for_url("**/plugin/cloudagent")
             frame = page.frame_locator("iframe")
+            frame.locator("body[data-loaded]").wait_for(timeout=30_000)  # its first load (14 days)
             frame.locator("#days").fill("5")
             frame.locator("#until").fill(DROPPED_DAY)
             frame.get_by_role("button", name="Show").click()

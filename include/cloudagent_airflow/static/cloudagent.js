@@ -291,7 +291,7 @@ async function load() {
     }
     const data = await response.json();
     error.hidden = true;
-    form.until.value = data.days[data.days.length - 1];
+    if (!form.until.value) form.until.value = data.days[data.days.length - 1];
     document.getElementById("generated").textContent = `as of ${ist(data.generated_at)} IST`;
     renderLegend(data.states);
     renderGrid(data);
@@ -309,7 +309,9 @@ async function load() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+// A deferred script: the document is parsed when this runs. The form's button stays disabled until the
+// handler is in place (a native submission would only be refused by the page's policy).
+(() => {
   const form = document.getElementById("range");
   const query = new URLSearchParams(window.location.search);
   if (query.get("days")) form.days.value = query.get("days");
@@ -318,5 +320,6 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     load();
   });
+  form.querySelector("button[type=submit]").disabled = false;
   load();
-});
+})();
