@@ -466,6 +466,24 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             direct.locator(f"#grid button[data-campaign=Beta][data-day='{DROPPED_DAY}']").click()
             direct.wait_for_timeout(500)  # the chart's transition
             direct.screenshot(path=str(tmp_path / "cloudagent-page.png"), full_page=True)
+
+            # The backfill button posts the command's body to Airflow's API (answered here, not run).
+            posted: list[dict] = []
+
+            def answer(route: Any) -> None:
+                posted.append(route.request.post_data_json)
+                route.fulfill(status=200, json={"id": 7})
+
+            direct.route("**/api/v2/backfills", answer)
+            start = direct.locator(f".backfill[data-first-day='{DROPPED_DAY}'] button")
+            start.click()
+            start.click()  # the second click confirms
+            direct.get_by_text("backfill 7 created").wait_for(timeout=10_000)
+            assert posted == [
+                {"dag_id": DAG_ID, "from_date": f"{DROPPED_DAY}T03:30:00+05:30",
+                 "to_date": f"{DROPPED_DAY}T03:30:00+05:30", "reprocess_behavior": "failed",
+                 "dag_run_conf": {"campaigns": ["Alpha", "Beta"]}, "max_active_runs": 2}
+            ]  # fmt: skip
         finally:
             browser.close()
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

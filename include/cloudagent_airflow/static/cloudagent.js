@@ -145,25 +145,33 @@ function showDetail(data, cell, button) {
   if (!cell.attempts.length) {
     detail.replaceChildren(header, window_, el("p", {}, "No export request was made for this day."));
   } else {
-    const columns = ["attempt", "uniqueId", "state", "requested", "received", "settled", "deadline",
-      "records", "inserted", "updated", "unchanged", "rejected", "load s", "error", "run"];
-    const table = el("table", { class: "rows attempts" },
-      el("thead", {}, el("tr", {}, columns.map((c) => el("th", {}, c)))),
-      el("tbody", {}, cell.attempts.map((a) => el("tr", { dataset: { requestId: a.request_id } },
+    const columns = ["attempt", "uniqueId", "state", "requested", "received", "settled", "deadline", "loads",
+      "run"];
+    const rows = cell.attempts.flatMap((a) => {
+      const l = a.loads;
+      const loads = l.loads || l.failed_loads
+        ? `${plural(l.records, "record")}: ${l.inserted} new, ${l.updated} updated, ${l.unchanged} unchanged, `
+          + `${l.rejected} rejected (${l.seconds.toFixed(1)} s)` + (l.failed_loads ? `, ${l.failed_loads} failed` : "")
+        : "none";
+      const row = el("tr", { dataset: { requestId: a.request_id } },
         el("td", { class: "num" }, a.attempt),
         el("td", { class: "unique-id" }, a.unique_id || "none"),
-        el("td", {}, el("span", { class: "badge", dataset: { state: a.state === "loaded" ? "loaded" : a.state } },
-          a.state)),
-        el("td", {}, ist(a.requested_at || a.created_at)),
-        el("td", {}, ist(a.received_at)),
-        el("td", {}, ist(a.settled_at)),
-        el("td", {}, ist(a.callback_deadline)),
-        ["records", "inserted", "updated", "unchanged", "rejected"].map(
-          (k) => el("td", { class: "num" }, NUMBER.format(a.loads[k]))),
-        el("td", { class: "num" }, a.loads.seconds.toFixed(1)),
-        el("td", { class: "error-text" }, a.error || ""),
-        el("td", {}, a.dag_id && a.run_id ? [runLink(a.dag_id, a.run_id, "run"), " · ", taskLink(a.dag_id, a.run_id)]
-          : "")))));
+        el("td", {}, el("span", { class: "badge", dataset: { state: a.state } }, a.state)),
+        el("td", { class: "time" }, ist(a.requested_at || a.created_at)),
+        el("td", { class: "time" }, ist(a.received_at)),
+        el("td", { class: "time" }, ist(a.settled_at)),
+        el("td", { class: "time" }, ist(a.callback_deadline)),
+        el("td", { class: "loads" }, loads),
+        el("td", { class: "time" },
+          a.dag_id && a.run_id ? [runLink(a.dag_id, a.run_id, "run"), " · ", taskLink(a.dag_id, a.run_id)] : ""));
+      const extra = [a.error, a.late_payloads ? `${plural(a.late_payloads, "late payload")}` : ""].filter(Boolean);
+      return extra.length
+        ? [row, el("tr", { class: "error-row" }, el("td", {}), el("td", { class: "error-text", colspan: 8 },
+          extra.join(" · ")))]
+        : [row];
+    });
+    const table = el("table", { class: "rows attempts" },
+      el("thead", {}, el("tr", {}, columns.map((c) => el("th", {}, c)))), el("tbody", {}, rows));
     detail.replaceChildren(header, window_, el("div", { class: "scroll" }, table));
   }
   detail.hidden = false;
@@ -254,7 +262,7 @@ function renderLoads(data) {
       ["records", "inserted", "updated", "unchanged", "rejected"].map(
         (k) => el("td", { class: "num", dataset: { column: k } }, NUMBER.format(c.loads[k]))),
       el("td", { class: "num" }, c.loads.seconds.toFixed(1)),
-      el("td", {}, ist(c.loads.last_loaded_at)),
+      el("td", { class: "time" }, ist(c.loads.last_loaded_at)),
       el("td", {}, last && last.dag_id && last.run_id ? runLink(last.dag_id, last.run_id, "run") : ""));
   });
   document.getElementById("loads").replaceChildren(
