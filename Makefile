@@ -19,6 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 		$(PY) -m pip install -q -r requirements.txt && \
 		$(PY) -m pip install -q --no-deps -e . ; \
 	fi
+	# The editable build leaves its metadata in include/, which is on sys.path: Python would find the
+	# distribution twice (and Airflow would report its plugin as registered twice).
+	rm -rf include/cloudagent_etl.egg-info
 	touch $(STAMP)
 
 # Recompile the full pinned lock from the direct dependencies in requirements.in.
