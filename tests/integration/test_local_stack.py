@@ -415,7 +415,8 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             page.locator("input[name=username]").fill("admin")
             page.locator("input[name=password]").fill(password)
             page.get_by_role("button", name="Sign in").click()
-            page.get_by_role("link", name="CloudAgent").click()  # the navigation entry of the plugin
+            # The navigation entry of the plugin (the dashboard lists runs of "cloudagent_dial_status" too).
+            page.get_by_test_id("nav-sidebar").get_by_role("link", name="CloudAgent", exact=True).click()
             page.wait_for_url("**/plugin/cloudagent")
             frame = page.frame_locator("iframe")
             frame.locator("body[data-loaded]").wait_for(timeout=30_000)  # its first load (14 days)
