@@ -63,7 +63,7 @@ EMPTY_RECORDS = 5_000_000
 #: The time per record at the largest N may be at most this times that at the smallest: "linear".
 LINEAR_TOLERANCE = 1.5
 #: Columns of a stored version compared by ``warehouse_digest`` (``loaded_at`` differs run by run).
-DIGEST_COLUMNS = (*ROW_COLUMNS, "request_id", "payload_id", "load_run_id")
+DIGEST_COLUMNS = (*ROW_COLUMNS, "payload_id", "load_run_id")
 
 
 def write_payload(
@@ -127,6 +127,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (``VmHWM``): unlike ``ru_maxrss``, it does not inherit the high-water mark
+    of the parent whose memory a ``vfork``-ed child shared before its ``exec``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def client_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -141,8 +150,7 @@ def child_load(url: str, payload_id: int) -> None:
     seconds = time.perf_counter() - started
     client_cpu = client_cpu_seconds() - cpu_before
     server_cpu = backend_cpu_seconds(engine)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    figures = {"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "result": result.__dict__}
+    figures = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "result": result.__dict__}
     print(json.dumps({**figures, "client_cpu_s": client_cpu, "server_cpu_s": server_cpu}))
 
 
@@ -240,7 +248,9 @@ def newer_records(count: int) -> Iterator[dict[str, str]]:
 
 
 def warehouse_digest(url: str) -> str:
-    """SHA-256 of every current and superseded row (all columns but ``loaded_at``) and the load counts.
+    """SHA-256 of every current and superseded row and the load counts.
+
+    All columns but ``loaded_at`` and ``request_id`` (both new in each run).
 
     Two versions of the load that give the same digest on the same payloads wrote the same rows.
     """
@@ -321,6 +331,66 @@ def _timed_load(url: str, payload_id: int) -> dict[str, Any]:
     return {**load, "load_avg_1m": max(load_before, os.getloadavg()[0])}
 
 
+# ---------------------------------------------------------------------------------------------- breakdown
+def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, float]:
+    """CPU seconds per 100k records of each step, run one after the other in this process.
+
+    Client: parsing, typing, the stage's CSV and key hashes. Server (``/proc`` of the backend): the stage
+    ``COPY`` and the merge statements, for a first load, a reload of it and a payload with 50 % newer rows,
+    each on a new connection.
+    """
+    from cloudagent_etl import normalize
+    from cloudagent_etl.warehouse import load
+
+    scale = 100_000 / count
+    body = orjson.dumps(list(synthetic_records(count, seed=7)))
+    newer = orjson.dumps(list(newer_records(count)))
+    started = client_cpu_seconds()
+    for _ in normalize.iter_record_batches(body, "application/json"):
+        pass
+    figures = {"client_parse": client_cpu_seconds() - started}
+    started = client_cpu_seconds()
+    first = list(normalize.normalize_payload(body, "application/json", timezone="Asia/Kolkata"))
+    figures["client_typing"] = client_cpu_seconds() - started - figures["client_parse"]
+    started = client_cpu_seconds()
+    staged = [load.prepare_batch(batch, "postgresql") for batch in first]
+    figures["client_stage_csv_and_hashes"] = client_cpu_seconds() - started
+    reloads = list(normalize.normalize_payload(newer, "application/json", timezone="Asia/Kolkata"))
+    copy_to_stage = load._copy_to_stage
+    stage_cpu = [0.0]
+
+    def measured_copy(conn: Any, csv: bytes) -> None:
+        pid = conn.connection.driver_connection.info.backend_pid
+        before = process_cpu_seconds(pid)
+        copy_to_stage(conn, csv)
+        stage_cpu[0] += process_cpu_seconds(pid) - before
+
+    with scratch_database("postgresql", admin, pg_server, Path(), "breakdown") as url:
+        migrate(url)
+        engine = create_db_engine(url)
+        load._copy_to_stage = measured_copy  # type: ignore[assignment]
+        try:
+            phases = (("first_load", staged), ("reload_unchanged", staged), ("reload_50pct_newer", None))
+            for run, (phase, batches) in enumerate(phases, start=1):
+                engine.dispose()  # each phase on a new connection, as each load of the benchmark
+                batches = batches or [load.prepare_batch(batch, "postgresql") for batch in reloads]
+                stage_cpu[0] = 0.0
+                lineage = {"request_id": "bench", "payload_id": 1, "load_run_id": run}
+                with engine.begin() as conn:
+                    pid = conn.connection.driver_connection.info.backend_pid
+                    before = process_cpu_seconds(pid)
+                    merger = load._Merger(conn, {**lineage, "loaded_at": datetime.now(UTC)})
+                    for batch in batches:
+                        merger.merge(batch)
+                    total = process_cpu_seconds(pid) - before
+                figures[f"server_{phase}_stage_copy"] = stage_cpu[0]
+                figures[f"server_{phase}_merge"] = total - stage_cpu[0]
+        finally:
+            load._copy_to_stage = copy_to_stage  # type: ignore[assignment]
+            engine.dispose()
+    return {name: value * scale for name, value in figures.items()}
+
+
 # ---------------------------------------------------------------------------------------------- the peer
 #: dlt's names for dial_status's key and indexed columns (it snake-cases the source field names; the
 #: legs of DialStatus are not split by dlt, so its whole text stands for dial_status_last).
@@ -367,10 +437,9 @@ def child_peer(url: str, shape: str, payload: str, workdir: str) -> None:
     started = time.perf_counter()
     dlt_merge(dlt_pipeline(url, shape, Path(workdir)), orjson.loads(data))
     seconds = time.perf_counter() - started
-    peak_kib = max(
-        resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    )
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "dlt_version": dlt.__version__}))
+    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # dlt's workers, if any
+    peak = max(peak_rss_mb(), children_mb)
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "dlt_version": dlt.__version__}))
 
 
 def prepare_peer_table(url: str, shape: str, payload: Path, workdir: Path) -> None:
@@ -595,6 +664,7 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="run the scaling scenarios instead")
     parser.add_argument("--scaling-sizes", default="1000,10000,100000")
     parser.add_argument("--peer", action="store_true", help="this load against dlt's (make bench-peer)")
+    parser.add_argument("--breakdown", action="store_true", help="CPU per 100k records of each step")
     parser.add_argument("--child", nargs=2, metavar=("URL", "PAYLOAD_ID"), help=argparse.SUPPRESS)
     parser.add_argument("--child-peer", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -607,6 +677,11 @@ def main() -> None:
 
     pg_server = os.environ.get("CLOUDAGENT_BENCH_PG_URL", DEFAULT_PG_URL)
     admin = create_engine(to_sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
+    if args.breakdown:
+        for name, seconds in breakdown(pg_server, admin).items():
+            print(f"{name:<40}{seconds:>6.2f} CPU-s per 100k records")
+        admin.dispose()
+        return
     databases = args.databases.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         workdir = Path(tmp)
