@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock test lint format demo airflow airflow-stop airflow-status bench bench-receiver clean
+.PHONY: install lock test lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
 
 install: $(STAMP)
 
@@ -64,8 +64,16 @@ bench: install
 	$(PY) -m benchmarks.bench_load
 	$(PY) -m benchmarks.bench_load --scaling
 
+# The load against its peer, dlt's fastest merge path: dlt (the `bench` extra) goes into its own venv,
+# never into the one CI and the tests use.
+PEER_VENV = .venv-peer
+bench-peer: install
+	test -x $(PEER_VENV)/bin/python || $(BIN)/uv venv -q --python $(PY) $(PEER_VENV)
+	$(BIN)/uv pip install -q --python $(PEER_VENV)/bin/python -e ".[bench,dev]"
+	$(PEER_VENV)/bin/python -m benchmarks.bench_load --peer
+
 bench-receiver: install
 	$(PY) -m benchmarks.bench_receiver
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) data .pytest_cache .mypy_cache .ruff_cache
