@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock test lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
+.PHONY: install lock test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
 
 install: $(STAMP)
 
@@ -31,9 +31,14 @@ lock:
 # Tests run in parallel: most of the suite waits on servers, callbacks and the limiter, so more workers
 # than cores pay. Slow tests start first and each worker takes one test at a time (the longest never
 # start last); the ten slowest are listed at the end.
+# The distributed test (a backfill on CeleryExecutor, several minutes of rate limit) runs alone:
+# `make test-distributed`.
 TEST_WORKERS ?= 4
 test: install
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 1 --durations=10
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 1 --durations=10 -m "not distributed"
+
+test-distributed: install
+	$(BIN)/pytest -m distributed -s --durations=0 tests/integration/test_distributed.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -51,8 +56,11 @@ demo: install
 # detached on loopback under $CLOUDAGENT_LOCALSTACK_DIR (default data/airflow-local). `make airflow-stop`
 # stops exactly what it started; stop and status in a folder without a stack name the stacks running
 # elsewhere and the command that stops each (exit codes: `python -m cloudagent_dev.localstack --help`).
+# `make airflow EXECUTOR=celery WORKERS=3`: CeleryExecutor with N workers (Redis as broker, PostgreSQL
+# metadata required: CLOUDAGENT_AIRFLOW_DB_URL); see "Scaling out" in the README.
 airflow: install
-	$(PY) -m cloudagent_dev.localstack start
+	$(if $(EXECUTOR),CLOUDAGENT_EXECUTOR=$(EXECUTOR)) $(if $(WORKERS),CLOUDAGENT_WORKERS=$(WORKERS)) \
+		$(PY) -m cloudagent_dev.localstack start
 
 airflow-stop:
 	$(PY) -m cloudagent_dev.localstack stop

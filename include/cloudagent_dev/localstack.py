@@ -13,6 +13,15 @@
   deferred to it): tasks talk to the api-server, so nothing that runs tasks starts before it listens. Each
   is its own process group. Their log servers are off: every component reads the same local log folder.
 
+``CLOUDAGENT_EXECUTOR=celery`` (``make airflow EXECUTOR=celery WORKERS=3``) runs the same stack on
+CeleryExecutor: ``CLOUDAGENT_WORKERS`` (default 2) ``airflow celery worker`` processes named
+``worker-N@<host>`` (tasks report that name as their hostname), the broker ``CLOUDAGENT_CELERY_BROKER``
+(default: Redis on 127.0.0.1:6379, database 5; RabbitMQ: ``amqp://guest:guest@127.0.0.1:5672//``),
+Airflow's metadata database as the result backend (so PostgreSQL is required: SQLite is refused, exit 2),
+and a second receiver (``CLOUDAGENT_RECEIVER_2_PORT``, default 8082): odd workers call back to the first,
+even ones to the second. The settings that make it distributed are :data:`CELERY_SETTINGS`, the same as
+``docker-compose.celery.yaml``'s and the README's Helm values (a test compares them).
+
 Every step is printed as it happens. The warehouse is ``CLOUDAGENT_DB_URL`` (default: a SQLite file in the
 folder, migrated at start). Airflow's metadata is ``CLOUDAGENT_AIRFLOW_DB_URL`` (PostgreSQL, for heavier use)
 or a SQLite file in the Airflow home: enough for one laptop. The connections
@@ -47,6 +56,7 @@ import json
 import os
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -81,6 +91,25 @@ DEMO_USER = "demo_user"
 DEMO_API_KEY = "demo-api-key"
 DEMO_CAMPAIGNS = ("Sales", "Support", "Renewals")
 POOL = ("cloudagent_api", "1", "CloudAgent API: one export request at a time")
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 16
+#: Redis on this machine, a database of its own (two Celery stacks on one broker take each other's tasks).
+DEFAULT_CELERY_BROKER = "redis://127.0.0.1:6379/5"
+#: What makes a stack distributed, besides the executor and the two addresses (broker, result backend): the
+#: same in docker-compose.celery.yaml and the README's Helm values.
+CELERY_SETTINGS = {
+    # Few task processes per worker (a load is one CPU-bound process): scale out with workers instead.
+    "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+    # A worker reserves no task beyond the ones it runs: a lost worker strands none in its prefetch.
+    "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+    "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+    # A task whose worker died stops heartbeating: fail it (and retry it elsewhere) after 60 s, not 300 s.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+}
+#: Airflow's ``[core] hostname_callable`` on the local workers: tasks report their worker's name.
+WORKER_HOSTNAME_CALLABLE = "cloudagent_dev.localstack.worker_hostname"
+WORKER_HOSTNAME_VARIABLE = "CLOUDAGENT_WORKER_HOSTNAME"
 ADMIN_USER = "admin"
 STATE_FILE = "localstack.json"
 DEFAULT_DIR = "data/airflow-local"
@@ -121,6 +150,23 @@ class Progress:
 def connection_uri(db_url: str) -> str:
     """The ``cloudagent_db`` connection URI for a database URL (the hook picks the driver itself)."""
     return db_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def worker_hostname() -> str:
+    """The hostname a task reports (Airflow's ``hostname_callable``): its local Celery worker's name, since
+    the workers of a local stack share one machine (elsewhere: the machine's name, as Airflow's default)."""
+    return os.environ.get(WORKER_HOSTNAME_VARIABLE) or socket.getfqdn()
+
+
+def celery_env(broker_url: str, metadata_db_url: str) -> dict[str, str]:
+    """The Airflow settings of a CeleryExecutor deployment: the executor, the broker, the metadata database
+    as result backend (Celery's ``db+`` form) and :data:`CELERY_SETTINGS`."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": EXECUTORS["celery"],
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_db_url}",
+        **CELERY_SETTINGS,
+    }
 
 
 def airflow_env(
@@ -269,6 +315,47 @@ def campaigns_setting(env: Mapping[str, str], default: Sequence[str]) -> tuple[s
         raise ConfigurationError(f"CLOUDAGENT_CAMPAIGNS: {exc}") from None
 
 
+def executor_settings(env: Mapping[str, str], metadata_db_url: str) -> tuple[str, int, str | None]:
+    """``CLOUDAGENT_EXECUTOR`` (local or celery), ``CLOUDAGENT_WORKERS`` and ``CLOUDAGENT_CELERY_BROKER``:
+    (executor, workers, broker URL or None). Celery needs PostgreSQL for Airflow's metadata (its result
+    backend, and SQLite serves one writer); the worker count and the broker mean nothing without Celery."""
+    executor = (env.get("CLOUDAGENT_EXECUTOR") or "local").strip().lower()
+    if executor not in EXECUTORS:
+        raise ConfigurationError(
+            f"CLOUDAGENT_EXECUTOR must be one of {', '.join(EXECUTORS)}, not {executor!r}"
+        )
+    raw_workers = (env.get("CLOUDAGENT_WORKERS") or "").strip()
+    broker = (env.get("CLOUDAGENT_CELERY_BROKER") or "").strip()
+    if executor == "local":
+        given = [name for name, value in (("CLOUDAGENT_WORKERS", raw_workers),
+                                          ("CLOUDAGENT_CELERY_BROKER", broker)) if value]  # fmt: skip
+        if given:
+            raise ConfigurationError(
+                f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to CeleryExecutor: "
+                "set CLOUDAGENT_EXECUTOR=celery "
+                "(make airflow EXECUTOR=celery WORKERS=3), or unset them"
+            )
+        return executor, 0, None
+    workers = int(raw_workers) if raw_workers.isdigit() else DEFAULT_WORKERS
+    if raw_workers and not (raw_workers.isdigit() and 1 <= workers <= MAX_WORKERS):
+        raise ConfigurationError(
+            f"CLOUDAGENT_WORKERS must be a number of workers from 1 to {MAX_WORKERS}, not {raw_workers!r}"
+        )
+    if not metadata_db_url.startswith("postgresql"):
+        raise ConfigurationError(
+            "CLOUDAGENT_EXECUTOR=celery needs PostgreSQL as Airflow's metadata database (it is also the "
+            "Celery result backend, and SQLite serves one writer, not several workers): set "
+            "CLOUDAGENT_AIRFLOW_DB_URL=postgresql://user@host:5432/airflow"
+        )
+    broker = broker or DEFAULT_CELERY_BROKER
+    if httpx.URL(broker).scheme not in ("redis", "rediss", "amqp", "amqps"):
+        raise ConfigurationError(
+            "CLOUDAGENT_CELERY_BROKER must be a redis:// or amqp:// URL, e.g. "
+            f"{DEFAULT_CELERY_BROKER} or amqp://guest:guest@127.0.0.1:5672//"
+        )
+    return executor, workers, broker
+
+
 @dataclass(frozen=True)
 class StackSettings(StackPaths):
     """Where and how ``make airflow`` runs; every field has an environment variable (see the module doc)."""
@@ -281,6 +368,10 @@ class StackSettings(StackPaths):
     real_api: Mapping[str, str] | None  # host/login/password of a real CloudAgent; None = the simulator
     callback_base_url: str | None  # public URL of the receiver when CloudAgent is real
     campaigns: tuple[str, ...]
+    executor: str = "local"  # a key of EXECUTORS
+    workers: int = 0  # Celery workers (0 with LocalExecutor)
+    celery_broker: str | None = None
+    receiver_2_port: int = 8082  # the second receiver (Celery only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
@@ -288,6 +379,10 @@ class StackSettings(StackPaths):
         env = os.environ if env is None else env
         data_dir = _data_dir(env)
         real_api = real_api_settings(env)
+        metadata_db_url = (
+            env.get("CLOUDAGENT_AIRFLOW_DB_URL") or f"sqlite:///{data_dir / 'airflow' / 'airflow.db'}"
+        )
+        executor, workers, broker = executor_settings(env, metadata_db_url)
         return cls(
             data_dir=data_dir,
             registry_path=registry_path(env),
@@ -295,12 +390,23 @@ class StackSettings(StackPaths):
             receiver_port=int(env.get("CLOUDAGENT_RECEIVER_PORT", "8081")),
             simulator_port=int(env.get("CLOUDAGENT_SIMULATOR_PORT", "8765")),
             warehouse_db_url=env.get("CLOUDAGENT_DB_URL") or f"sqlite:///{data_dir / 'cloudagent.db'}",
-            metadata_db_url=env.get("CLOUDAGENT_AIRFLOW_DB_URL")
-            or f"sqlite:///{data_dir / 'airflow' / 'airflow.db'}",
+            metadata_db_url=metadata_db_url,
             real_api=real_api,
             callback_base_url=env.get("CLOUDAGENT_CALLBACK_BASE_URL") or None,
             campaigns=campaigns_setting(env, () if real_api else DEMO_CAMPAIGNS),
+            executor=executor,
+            workers=workers,
+            celery_broker=broker,
+            receiver_2_port=int(env.get("CLOUDAGENT_RECEIVER_2_PORT", "8082")),
         )
+
+    @property
+    def celery(self) -> bool:
+        return self.executor == "celery"
+
+    def broker(self) -> str:
+        """The Celery broker, for printing (no credentials); "" with LocalExecutor."""
+        return _without_credentials(self.celery_broker) if self.celery_broker else ""
 
     def cloudagent(self) -> str:
         """Which CloudAgent the stack talks to, for printing (no credentials)."""
@@ -321,6 +427,11 @@ class StackState:
     cloudagent: str = ""  # which CloudAgent it talks to (StackSettings.cloudagent)
     #: (step, wall-clock seconds) in the order they happened: "<name> started", "<name> ready", ...
     events: tuple[tuple[str, float], ...] = field(default=())
+    executor: str = EXECUTORS["local"]
+    broker: str = ""  # the Celery broker, without credentials ("" with LocalExecutor)
+    receiver_2_url: str | None = None  # the second receiver (Celery: even workers call back to it)
+    #: Celery worker hostname (``worker-N@<host>``, what its tasks report) -> its name in ``processes``.
+    workers: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -425,7 +536,8 @@ def _dag_registered(base_url: str, state: StackState) -> bool:
 def stack_airflow_env(
     settings: StackSettings, receiver_url: str, simulator_url: str | None
 ) -> dict[str, str]:
-    """The environment of every Airflow process of the stack (and of ``localstack airflow ...`` commands)."""
+    """The environment of every Airflow process of the stack (and of ``localstack airflow ...`` commands);
+    a Celery worker's adds its name and its receiver (:func:`worker_env`)."""
     if settings.real_api is None:
         assert simulator_url is not None, "the stack runs the simulator when no real CloudAgent is configured"
         api_connection = {"host": simulator_url, "login": DEMO_USER, "password": DEMO_API_KEY}
@@ -441,7 +553,8 @@ def stack_airflow_env(
             callback_base_url=settings.callback_base_url or receiver_url,
             campaigns=settings.campaigns,
         ),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": EXECUTORS["local"],
+        **(celery_env(settings.celery_broker or "", settings.metadata_db_url) if settings.celery else {}),
         "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_url}/execution/",
@@ -452,6 +565,43 @@ def stack_airflow_env(
         # Every component signs and checks task and UI tokens with the same key, kept in the Airflow home.
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(settings.airflow_home),
     }
+
+
+def worker_env(env: Mapping[str, str], hostname: str, callback_base_url: str) -> dict[str, str]:
+    """A local Celery worker's environment: the stack's, its name (reported by its tasks as their hostname,
+    see :func:`worker_hostname`) and the receiver its tasks give CloudAgent as callback URL."""
+    return {
+        **env,
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": WORKER_HOSTNAME_CALLABLE,
+        WORKER_HOSTNAME_VARIABLE: hostname,
+        "CLOUDAGENT_CALLBACK_BASE_URL": callback_base_url,
+    }
+
+
+def worker_hostnames(count: int) -> list[str]:
+    """``worker-1@<host>`` ... : distinct Celery node names for the workers that share this machine."""
+    return [f"worker-{number}@{socket.gethostname()}" for number in range(1, count + 1)]
+
+
+def _broker_answers(broker_url: str) -> bool:
+    url = httpx.URL(broker_url)
+    port = url.port or {"redis": 6379, "rediss": 6380, "amqp": 5672, "amqps": 5671}.get(url.scheme, 0)
+    try:
+        with socket.create_connection((url.host or LOOPBACK, port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def _worker_ready(process: StartedProcess, hostname: str, log_offset: int) -> bool:
+    """True once the worker's log (past ``log_offset``: the file is appended to across starts) says it is
+    connected to the broker and consuming (Celery's ``<name> ready.``)."""
+    try:
+        with open(process.log_path, "rb") as log:
+            log.seek(log_offset)
+            return f"{hostname} ready.".encode() in log.read()
+    except OSError:
+        return False
 
 
 def _jwt_secret(airflow_home: Path) -> str:
@@ -478,6 +628,8 @@ def start_stack(
         )
         return state
     ports = {"airflow": settings.airflow_port, "receiver": settings.receiver_port}
+    if settings.celery:
+        ports["second receiver"] = settings.receiver_2_port
     if settings.real_api is None:
         ports["simulator"] = settings.simulator_port
     busy = [f"{name} port {port}" for name, port in ports.items() if not port_is_free(port)]
@@ -485,7 +637,14 @@ def start_stack(
         elsewhere = elsewhere_report(settings)
         raise RuntimeError(
             f"{', '.join(busy)} already in use on {LOOPBACK}; choose others with CLOUDAGENT_AIRFLOW_PORT, "
-            "CLOUDAGENT_RECEIVER_PORT, CLOUDAGENT_SIMULATOR_PORT" + (f"\n{elsewhere}" if elsewhere else "")
+            "CLOUDAGENT_RECEIVER_PORT, CLOUDAGENT_SIMULATOR_PORT"
+            + (", CLOUDAGENT_RECEIVER_2_PORT" if settings.celery else "")
+            + (f"\n{elsewhere}" if elsewhere else "")
+        )
+    if settings.celery_broker and not _broker_answers(settings.celery_broker):
+        raise RuntimeError(
+            f"the Celery broker {settings.broker()} does not answer: start it, or choose another with "
+            "CLOUDAGENT_CELERY_BROKER"
         )
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     log_dir = settings.data_dir / "logs"
@@ -493,7 +652,8 @@ def start_stack(
     started: list[StartedProcess] = []
     events: list[tuple[str, float]] = []
     airflow_url = f"http://{LOOPBACK}:{settings.airflow_port}"
-    urls: dict[str, str | None] = {"receiver": "", "simulator": None}
+    urls: dict[str, str | None] = {"receiver": "", "simulator": None, "receiver-2": None}
+    hostnames = worker_hostnames(settings.workers)
 
     def record() -> StackState:
         state = StackState(
@@ -504,6 +664,10 @@ def start_stack(
             tuple(started),
             settings.cloudagent(),
             tuple(events),
+            EXECUTORS[settings.executor],
+            settings.broker(),
+            urls["receiver-2"],
+            {hostname: hostname.split("@")[0] for hostname in hostnames},
         )
         state.save(settings.state_path)
         return state
@@ -529,6 +693,8 @@ def start_stack(
             "CLOUDAGENT_DATA_DIR": str(settings.data_dir),
         }
         servers = [("receiver", ["receiver"], settings.receiver_port)]
+        if settings.celery:  # a second receiver on the same database: callbacks may land on either
+            servers.append(("receiver-2", ["receiver"], settings.receiver_2_port))
         if settings.real_api is None:
             simulator_args = ["simulate", "--user", DEMO_USER, "--api-key", DEMO_API_KEY]
             simulator_args += ["--campaigns", ",".join(settings.campaigns or DEMO_CAMPAIGNS)]
@@ -555,19 +721,32 @@ def start_stack(
         start_airflow("scheduler", ["scheduler", "--skip-serve-logs"], env)
         start_airflow("dag-processor", ["dag-processor"], env)
         start_airflow("triggerer", ["triggerer", "--skip-serve-logs"], env)
+        workers = {}
+        receivers = [urls["receiver"] or "", urls["receiver-2"] or urls["receiver"] or ""]
+        for number, hostname in enumerate(hostnames):
+            name = hostname.split("@")[0]
+            log_path = log_dir / f"airflow-{name}.log"
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            callback_url = settings.callback_base_url or receivers[number % 2]
+            command = ["celery", "worker", "--celery-hostname", hostname, "--skip-serve-logs"]
+            command += ["--concurrency", CELERY_SETTINGS["AIRFLOW__CELERY__WORKER_CONCURRENCY"]]
+            command += ["--without-mingle", "--without-gossip"]
+            process = start_airflow(name, command, worker_env(env, hostname, callback_url))
+            workers[name] = (process, hostname, offset)
         recorded = record()
-        pending = dict(HEALTH_PARTS)
+        pending = {**HEALTH_PARTS, **{name: name for name in workers}}
 
         def components_healthy() -> bool:
             health = _airflow_health(airflow_url)
             for part, name in list(pending.items()):
-                if _healthy(health, part):
+                if _worker_ready(*workers[part]) if part in workers else _healthy(health, part):
                     del pending[part]
                     note(f"{name} ready", f" after {time.perf_counter() - began:.1f} s")
             return not pending
 
-        wait_until("Airflow's " + ", ".join(HEALTH_PARTS.values()), components_healthy, started, timeout)
-        progress.timings["scheduler, dag-processor, triggerer ready"] = time.perf_counter() - began
+        waited_for = [*HEALTH_PARTS.values(), *workers]
+        wait_until("Airflow's " + ", ".join(waited_for), components_healthy, started, timeout)
+        progress.timings[", ".join(waited_for) + " ready"] = time.perf_counter() - began
         began = time.perf_counter()
         wait_until(
             f"DAG {DAG_ID} in Airflow", lambda: _dag_registered(airflow_url, recorded), started, timeout
@@ -607,9 +786,16 @@ def describe(state: StackState, data_dir: Path) -> str:
     )
     lines = [
         f"Airflow UI      {state.airflow_url}   login: {ADMIN_USER} / {password}",
-        f"receiver        {state.receiver_url}",
+        f"receiver        {state.receiver_url}"
+        + (
+            f" and {state.receiver_2_url} (even workers call back to the second)"
+            if state.receiver_2_url
+            else ""
+        ),
         f"CloudAgent      {state.cloudagent or state.simulator_url}",
         f"Airflow home    {state.airflow_home} (logs in {data_dir / 'logs'})",
+        f"executor        {state.executor}"
+        + (f", broker {state.broker}, workers {', '.join(state.workers)}" if state.broker else ""),
     ]
     return "\n".join(lines)
 
@@ -620,6 +806,8 @@ def _start(settings: StackSettings) -> int:
     print(f"CloudAgent: {settings.cloudagent()}", flush=True)
     campaigns = ", ".join(settings.campaigns) or "none set (set the Variable cloudagent_campaigns in the UI)"
     print(f"campaigns: {campaigns}", flush=True)
+    if settings.celery:
+        print(f"executor: CeleryExecutor, {settings.workers} workers, broker {settings.broker()}", flush=True)
     try:
         state = start_stack(settings, progress=progress)
     except (RuntimeError, KeyboardInterrupt) as exc:

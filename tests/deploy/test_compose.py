@@ -155,3 +155,102 @@ def test_no_literal_secrets(name: str) -> None:
             assert credential.startswith("${"), f"{service_name}.{key} embeds a literal password"
         if key.startswith("AIRFLOW_CONN_") and '"password"' in value:
             assert re.search(r'"password": "\$\{[A-Z_]+\}"', value), f"{service_name}.{key}"
+
+
+# --- the distributed deployment: the local Celery stack, the compose override, the README's Helm values -----
+
+#: Celery's two addresses: the broker (compared by kind) and the result backend (the metadata database).
+ADDRESSES = ("AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND")
+
+
+def _local_stack_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    from cloudagent_dev.localstack import StackSettings, stack_airflow_env
+
+    env = {
+        "CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path),
+        "CLOUDAGENT_AIRFLOW_DB_URL": "postgresql://airflow@127.0.0.1:5432/airflow",
+        **settings,
+    }
+    return stack_airflow_env(StackSettings.from_env(env), "http://127.0.0.1:8081", "http://127.0.0.1:8765")
+
+
+@pytest.fixture
+def local_celery_settings(tmp_path: Path) -> dict[str, str]:
+    """What ``make airflow EXECUTOR=celery`` changes in every Airflow process's environment, compared with
+    ``make airflow``: the settings that make the deployment distributed."""
+    local = _local_stack_env(tmp_path)
+    celery = _local_stack_env(tmp_path, CLOUDAGENT_EXECUTOR="celery")
+    assert set(local) <= set(celery), "the Celery stack drops a setting of the local one"
+    return {key: value for key, value in celery.items() if local.get(key) != value}
+
+
+def _unchecked(url: str) -> str:
+    """A compose URL with ``${VAR:?message}`` written as ``${VAR}`` (the same value once set)."""
+    return re.sub(r"\$\{([A-Z0-9_]+):\?[^}]*\}", r"${\1}", url)
+
+
+def test_the_compose_override_has_the_local_celery_stacks_settings(
+    local_celery_settings: dict[str, str], main_services: dict[str, Any]
+) -> None:
+    override = load("docker-compose.celery.yaml")
+    compose = {key: str(value) for key, value in override["x-celery-env"].items()}
+
+    assert set(compose) == set(local_celery_settings), "the two deployments set different keys"
+    assert {k: v for k, v in compose.items() if k not in ADDRESSES} == {
+        k: v for k, v in local_celery_settings.items() if k not in ADDRESSES
+    }
+    # Both: a Redis broker, and Airflow's own metadata database as the result backend.
+    for settings, metadata in (
+        (compose, main_services["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]),
+        (local_celery_settings, "postgresql://airflow@127.0.0.1:5432/airflow"),
+    ):
+        assert settings["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+        assert settings["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + _unchecked(metadata)
+    for name in ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                 "airflow-triggerer", "airflow-worker"):  # fmt: skip
+        assert override["services"][name]["environment"] == override["x-celery-env"], name
+
+
+def _readme_helm_values() -> dict[str, Any]:
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [
+        b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "apache-airflow/airflow" in b
+    ]
+    return yaml.safe_load(block)
+
+
+def test_the_readme_helm_values_have_the_local_celery_stacks_settings(
+    local_celery_settings: dict[str, str],
+) -> None:
+    values = _readme_helm_values()
+    assert values["executor"] == local_celery_settings["AIRFLOW__CORE__EXECUTOR"]
+    config = {
+        f"AIRFLOW__{section.upper()}__{key.upper()}": str(value)
+        for section, options in values["config"].items()
+        for key, value in options.items()
+    }
+    expected = {k: v for k, v in local_celery_settings.items() if k not in ADDRESSES}
+    del expected["AIRFLOW__CORE__EXECUTOR"]
+    assert config == expected
+    # The chart's Redis is the broker; the result backend defaults to the metadata database.
+    assert values["redis"]["enabled"] is True
+    assert values["triggerer"]["enabled"] is True, "wait_for_callback defers: a triggerer is required"
+
+
+def test_only_the_local_workers_get_a_name_and_a_receiver_of_their_own(tmp_path: Path) -> None:
+    """Several workers on one machine need distinct names (tasks report them) and alternate between two
+    receivers; on a cluster each worker has its own host and one receiver URL: not deployment settings."""
+    from cloudagent_dev.localstack import worker_env, worker_hostnames
+
+    env = _local_stack_env(tmp_path, CLOUDAGENT_EXECUTOR="celery")
+    hostnames = worker_hostnames(3)
+    assert len(set(hostnames)) == 3
+    assert all(re.fullmatch(r"worker-\d@.+", name) for name in hostnames)
+    added = {
+        k: v for k, v in worker_env(env, hostnames[1], "http://127.0.0.1:8082").items() if env.get(k) != v
+    }
+    assert added == {
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "cloudagent_dev.localstack.worker_hostname",
+        "CLOUDAGENT_WORKER_HOSTNAME": hostnames[1],
+        "CLOUDAGENT_CALLBACK_BASE_URL": "http://127.0.0.1:8082",
+    }

@@ -101,3 +101,68 @@ def test_start_with_a_partial_setting_exits_2_and_starts_nothing(
     assert API["CLOUDAGENT_API_KEY"] not in out + err
     assert not folder.exists()
     assert not registry.exists()
+
+
+PG_METADATA = {"CLOUDAGENT_AIRFLOW_DB_URL": "postgresql://airflow@127.0.0.1:5432/airflow"}
+
+
+def test_celery_defaults_to_two_workers_on_the_machines_redis_and_local_to_none() -> None:
+    celery = StackSettings.from_env({**PG_METADATA, "CLOUDAGENT_EXECUTOR": "celery"})
+    assert (celery.executor, celery.workers, celery.celery_broker) == (
+        "celery",
+        2,
+        "redis://127.0.0.1:6379/5",
+    )
+    assert celery.receiver_2_port == 8082
+    local = StackSettings.from_env({})
+    assert (local.executor, local.workers, local.celery_broker) == ("local", 0, None)
+
+
+def test_celery_on_sqlite_metadata_is_refused_naming_the_setting() -> None:
+    with pytest.raises(
+        ConfigurationError, match="needs PostgreSQL as Airflow's metadata database"
+    ) as refused:
+        StackSettings.from_env({"CLOUDAGENT_EXECUTOR": "celery", "CLOUDAGENT_WORKERS": "3"})
+    assert "CLOUDAGENT_AIRFLOW_DB_URL=postgresql://" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CLOUDAGENT_EXECUTOR": "kubernetes"}, "CLOUDAGENT_EXECUTOR must be one of local, celery"),
+        ({"CLOUDAGENT_WORKERS": "3"}, "CLOUDAGENT_WORKERS applies only to CeleryExecutor"),
+        (
+            {"CLOUDAGENT_CELERY_BROKER": "redis://x/1"},
+            "CLOUDAGENT_CELERY_BROKER applies only to CeleryExecutor",
+        ),
+        ({"CLOUDAGENT_EXECUTOR": "celery", "CLOUDAGENT_WORKERS": "0"}, "from 1 to 16, not '0'"),
+        ({"CLOUDAGENT_EXECUTOR": "celery", "CLOUDAGENT_WORKERS": "two"}, "from 1 to 16, not 'two'"),
+        (
+            {"CLOUDAGENT_EXECUTOR": "celery", "CLOUDAGENT_CELERY_BROKER": "sqs://q"},
+            "a redis:// or amqp:// URL",
+        ),
+    ],
+)
+def test_malformed_executor_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        StackSettings.from_env({**PG_METADATA, **env})
+
+
+def test_the_broker_is_printed_without_its_password() -> None:
+    broker = {"CLOUDAGENT_CELERY_BROKER": "amqp://guest:guest@127.0.0.1:5672//"}
+    settings = StackSettings.from_env({**PG_METADATA, "CLOUDAGENT_EXECUTOR": "celery", **broker})
+    assert settings.celery_broker == broker["CLOUDAGENT_CELERY_BROKER"]
+    assert settings.broker() == "amqp://127.0.0.1:5672//"
+
+
+def test_make_airflow_passes_executor_and_workers_only_when_given(tmp_path: Path) -> None:
+    """``make airflow EXECUTOR=celery WORKERS=3`` sets both; plain ``make airflow`` sets neither (so the
+    environment's own CLOUDAGENT_EXECUTOR, if any, is not overwritten)."""
+    import subprocess
+
+    def dry_run(*args: str) -> str:
+        command = ["make", "-s", "-n", "-C", str(REPO), "airflow", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    assert "CLOUDAGENT_EXECUTOR=celery CLOUDAGENT_WORKERS=3 " in dry_run("EXECUTOR=celery", "WORKERS=3")
+    assert "CLOUDAGENT_EXECUTOR" not in dry_run()
