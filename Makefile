@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-receiver clean
+.PHONY: install lock test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 		$(PY) -m pip install -q -r requirements.txt && \
 		$(PY) -m pip install -q --no-deps -e . ; \
 	fi
+	# The editable build leaves its metadata in include/, which is on sys.path: Python would find the
+	# distribution twice (and Airflow would report its plugin as registered twice).
+	rm -rf include/cloudagent_etl.egg-info
 	touch $(STAMP)
 
 # Recompile the full pinned lock from the direct dependencies in requirements.in.
@@ -69,8 +72,16 @@ bench: install
 	$(PY) -m benchmarks.bench_load
 	$(PY) -m benchmarks.bench_load --scaling
 
+# The load against its peer, dlt's fastest merge path: dlt (the `bench` extra) goes into its own venv,
+# never into the one CI and the tests use.
+PEER_VENV = .venv-peer
+bench-peer: install
+	test -x $(PEER_VENV)/bin/python || $(BIN)/uv venv -q --python $(PY) $(PEER_VENV)
+	$(BIN)/uv pip install -q --python $(PEER_VENV)/bin/python -e ".[bench,dev]"
+	$(PEER_VENV)/bin/python -m benchmarks.bench_load --peer
+
 bench-receiver: install
 	$(PY) -m benchmarks.bench_receiver
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
@@ -49,17 +49,21 @@ from sqlalchemy.engine import make_url
 
 from cloudagent_etl import landing, warehouse
 from cloudagent_etl.db import create_db_engine, migrate, to_sqlalchemy_url
+from cloudagent_etl.normalize import ROW_COLUMNS
 from cloudagent_etl.simulator.data import synthetic_records
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RESULTS = Path("bench-results/load.json")
 SCALING_RESULTS = Path("bench-results/load-scaling.json")
+PEER_RESULTS = Path("bench-results/load-peer.json")
 CUSTOM_FIELDS_PER_RECORD = 25
 FORM_BODY_BYTES = 50_000_000
 FORM_PEAK_RSS_LIMIT_MB = 500
 EMPTY_RECORDS = 5_000_000
 #: The time per record at the largest N may be at most this times that at the smallest: "linear".
 LINEAR_TOLERANCE = 1.5
+#: Columns of a stored version compared by ``warehouse_digest`` (``loaded_at`` differs run by run).
+DIGEST_COLUMNS = (*ROW_COLUMNS, "payload_id", "load_run_id")
 
 
 def write_payload(
@@ -97,14 +101,57 @@ def records_with_own_fields(count: int) -> Iterator[dict[str, str]]:
         yield record
 
 
+def backend_cpu_seconds(engine: Engine) -> float:
+    """CPU seconds used so far by the PostgreSQL backends of ``engine``'s database (from ``/proc``).
+
+    Only the load's own connections are connected to a scratch database; 0.0 on SQLite.
+    """
+    if engine.dialect.name != "postgresql":
+        return 0.0
+    with engine.connect() as conn:
+        pids = conn.scalars(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend'"
+            )
+        ).all()
+    return sum(process_cpu_seconds(pid) for pid in pids)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process of this machine (0.0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (``VmHWM``): unlike ``ru_maxrss``, it does not inherit the high-water mark
+    of the parent whose memory a ``vfork``-ed child shared before its ``exec``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def client_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_load(url: str, payload_id: int) -> None:
-    """Run in a fresh process: the load, its time and this process's peak RSS, as JSON on stdout."""
+    """Run in a fresh process: the load, its time, CPU and this process's peak RSS, as JSON on stdout."""
     engine = create_db_engine(url)
+    cpu_before = client_cpu_seconds()
     started = time.perf_counter()
     result = warehouse.load_payload(engine, payload_id)
     seconds = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "result": result.__dict__}))
+    client_cpu = client_cpu_seconds() - cpu_before
+    server_cpu = backend_cpu_seconds(engine)
+    figures = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "result": result.__dict__}
+    print(json.dumps({**figures, "client_cpu_s": client_cpu, "server_cpu_s": server_cpu}))
 
 
 def run_load(url: str, payload_id: int) -> dict[str, Any]:
@@ -135,6 +182,12 @@ def pg_reference(url: str, count: int) -> dict[str, float]:
                 conn.exec_driver_sql(f"CREATE TABLE {name} (LIKE dial_status {like})")
                 if name == "reference_pk":
                     conn.exec_driver_sql(f"ALTER TABLE {name} ADD PRIMARY KEY (campaign_name, record_key)")
+                else:  # the same shape: key, indexes and the trigger that keeps replaced versions
+                    conn.exec_driver_sql(
+                        f"CREATE TRIGGER {name}_keep_replaced AFTER UPDATE ON {name} "
+                        "REFERENCING OLD TABLE AS replaced NEW TABLE AS replacing "
+                        "FOR EACH STATEMENT EXECUTE FUNCTION dial_status_keep_replaced()"
+                    )
             csv.seek(0)
             started = time.perf_counter()
             with engine.begin() as conn:
@@ -183,27 +236,309 @@ def land_payload(url: str, body: landing.CallbackBody, content_type: str) -> int
     return stored.payload_id
 
 
-def bench(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
+def newer_records(count: int) -> Iterator[dict[str, str]]:
+    """The records of the first load with every second one a newer version (one hour later, new values)."""
+    for index, record in enumerate(synthetic_records(count, seed=7)):
+        if index % 2 == 0:
+            updated = datetime.strptime(record["UpdatedDate"], "%Y-%m-%d %H:%M:%S") + timedelta(hours=1)
+            record.update(
+                UpdatedDate=updated.strftime("%Y-%m-%d %H:%M:%S"), Disposition="Callback", Attempts="4"
+            )
+        yield record
+
+
+def warehouse_digest(url: str) -> str:
+    """SHA-256 of every current and superseded row and the load counts.
+
+    All columns but ``loaded_at`` and ``request_id`` (both new in each run).
+
+    Two versions of the load that give the same digest on the same payloads wrote the same rows.
+    """
+    engine = create_db_engine(url)
+    digest = hashlib.sha256()
+    counts = "rows_in, inserted, updated, unchanged, duplicates, rejected"
+    queries = [
+        f"SELECT {', '.join(columns)} FROM {table} ORDER BY campaign_name, record_key, updated_at"
+        for table, columns in (
+            ("dial_status", (*DIGEST_COLUMNS, "previous_load_run_id")),
+            ("dial_status_superseded", DIGEST_COLUMNS),
+        )
+    ]
+    queries.append(f"SELECT load_run_id, {counts} FROM load_runs ORDER BY load_run_id")
+    with engine.connect() as conn:
+        for query in queries:
+            for row in conn.exec_driver_sql(query):
+                digest.update(repr(tuple(_canonical(value) for value in row)).encode())
+    engine.dispose()
+    return digest.hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """A value as both databases return it: aware times in UTC, JSON as sorted text."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            return orjson.dumps(orjson.loads(value), option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def bench(database: str, url: str, count: int, workdir: Path) -> list[dict[str, Any]]:
+    """First load, a reload of the same payload (every row unchanged), a payload with 50 % newer rows."""
     body = write_payload(workdir / f"payload-{count}.json", synthetic_records(count, seed=7))
     payload_id = land_payload(url, body, "application/json")
+    runs = {"first_load": _timed_load(url, payload_id)}
+    reference = pg_reference(url, count) if database == "postgresql" else sqlite_reference(url, count)
+    runs["reload_unchanged"] = _timed_load(url, payload_id)
+    newer = write_payload(workdir / f"newer-{count}.json", newer_records(count))
+    runs["reload_50pct_newer"] = _timed_load(url, land_payload(url, newer, "application/json"))
+    digest = warehouse_digest(url)
+    rows = []
+    for scenario, load in runs.items():
+        rows_per_s = count / load["seconds"]
+        same_shape = reference.get("reference_all_indexes", reference["reference_pk"])
+        rows.append(
+            {
+                "database": database,
+                "scenario": scenario,
+                "records": count,
+                "payload_mb": body.size / 1e6,
+                "seconds": load["seconds"],
+                "rows_per_s": rows_per_s,
+                "peak_rss_mb": load["peak_rss_mb"],
+                **{f"{name}_rows_per_s": value for name, value in reference.items()},
+                "ratio": rows_per_s / reference["reference_pk"],
+                "ratio_to_same_shape": rows_per_s / same_shape,
+                "client_cpu_s_per_100k": load["client_cpu_s"] * 100_000 / count,
+                "server_cpu_s_per_100k": load["server_cpu_s"] * 100_000 / count,
+                "load_avg_1m": load["load_avg_1m"],
+                "cpus": os.cpu_count(),
+                "counts": load["result"],
+                "warehouse_digest": digest,
+            }
+        )
+    return rows
+
+
+def _timed_load(url: str, payload_id: int) -> dict[str, Any]:
+    """``run_load`` with the machine's 1-minute load average around it (the box is shared)."""
     load_before = os.getloadavg()[0]
     load = run_load(url, payload_id)
-    machine_load = max(load_before, os.getloadavg()[0])
-    reference = pg_reference(url, count) if database == "postgresql" else sqlite_reference(url, count)
-    rows_per_s = count / load["seconds"]
+    return {**load, "load_avg_1m": max(load_before, os.getloadavg()[0])}
+
+
+# ---------------------------------------------------------------------------------------------- breakdown
+def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, float]:
+    """CPU seconds per 100k records of each step, run one after the other in this process.
+
+    Client: parsing, typing, the stage's CSV and key hashes. Server (``/proc`` of the backend): the stage
+    ``COPY`` and the merge statements, for a first load, a reload of it and a payload with 50 % newer rows,
+    each on a new connection.
+    """
+    from cloudagent_etl import normalize
+    from cloudagent_etl.warehouse import load
+
+    scale = 100_000 / count
+    body = orjson.dumps(list(synthetic_records(count, seed=7)))
+    newer = orjson.dumps(list(newer_records(count)))
+    started = client_cpu_seconds()
+    for _ in normalize.iter_record_batches(body, "application/json"):
+        pass
+    figures = {"client_parse": client_cpu_seconds() - started}
+    started = client_cpu_seconds()
+    first = list(normalize.normalize_payload(body, "application/json", timezone="Asia/Kolkata"))
+    figures["client_typing"] = client_cpu_seconds() - started - figures["client_parse"]
+    started = client_cpu_seconds()
+    staged = [load.prepare_batch(batch, "postgresql") for batch in first]
+    figures["client_stage_csv_and_hashes"] = client_cpu_seconds() - started
+    reloads = list(normalize.normalize_payload(newer, "application/json", timezone="Asia/Kolkata"))
+    copy_to_stage = load._copy_to_stage
+    stage_cpu = [0.0]
+
+    def measured_copy(conn: Any, csv: bytes) -> None:
+        pid = conn.connection.driver_connection.info.backend_pid
+        before = process_cpu_seconds(pid)
+        copy_to_stage(conn, csv)
+        stage_cpu[0] += process_cpu_seconds(pid) - before
+
+    with scratch_database("postgresql", admin, pg_server, Path(), "breakdown") as url:
+        migrate(url)
+        engine = create_db_engine(url)
+        load._copy_to_stage = measured_copy  # type: ignore[assignment]
+        try:
+            phases = (("first_load", staged), ("reload_unchanged", staged), ("reload_50pct_newer", None))
+            for run, (phase, batches) in enumerate(phases, start=1):
+                engine.dispose()  # each phase on a new connection, as each load of the benchmark
+                batches = batches or [load.prepare_batch(batch, "postgresql") for batch in reloads]
+                stage_cpu[0] = 0.0
+                lineage = {"request_id": "bench", "payload_id": 1, "load_run_id": run}
+                with engine.begin() as conn:
+                    pid = conn.connection.driver_connection.info.backend_pid
+                    before = process_cpu_seconds(pid)
+                    merger = load._Merger(conn, {**lineage, "loaded_at": datetime.now(UTC)})
+                    for batch in batches:
+                        merger.merge(batch)
+                    total = process_cpu_seconds(pid) - before
+                figures[f"server_{phase}_stage_copy"] = stage_cpu[0]
+                figures[f"server_{phase}_merge"] = total - stage_cpu[0]
+        finally:
+            load._copy_to_stage = copy_to_stage  # type: ignore[assignment]
+            engine.dispose()
+    return {name: value * scale for name, value in figures.items()}
+
+
+# ---------------------------------------------------------------------------------------------- the peer
+#: dlt's names for dial_status's key and indexed columns (it snake-cases the source field names; the
+#: legs of DialStatus are not split by dlt, so its whole text stands for dial_status_last).
+PEER_KEY = ("campaign_name", "data_unique_id")
+PEER_INDEXES = (("campaign_name", "updated_date"), ("dial_status",), ("disposition",))
+PEER_SHAPES = {"same_shape": PEER_INDEXES, "pk_only": ()}
+
+
+def dlt_pipeline(url: str, shape: str, workdir: Path) -> Any:
+    """The peer's pipeline into PostgreSQL at ``url`` (dataset ``peer_<shape>``); dlt is imported here only.
+
+    dlt is installed by ``make bench-peer`` alone (into ``.venv-peer``).
+    """
+    import dlt
+
+    # dlt insists on a password; the benchmark's server trusts loopback, so any one will do.
+    credentials = make_url(to_sqlalchemy_url(url)).set(drivername="postgresql", password="trust")  # noqa: S106
+    return dlt.pipeline(
+        pipeline_name=f"peer_{shape}",
+        destination=dlt.destinations.postgres(credentials=credentials.render_as_string(hide_password=False)),
+        dataset_name=f"peer_{shape}",
+        pipelines_dir=str(workdir / "dlt"),
+    )
+
+
+def dlt_merge(pipeline: Any, records: list[dict[str, Any]]) -> None:
+    """dlt's fastest merge path: the records as one pyarrow table, parquet files, delete-insert."""
+    import pyarrow as pa
+
+    pipeline.run(
+        pa.Table.from_pylist(records),
+        table_name="dial_status_peer",
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        primary_key=PEER_KEY,
+        loader_file_format="parquet",
+    )
+
+
+def child_peer(url: str, shape: str, payload: str, workdir: str) -> None:
+    """Run in a fresh process: dlt from the payload's bytes in memory to merged rows; time and peak RSS."""
+    import dlt
+
+    data = Path(payload).read_bytes()
+    started = time.perf_counter()
+    dlt_merge(dlt_pipeline(url, shape, Path(workdir)), orjson.loads(data))
+    seconds = time.perf_counter() - started
+    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # dlt's workers, if any
+    peak = max(peak_rss_mb(), children_mb)
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "dlt_version": dlt.__version__}))
+
+
+def prepare_peer_table(url: str, shape: str, payload: Path, workdir: Path) -> None:
+    """Let dlt create its table from the first records, give it dial_status's key (and indexes), empty it."""
+    pipeline = dlt_pipeline(url, shape, workdir)
+    with payload.open("rb") as file:
+        head = file.read(1_000_000)
+    dlt_merge(pipeline, orjson.loads(head[: head.rindex(b"},") + 1] + b"]"))
+    engine = create_db_engine(url)
+    table = f"peer_{shape}.dial_status_peer"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {table}")
+        constraints = conn.exec_driver_sql(
+            f"SELECT conname FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'p'"
+        ).all()
+        if not constraints:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(PEER_KEY)})")
+        for columns in PEER_SHAPES[shape]:
+            conn.exec_driver_sql(f"CREATE INDEX ON {table} ({', '.join(columns)})")
+    engine.dispose()
+
+
+def bench_peer(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
+    """This project's first load and dlt's fastest merge path on the same records, in the same run."""
+    body = write_payload(workdir / f"payload-{count}.json", synthetic_records(count, seed=7))
+    ours = _timed_load(url, land_payload(url, body, "application/json"))
+    figures: dict[str, Any] = {}
+    for shape in PEER_SHAPES:
+        prepare_peer_table(url, shape, Path(body.file.name), workdir)
+        out = subprocess.run(  # noqa: S603 - our own interpreter and module, arguments we made
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_load",
+                "--child-peer",
+                url,
+                shape,
+                body.file.name,
+                str(workdir),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        figures[shape] = json.loads(out.stdout.strip().splitlines()[-1])
+    engine = create_db_engine(url)
+    with engine.connect() as conn:
+        peer_rows = conn.exec_driver_sql("SELECT COUNT(*) FROM peer_same_shape.dial_status_peer").scalar_one()
+    engine.dispose()
+    rows_per_s = count / ours["seconds"]
+    peer = figures["same_shape"]
     return {
         "database": database,
+        "scenario": "first_load",
         "records": count,
-        "payload_mb": body.size / 1e6,
-        "seconds": load["seconds"],
         "rows_per_s": rows_per_s,
-        "peak_rss_mb": load["peak_rss_mb"],
-        **{f"{name}_rows_per_s": value for name, value in reference.items()},
-        "ratio": rows_per_s / reference["reference_pk"],
-        "load_avg_1m": machine_load,
-        "cpus": os.cpu_count(),
-        "counts": load["result"],
+        "peak_rss_mb": ours["peak_rss_mb"],
+        "peer": f"dlt {peer['dlt_version']} merge (pyarrow table, parquet, delete-insert)",
+        "peer_rows": peer_rows,
+        "peer_rows_per_s": count / peer["seconds"],
+        "peer_peak_rss_mb": peer["peak_rss_mb"],
+        "peer_pk_only_rows_per_s": count / figures["pk_only"]["seconds"],
+        "peer_pk_only_peak_rss_mb": figures["pk_only"]["peak_rss_mb"],
+        "ratio_to_peer": rows_per_s / (count / peer["seconds"]),
+        "rss_fraction_of_peer": ours["peak_rss_mb"] / peer["peak_rss_mb"],
+        "load_avg_1m": ours["load_avg_1m"],
     }
+
+
+def record_peer(rows: list[dict[str, Any]]) -> None:
+    """Add the peer's figures to the matching first-load rows of ``load.json`` (and keep the peer's own)."""
+    PEER_RESULTS.write_text(
+        json.dumps({"measured_at": datetime.now(UTC).isoformat(), "results": rows}, indent=2)
+    )
+    if not RESULTS.exists():
+        return
+    saved = json.loads(RESULTS.read_text())
+    for row in saved["results"]:
+        for peer in rows:
+            if (row["database"], row.get("scenario"), row["records"]) == (
+                peer["database"],
+                peer["scenario"],
+                peer["records"],
+            ):
+                row["peer_rows_per_s"] = peer["peer_rows_per_s"]
+                row["ratio_to_peer"] = peer["ratio_to_peer"]
+                row["peer_measured_at"] = datetime.now(UTC).isoformat()
+    RESULTS.write_text(json.dumps(saved, indent=2))
+
+
+def print_peer_row(row: dict[str, Any]) -> None:
+    print(
+        f"{row['records']:>9} this project {row['rows_per_s']:>8.0f} rows/s {row['peak_rss_mb']:>6.0f} MB | "
+        f"{row['peer']}: same shape {row['peer_rows_per_s']:>8.0f} rows/s "
+        f"{row['peer_peak_rss_mb']:>6.0f} MB, "
+        f"PK only {row['peer_pk_only_rows_per_s']:>8.0f} rows/s | x{row['ratio_to_peer']:.2f} the peer at "
+        f"{row['rss_fraction_of_peer']:.2f} of its memory (load {row['load_avg_1m']:.1f})",
+        flush=True,
+    )
 
 
 def bench_own_fields(database: str, url: str, count: int, workdir: Path) -> dict[str, Any]:
@@ -328,14 +663,25 @@ def main() -> None:
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--scaling", action="store_true", help="run the scaling scenarios instead")
     parser.add_argument("--scaling-sizes", default="1000,10000,100000")
+    parser.add_argument("--peer", action="store_true", help="this load against dlt's (make bench-peer)")
+    parser.add_argument("--breakdown", action="store_true", help="CPU per 100k records of each step")
     parser.add_argument("--child", nargs=2, metavar=("URL", "PAYLOAD_ID"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-peer", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_load(args.child[0], int(args.child[1]))
         return
+    if args.child_peer:
+        child_peer(*args.child_peer)
+        return
 
     pg_server = os.environ.get("CLOUDAGENT_BENCH_PG_URL", DEFAULT_PG_URL)
     admin = create_engine(to_sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
+    if args.breakdown:
+        for name, seconds in breakdown(pg_server, admin).items():
+            print(f"{name:<40}{seconds:>6.2f} CPU-s per 100k records")
+        admin.dispose()
+        return
     databases = args.databases.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         workdir = Path(tmp)
@@ -345,6 +691,15 @@ def main() -> None:
                 options = () if option is None else (option,)
                 return scenario(database, url, *options, workdir)
 
+        if args.peer:
+            peer_rows = []
+            for count in (int(size) for size in args.sizes.split(",")):
+                peer_rows.append(run("postgresql", f"peer-{count}", bench_peer, count))
+                print_peer_row(peer_rows[-1])
+            admin.dispose()
+            record_peer(peer_rows)
+            print(f"\nwritten to {PEER_RESULTS} (and the peer's figures to {RESULTS})")
+            return
         if args.scaling:
             results = scaling(databases, [int(size) for size in args.scaling_sizes.split(",")], run)
             target = SCALING_RESULTS
@@ -352,8 +707,9 @@ def main() -> None:
             results, target = [], RESULTS
             for database in databases:
                 for count in (int(size) for size in args.sizes.split(",")):
-                    results.append(run(database, str(count), bench, count))
-                    print_row(results[-1])
+                    for row in run(database, str(count), bench, count):
+                        results.append(row)
+                        print_row(row)
     admin.dispose()
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(
@@ -364,18 +720,19 @@ def main() -> None:
 
 def print_row(row: dict[str, Any]) -> None:
     header = (
-        f"{'database':<11}{'records':>9}{'MB':>7}{'seconds':>9}{'rows/s':>9}{'ref PK rows/s':>15}"
-        f"{'ratio':>7}{'ref all-idx rows/s':>20}{'peak RSS MB':>13}{'load/CPUs':>11}"
+        f"{'database':<11}{'scenario':<20}{'records':>9}{'seconds':>8}{'rows/s':>8}{'ref PK':>8}"
+        f"{'ratio':>6}{'ref same shape':>15}{'ratio':>6}{'RSS MB':>7}{'CPU/100k cl+srv':>16}{'load':>5}"
     )
     if not getattr(print_row, "printed", False):
         print(header)
         print_row.printed = True  # type: ignore[attr-defined]
-    all_indexes = row.get("reference_all_indexes_rows_per_s")
+    same_shape = row.get("reference_all_indexes_rows_per_s")
+    cpu = f"{row['client_cpu_s_per_100k']:.2f}+{row['server_cpu_s_per_100k']:.2f}"
     print(
-        f"{row['database']:<11}{row['records']:>9}{row['payload_mb']:>7.0f}{row['seconds']:>9.1f}"
-        f"{row['rows_per_s']:>9.0f}{row['reference_pk_rows_per_s']:>15.0f}{row['ratio']:>7.2f}"
-        f"{(f'{all_indexes:.0f}' if all_indexes else '-'):>20}{row['peak_rss_mb']:>13.0f}"
-        f"{row['load_avg_1m']:>7.1f}/{row['cpus']:<3}",
+        f"{row['database']:<11}{row['scenario']:<20}{row['records']:>9}{row['seconds']:>8.1f}"
+        f"{row['rows_per_s']:>8.0f}{row['reference_pk_rows_per_s']:>8.0f}{row['ratio']:>6.2f}"
+        f"{(f'{same_shape:.0f}' if same_shape else '-'):>15}{row['ratio_to_same_shape']:>6.2f}"
+        f"{row['peak_rss_mb']:>7.0f}{cpu:>16}{row['load_avg_1m']:>5.1f}",
         flush=True,
     )
 

@@ -26,8 +26,9 @@ Then per campaign (one mapped instance each, named by campaign):
 The `campaigns` param, when not empty, replaces the Variable `cloudagent_campaigns` for this run (a JSON
 list or a comma-separated string). A run triggered without a logical date exports the last complete
 nightly interval. One campaign failing does not stop the others; `quality_checks` then fails the run
-listing every campaign that did not load. Logic lives in `cloudagent_etl.pipeline`; see the README for
-what each kind of date means and for backfills.
+listing every campaign that did not load, and `alert_unloaded` sends them through the notifier of the
+connection `cloudagent_alerts` (without it, the alert is only logged). Logic lives in
+`cloudagent_etl.pipeline`; see the README for what each kind of date means and for backfills.
 """
 
 from __future__ import annotations
@@ -154,9 +155,28 @@ def cloudagent_dial_status() -> None:
         if problems:
             raise AirflowFailException("quality checks failed:\n- " + "\n- ".join(problems))
 
+    @task(trigger_rule="all_done")
+    def alert_unloaded(campaigns: list[str] | None) -> bool:
+        """Notify (connection cloudagent_alerts; logs only without it) when campaigns did not load."""
+        from cloudagent_airflow.alerts import send_alert
+        from cloudagent_etl import alerts, pipeline
+
+        context = get_current_context()
+        window = pipeline.export_window(
+            context.get("data_interval_start"),
+            context.get("data_interval_end"),
+            context["params"]["lookback_minutes"],
+        )
+        with CloudAgentDbHook().engine() as engine:
+            alert = alerts.unloaded_in_run(
+                engine, dag_id=context["dag"].dag_id, run_id=context["run_id"], campaigns=campaigns,
+                window=window,
+            )  # fmt: skip
+        return send_alert(alert, context)
+
     campaigns = campaigns_to_sync()
     preflight() >> sweep() >> campaigns
-    sync_campaign.expand(campaign=campaigns) >> quality_checks(campaigns)
+    sync_campaign.expand(campaign=campaigns) >> [quality_checks(campaigns), alert_unloaded(campaigns)]
 
 
 cloudagent_dial_status()

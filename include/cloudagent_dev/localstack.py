@@ -82,6 +82,7 @@ from cloudagent_dev.servers import start_server
 from cloudagent_etl.db import migrate
 from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.pipeline import parse_campaigns
+from cloudagent_etl.settings import API_ENV_VARIABLES
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -112,7 +113,7 @@ WORKER_HOSTNAME_VARIABLE = "CLOUDAGENT_WORKER_HOSTNAME"
 ADMIN_USER = "admin"
 STATE_FILE = "localstack.json"
 DEFAULT_DIR = "data/airflow-local"
-API_VARIABLES = ("CLOUDAGENT_API_BASE_URL", "CLOUDAGENT_API_USER", "CLOUDAGENT_API_KEY")
+API_VARIABLES = tuple(API_ENV_VARIABLES.values())
 #: The parts of Airflow's health answer that the components started after the api-server report on.
 HEALTH_PARTS = {"scheduler": "scheduler", "dag_processor": "dag-processor", "triggerer": "triggerer"}
 

@@ -1,4 +1,4 @@
-"""The ``cloudagent-etl`` command: migrate, doctor, sweep, data-dictionary, receiver, simulate.
+"""The ``cloudagent-etl`` command: migrate, doctor, sweep, status, data-dictionary, receiver, simulate.
 
 Each sub-command imports its implementation lazily so that ``--help`` stays fast.
 """
@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import date
 
 from cloudagent_etl import settings
 
@@ -62,6 +63,37 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import os
+
+    from cloudagent_etl.db import create_db_engine
+    from cloudagent_etl.pipeline import parse_campaigns
+    from cloudagent_etl.status import format_report, status_report
+
+    configured = args.campaigns if args.campaigns is not None else os.environ.get("CLOUDAGENT_CAMPAIGNS")
+    campaigns = parse_campaigns(configured) if configured else []
+    engine = create_db_engine(args.database_url or settings.database_url())
+    try:
+        report = status_report(engine, days=args.days, until=args.until, campaigns=campaigns)
+    finally:
+        engine.dispose()
+    print(format_report(report), end="")
+    return 0
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days, at least 1: {value!r}")
+    return int(value)
+
+
 def _cmd_data_dictionary(_args: argparse.Namespace) -> int:
     print(data_dictionary_markdown(), end="")
     return 0
@@ -88,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweeper.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
     sweeper.set_defaults(handler=_cmd_sweep)
+
+    status = commands.add_parser(
+        "status",
+        help="print the coverage grid (campaign x IST day), the loads, what is missing and how to backfill "
+        "it, and the rejects by reason",
+    )
+    status.add_argument("--days", type=_positive, default=7, help="days to show (default 7)")
+    status.add_argument(
+        "--until", type=_day, default=None, help="last IST day to show (default: the last complete one)"
+    )
+    status.add_argument(
+        "--campaigns",
+        default=None,
+        help="campaigns that should be there (JSON list or comma-separated; default CLOUDAGENT_CAMPAIGNS); "
+        "campaigns with requests in the range are shown anyway",
+    )
+    status.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
+    status.set_defaults(handler=_cmd_status)
 
     dictionary = commands.add_parser("data-dictionary", help="print the warehouse data dictionary (markdown)")
     dictionary.set_defaults(handler=_cmd_data_dictionary)

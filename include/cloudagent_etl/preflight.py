@@ -179,22 +179,13 @@ def checks_from_env(env: Mapping[str, str] | None = None, *, database_url: str |
     from cloudagent_etl.db import create_db_engine
 
     env = os.environ if env is None else env
-    extras = {
-        name: env[f"CLOUDAGENT_API_{name.upper()}"]
-        for name in ALLOWED_CONNECTION_EXTRAS
-        if f"CLOUDAGENT_API_{name.upper()}" in env
-    }
-    parts = {
-        "host": "CLOUDAGENT_API_BASE_URL",
-        "login": "CLOUDAGENT_API_USER",
-        "password": "CLOUDAGENT_API_KEY",
-    }
     checks = [
         check_api_connection(
-            env.get(parts["host"]), env.get(parts["login"]), env.get(parts["password"]), extras,
-            setting="CloudAgent account (CLOUDAGENT_API_*)", parts=parts,
+            *settings.api_connection_from_env(env),
+            setting="CloudAgent account (CLOUDAGENT_API_*)",
+            parts=settings.API_ENV_VARIABLES,
         )
-    ]  # fmt: skip
+    ]
     engine = create_db_engine(database_url or settings.database_url(env))
     try:
         checks.append(check_database(engine, setting="database (CLOUDAGENT_DB_URL)"))

@@ -112,18 +112,30 @@ class ApiSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
         """Settings for the CLI: ``CLOUDAGENT_API_BASE_URL``, ``_USER``, ``_KEY`` and the extras' names."""
-        env = os.environ if env is None else env
-        extras = {
-            name: env[f"CLOUDAGENT_API_{name.upper()}"]
-            for name in ALLOWED_CONNECTION_EXTRAS
-            if f"CLOUDAGENT_API_{name.upper()}" in env
-        }
-        return cls.from_connection(
-            env.get("CLOUDAGENT_API_BASE_URL"),
-            env.get("CLOUDAGENT_API_USER"),
-            env.get("CLOUDAGENT_API_KEY"),
-            extras,
-        )
+        return cls.from_connection(*api_connection_from_env(env))
+
+
+#: The environment variables that stand for the API connection's host, login and password.
+API_ENV_VARIABLES = {
+    "host": "CLOUDAGENT_API_BASE_URL",
+    "login": "CLOUDAGENT_API_USER",
+    "password": "CLOUDAGENT_API_KEY",
+}
+
+
+def api_connection_from_env(
+    env: Mapping[str, str] | None = None,
+) -> tuple[str | None, str | None, str | None, dict[str, str]]:
+    """The API connection's parts (host, login, password, extras) as the environment gives them:
+    :data:`API_ENV_VARIABLES`, and ``CLOUDAGENT_API_<EXTRA>`` for each allow-listed extra."""
+    env = os.environ if env is None else env
+    extras = {
+        name: env[f"CLOUDAGENT_API_{name.upper()}"]
+        for name in ALLOWED_CONNECTION_EXTRAS
+        if f"CLOUDAGENT_API_{name.upper()}" in env
+    }
+    host, login, password = (env.get(API_ENV_VARIABLES[part]) for part in ("host", "login", "password"))
+    return host, login, password, extras
 
 
 def zone(name: str) -> ZoneInfo:

@@ -8,7 +8,7 @@ import pytest
 
 from tests.fixtures.airflow import DAGS_FOLDER
 
-EXPECTED_DAG_IDS = {"cloudagent_dial_status", "cloudagent_reprocess"}
+EXPECTED_DAG_IDS = {"cloudagent_dial_status", "cloudagent_reprocess", "cloudagent_missing_data"}
 
 
 @pytest.fixture(scope="module")

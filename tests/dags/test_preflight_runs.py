@@ -54,7 +54,12 @@ def _broken(monkeypatch: pytest.MonkeyPatch, sync: Sync, case: str, tmp_path) ->
     ],
 )
 def test_a_wrong_setting_fails_the_run_at_preflight_naming_it(
-    sync: Sync, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], tmp_path, case: str
+    sync: Sync,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path,
+    case: str,
 ) -> None:
     named = _broken(monkeypatch, sync, case, tmp_path)
     began = time.monotonic()
@@ -66,12 +71,17 @@ def test_a_wrong_setting_fails_the_run_at_preflight_naming_it(
     assert tis[("preflight", -1)].state == "failed"
     assert tis[("preflight", -1)].try_number == 1
     assert tis[("quality_checks", -1)].state == "failed"
-    others = {key: ti.state for key, ti in tis.items() if key[0] not in ("preflight", "quality_checks")}
+    assert tis[("alert_unloaded", -1)].state == "success"  # it sent the alert
+    ends = ("preflight", "quality_checks", "alert_unloaded")
+    others = {key: ti.state for key, ti in tis.items() if key[0] not in ends}
     assert set(others.values()) <= {"upstream_failed", None}, others
     assert sync.simulator.requests_log() == []  # no export was requested
     assert sync.requests() == []
     out = capfd.readouterr().out
     assert named in out
     assert "the run stopped before it had a campaign list" in out
+    (alert,) = [r.getMessage() for r in caplog.records if r.name == "cloudagent_airflow.alerts"]
+    assert "(every campaign)" in alert
+    assert "the run stopped before it had a campaign list (see its preflight" in alert
     assert "TypeError" not in out
     assert seconds < 60

@@ -75,6 +75,10 @@ def test_a_fresh_airflow_home_parses_and_runs_the_dag_with_only_the_documented_s
         ("cloudagent_airflow.hooks.CloudAgentHook", "cloudagent-etl")
     ]
 
+    plugins = json.loads(airflow("plugins", "--output", "json").stdout)
+    (page,) = [p for p in plugins if p["name"] == "cloudagent"]  # from the package's entry point
+    assert [app["url_prefix"] for app in page["fastapi_apps"]] == ["/cloudagent"]
+
     ran = airflow("dags", "test", "cloudagent_dial_status", LOGICAL_DATE.date().isoformat())
 
     assert "ModuleNotFoundError" not in ran.stdout + ran.stderr

@@ -274,7 +274,10 @@ def test_processes_sharing_the_limiter_never_exceed_ten_calls_per_minute(
     assert len(results) == len(log) == TOTAL_CALLS
     assert [entry for entry in log if entry["message"] == "Max limit exceeded"] == []
     assert busiest_minute(arrivals) == 10
-    assert sum(1 for t in arrivals if t < arrivals[0] + 1.0) == 10  # the first 10 went at once
+    # The first 10 went without waiting for the limiter (seconds apart at most on a loaded machine), the
+    # 11th only once the first left the window.
+    assert arrivals[9] - arrivals[0] < 10.0
+    assert arrivals[10] - arrivals[0] >= IDEAL_S
     batch_s = arrivals[-1] - arrivals[0]  # the schedule starts with the first call, not process start-up
     late_s = arrivals[0] - start_at
     gap_s = min(later - earlier for earlier, later in zip(arrivals, arrivals[10:], strict=False))

@@ -2,10 +2,11 @@
 
 One stack per module, started and stopped through ``python -m cloudagent_dev.localstack`` exactly as the
 Makefile does, in a temporary folder on free ports, with PostgreSQL for the warehouse and for Airflow's
-metadata. One test runs three phases in order: the stack answers, a three-day backfill lands the
-simulator's ground truth (and again, changing nothing), then ``stop`` leaves nothing behind. The fixture
-stops whatever is still recorded on every exit path and asserts that none of the recorded process groups
-survived.
+metadata. One test runs four phases in order: the stack answers, a three-day backfill lands the
+simulator's ground truth (and again, changing nothing), one more day with one campaign's callback dropped
+shows up on the CloudAgent page in a real browser (and is alerted), then ``stop`` leaves nothing behind.
+The fixture stops whatever is still recorded on every exit path and asserts that none of the recorded
+process groups survived.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from cloudagent_dev.databases import create_pg_database, database_url, drop_pg_database
 from cloudagent_dev.localstack import DAG_ID, StackSettings, StackState, api_token, stop_stack
 from cloudagent_dev.processes import free_port, still_running
+from cloudagent_etl import status
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.landing import export_requests
 from cloudagent_etl.warehouse.tables import dial_status, dial_status_history, load_runs
@@ -44,6 +46,10 @@ CAMPAIGNS = ("Alpha", "Beta")
 BACKFILL = {"from_date": "2025-06-01T00:00:00+00:00", "to_date": "2025-06-03T23:59:00+00:00"}
 #: Long enough that the wait task finds no callback yet and defers, short enough to keep the test quick.
 CALLBACK_DELAY_S = 8.0
+#: The day after the backfill: only Beta is requested, and its callback never comes.
+DROPPED_DAY = "2025-06-05"
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = REPO / "docs" / "images" / "cloudagent-page.png"
 
 
 @dataclass
@@ -223,7 +229,9 @@ def _failures(stack: Stack, runs: list[dict]) -> str:
             logs = Path(stack.state.airflow_home, "logs", f"dag_id={DAG_ID}", f"run_id={run['dag_run_id']}")
             attempts = sorted((logs / f"task_id={ti['task_id']}").glob("**/attempt=*.log"))
             if attempts:
-                tail = attempts[-1].read_text(errors="replace")[-2500:]
+                text = attempts[-1].read_text(errors="replace")
+                errors = [line[:1500] for line in text.splitlines() if '"level":"error"' in line]
+                tail = "\n".join(errors[-3:]) or text[-2500:]
                 lines.append("    " + tail.replace("\n", "\n    "))
     return "\n".join(lines)
 
@@ -325,6 +333,168 @@ def _loads(engine: Engine) -> dict[str, Any]:
         return {row.load_run_id: row for row in conn.execute(query)}
 
 
+def _warehouse_cells(engine: Engine) -> dict[tuple[str, str], tuple[int, ...]]:
+    """Per campaign × IST day, the warehouse's own counts: load runs of the requests of that day."""
+    requests, runs = export_requests, load_runs
+    counted = ("rows_in", "inserted", "updated", "unchanged", "rejected")
+    query = (
+        select(
+            requests.c.campaign_name,
+            requests.c.window_start,
+            requests.c.window_end,
+            *(func.sum(runs.c[name]).label(name) for name in counted),
+        )
+        .join(runs, runs.c.request_id == requests.c.request_id)
+        .where(runs.c.status == "loaded")
+        .group_by(requests.c.campaign_name, requests.c.window_start, requests.c.window_end)
+    )
+    cells: dict[tuple[str, str], tuple[int, ...]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            key = (row.campaign_name, str(status.window_day(row.window_start, row.window_end)))
+            before = cells.get(key, (0,) * len(counted))
+            cells[key] = tuple(a + int(getattr(row, name)) for a, name in zip(before, counted, strict=True))
+    return cells
+
+
+def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_id(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Beta's export of one more day is never delivered: the run fails, the alert is logged, and the
+    CloudAgent page (logged in through the UI, in Debian's chromium) shows exactly the warehouse."""
+    began = time.monotonic()
+    simulator = _simulator(stack)
+    simulator.configure(drop_exports=1, callback_delay_s=0.5)
+    # A manual run with logical date L exports the window that ends at L (03:30 IST the next day).
+    logical_date = f"{DROPPED_DAY}T22:00:00+00:00"
+    conf = {"campaigns": ["Beta"], "re_requests": 0, "callback_timeout_minutes": 0.1}
+    created = stack.api.post(
+        f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": logical_date, "conf": conf}
+    )
+    assert created.status_code == 200, created.text
+    run_id = created.json()["dag_run_id"]
+
+    def finished() -> bool:
+        return stack.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"] in ("success", "failed")
+
+    _wait_for("the run with the dropped callback", finished, 180, lambda: None)
+    run_seconds = time.monotonic() - began
+    assert stack.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"] == "failed"
+    with stack.engine.connect() as conn:
+        (dropped,) = conn.execute(select(export_requests).where(export_requests.c.run_id == run_id)).all()
+    assert (dropped.campaign_name, dropped.state, dropped.unique_id is not None) == ("Beta", "expired", True)
+    assert str(status.window_day(dropped.window_start, dropped.window_end)) == DROPPED_DAY
+    logs = Path(stack.state.airflow_home, "logs", f"dag_id={DAG_ID}", f"run_id={run_id}")
+    (alert_log,) = (logs / "task_id=alert_unloaded").glob("**/attempt=*.log")
+    alert_text = alert_log.read_text()
+    assert "ALERT CloudAgent: run" in alert_text
+    assert f"- Beta: window {DROPPED_DAY} 03:" in alert_text
+    assert f"uniqueId {dropped.unique_id}" in alert_text
+
+    # Nothing for anonymous callers or forged tokens, on the page or its data.
+    for path in ("/cloudagent/", "/cloudagent/api/status?days=5"):
+        assert httpx.get(stack.state.airflow_url + path, timeout=10).status_code == 401
+        forged = httpx.get(
+            stack.state.airflow_url + path, headers={"Authorization": "Bearer x.y.z"}, timeout=10
+        )
+        assert forged.status_code == 403
+
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's chromium is missing: apt-get install -y chromium (.ci/run does)"
+    expected = _warehouse_cells(stack.engine)
+    password = stack.state.admin_password()
+    assert password
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(stack.state.airflow_url + "/")
+            page.locator("input[name=username]").fill("admin")
+            page.locator("input[name=password]").fill(password)
+            page.get_by_role("button", name="Sign in").click()
+            # The navigation entry of the plugin (the dashboard lists runs of "cloudagent_dial_status" too).
+            page.get_by_test_id("nav-sidebar").get_by_role("link", name="CloudAgent", exact=True).click()
+            page.wait_for_url("**/plugin/cloudagent")
+            frame = page.frame_locator("iframe")
+            frame.locator("body[data-loaded]").wait_for(timeout=30_000)  # its first load (14 days)
+            frame.locator("#days").fill("5")
+            frame.locator("#until").fill(DROPPED_DAY)
+            frame.get_by_role("button", name="Show").click()
+            frame.locator("body[data-loaded='2025-06-01..2025-06-05']").wait_for(timeout=30_000)
+
+            states = {
+                (cell.get_attribute("data-campaign"), cell.get_attribute("data-day")): cell.get_attribute(
+                    "data-state"
+                )
+                for cell in frame.locator("#grid td[data-state]").all()
+            }
+            days = [f"2025-06-0{n}" for n in range(1, 6)]
+            assert states == {
+                **{(c, d): "loaded" for c in CAMPAIGNS for d in days[1:4]},
+                **{(c, days[0]): "never_requested" for c in CAMPAIGNS},
+                ("Alpha", DROPPED_DAY): "never_requested",
+                ("Beta", DROPPED_DAY): "expired",
+            }
+            frame.locator(f"#grid button[data-campaign=Beta][data-day='{DROPPED_DAY}']").click()
+            detail = frame.locator("#detail")
+            assert detail.locator(".unique-id").all_inner_texts() == [dropped.unique_id]
+            assert "expired" in detail.inner_text()
+            for (campaign, day), counts in expected.items():
+                if day not in days:
+                    continue
+                row = frame.locator(f"#loads tr[data-campaign={campaign}][data-day='{day}']")
+                shown = tuple(
+                    int(row.locator(f"td[data-column={name}]").inner_text().replace(",", ""))
+                    for name in ("records", "inserted", "updated", "unchanged", "rejected")
+                )
+                assert shown == counts, (campaign, day)
+            backfill = frame.locator(f".backfill[data-first-day='{DROPPED_DAY}'] pre").inner_text()
+            assert f"--from-date {DROPPED_DAY}T03:30:00+05:30" in backfill
+            assert '"campaigns": ["Alpha", "Beta"]' in backfill
+            page.screenshot(path=str(tmp_path / "cloudagent-in-airflow.png"))
+
+            # The link of the attempt opens its run in the Airflow UI itself (not inside the frame).
+            detail.get_by_role("link", name="run").click()
+            page.wait_for_url(f"**/dags/{DAG_ID}/runs/**")
+            assert errors == []
+
+            direct = browser.new_page(viewport={"width": 1280, "height": 900})
+            direct.context.add_cookies(page.context.cookies())
+            direct.goto(f"{stack.state.airflow_url}/cloudagent/?days=5&until={DROPPED_DAY}")
+            direct.locator("body[data-loaded='2025-06-01..2025-06-05']").wait_for(timeout=30_000)
+            direct.locator(f"#grid button[data-campaign=Beta][data-day='{DROPPED_DAY}']").click()
+            direct.wait_for_timeout(500)  # the chart's transition
+            direct.screenshot(path=str(tmp_path / "cloudagent-page.png"), full_page=True)
+
+            # The backfill button posts the command's body to Airflow's API (answered here, not run).
+            posted: list[dict] = []
+
+            def answer(route: Any) -> None:
+                posted.append(route.request.post_data_json)
+                route.fulfill(status=200, json={"id": 7})
+
+            direct.route("**/api/v2/backfills", answer)
+            start = direct.locator(f".backfill[data-first-day='{DROPPED_DAY}'] button")
+            start.click()
+            start.click()  # the second click confirms
+            direct.get_by_text("backfill 7 created").wait_for(timeout=10_000)
+            assert posted == [
+                {"dag_id": DAG_ID, "from_date": f"{DROPPED_DAY}T03:30:00+05:30",
+                 "to_date": f"{DROPPED_DAY}T03:30:00+05:30", "reprocess_behavior": "failed",
+                 "dag_run_conf": {"campaigns": ["Alpha", "Beta"]}, "max_active_runs": 2}
+            ]  # fmt: skip
+        finally:
+            browser.close()
+    if os.environ.get("CLOUDAGENT_UPDATE_SCREENSHOT"):  # the README picture, on demand (CI leaves the tree)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        SCREENSHOT.write_bytes((tmp_path / "cloudagent-page.png").read_bytes())
+    print(f"\nthe dropped-callback run took {run_seconds:.1f} s, the phase {time.monotonic() - began:.1f} s; "
+          f"screenshots in {tmp_path}")  # fmt: skip
+
+
 def stop_stops_every_recorded_process_and_removes_the_state(stack: Stack) -> None:
     stopped = stack.localstack("stop")
 
@@ -333,11 +503,12 @@ def stop_stops_every_recorded_process_and_removes_the_state(stack: Stack) -> Non
     assert not stack.settings.state_path.exists()
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(780)
 def test_the_local_stack_answers_backfills_the_ground_truth_once_and_stops_leaving_nothing(
-    stack: Stack,
+    stack: Stack, tmp_path: Path
 ) -> None:
-    """One test in three phases, in order, on one stack (so that xdist cannot split them)."""
+    """One test in four phases, in order, on one stack (so that xdist cannot split them)."""
     the_stack_answers_on_loopback_and_a_second_start_starts_nothing(stack)
     a_three_day_backfill_through_the_scheduler_lands_the_ground_truth_once(stack)
+    a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_id(stack, tmp_path)
     stop_stops_every_recorded_process_and_removes_the_state(stack)

@@ -332,3 +332,58 @@ def test_simulator_ground_truth_equals_dial_status(engine: Engine) -> None:
         assert row["ucid"] == (None if sent["UCID"] == "None" else sent["UCID"])
         assert ist_text(row["updated_at"]) == sent["UpdatedDate"]
         assert row["extra"] == {key: sent[key] for key in ("City", "LoanAmount")}
+
+
+varied_record_strategy = st.builds(
+    lambda key, when, disposition, name: record(key, when, Disposition=disposition, Name=name),
+    st.sampled_from(("k1", "k2", "k3", "k4")),
+    st.sampled_from(TIMES),
+    st.sampled_from(("A", "B", "")),
+    st.sampled_from(("n1", "n2")),
+)
+
+
+def merged_state(engine: Engine) -> dict[str, Any]:
+    """Every stored version and load count, with load runs as their order (ids differ per database)."""
+    with engine.connect() as conn:
+        ids = conn.scalars(select(load_runs.c.load_run_id).order_by(load_runs.c.load_run_id))
+        runs = {run: index for index, run in enumerate(ids)}
+    lineage = ("loaded_at", "request_id", "payload_id", "load_run_id", "previous_load_run_id")
+    state: dict[str, Any] = {}
+    for table in (dial_status, dial_status_history):
+        rows = table_rows(engine, table)
+        state[table.name] = [
+            {
+                **{k: v for k, v in row.items() if k not in lineage},
+                "run": runs[row["load_run_id"]],
+                "previous_run": runs.get(row.get("previous_load_run_id")),
+            }
+            for row in rows
+        ]
+    counts = ("rows_in", "inserted", "updated", "unchanged", "duplicates", "rejected")
+    state["load_runs"] = [{k: row[k] for k in counts} for row in table_rows(engine, load_runs)]
+    return state
+
+
+@pytest.mark.parametrize("batch_size", [2, 1000])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payloads=st.lists(st.lists(varied_record_strategy, min_size=1, max_size=8), min_size=1, max_size=4))
+def test_postgresql_merge_stores_what_the_sqlite_merge_stores(
+    sqlite_url: str, pg_url: str, batch_size: int, payloads: list[list[dict[str, str]]]
+) -> None:
+    """The two databases merge with different statements: on any payloads they store the same rows."""
+    states = []
+    for url in (sqlite_url, pg_url):
+        engine = create_db_engine(url)
+        try:
+            with engine.begin() as conn:
+                for table in ("dial_status", "dial_status_superseded", "load_runs"):
+                    conn.exec_driver_sql(f"DELETE FROM {table}")
+            request_id = new_request(engine)
+            payload_ids = [land(engine, request_id, payload) for payload in payloads]
+            for payload_id in [*payload_ids, payload_ids[0]]:  # the first one again: a reload
+                load_payload(engine, payload_id, batch_size=batch_size)
+            states.append(merged_state(engine))
+        finally:
+            engine.dispose()
+    assert states[0] == states[1]

@@ -20,6 +20,7 @@ fields.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import tempfile
@@ -390,4 +391,7 @@ class BodySpool:
         return CallbackBody(self.file, self.size, self._hash.hexdigest()), self._sniffer.result()
 
     def close(self) -> None:
-        self.file.close()
+        """Discard the spool. Closing flushes what is still buffered: on a full disk that fails again
+        (ENOSPC), but the file is closed (and, unlinked from the start, freed) all the same."""
+        with contextlib.suppress(OSError):
+            self.file.close()

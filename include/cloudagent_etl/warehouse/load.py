@@ -34,12 +34,18 @@ Counts of a load (``load_runs``): per distinct key of the payload, ``inserted`` 
 ``rows_in = inserted + updated + unchanged + duplicates + rejected``.
 
 How it is fast: the payload is parsed as a stream in batches (:mod:`cloudagent_etl.normalize`) while a
-worker thread merges the previous batch, so client-side parsing and the server-side merge overlap. Per
-batch, rows go to a TEMP staging table (PostgreSQL: ``COPY`` of CSV written by pyarrow, naive UTC times
-with the session in UTC; SQLite: ``executemany``), then one set-based upsert into ``dial_status``
-(``previous_load_run_id``, written by it, tells inserted / updated / rewritten apart in ``RETURNING``
-on both databases), then, only when some staged version did not become current, one upsert into
-``dial_status_superseded``. A first load of new keys writes ``dial_status`` alone.
+worker thread merges the previous batch, so client-side parsing and the server-side merge overlap; the
+producer thread also builds each batch's stage CSV and key hashes (:func:`prepare_batch`), so the merge
+thread only talks to the database. Per batch, rows go to a TEMP staging table, emptied by ``TRUNCATE``
+(PostgreSQL: ``COPY`` of CSV written by pyarrow, naive UTC times with the session in UTC; SQLite:
+``executemany``). On PostgreSQL one statement then looks each staged latest version up once (a lateral
+index probe) and sorts it: a new key is inserted (a plain insert ordered by key; the load holds an
+advisory lock on its campaign, so no other load adds the key meanwhile), a changed one is updated
+through the row found, an identical one is left alone, an older one goes with the batch's earlier
+versions into ``dial_status_superseded`` (a second statement, only when there are any). On SQLite one
+upsert into ``dial_status`` (``previous_load_run_id``, written by it, tells inserted / updated /
+rewritten apart in ``RETURNING``) and, only when some staged version did not become current, one upsert
+into ``dial_status_superseded``. A first load of new keys writes ``dial_status`` alone.
 
 Where the time goes, and the alternatives measured and not adopted: ``docs/benchmarks.md``.
 """
@@ -71,6 +77,7 @@ from cloudagent_etl.errors import PayloadError
 from cloudagent_etl.normalize import (
     DEFAULT_BATCH_SIZE,
     INTEGER_COLUMNS,
+    KEY_COLUMNS,
     ROW_COLUMNS,
     TIME_COLUMNS,
     VALUE_COLUMNS,
@@ -188,21 +195,82 @@ def _current_sql(dialect: str) -> str:
     return f"{upsert} RETURNING previous_load_run_id"
 
 
+def _pg_merge_sql() -> str:
+    """PostgreSQL: one lookup per staged latest version sorts it into new / unchanged / older / changed.
+
+    New keys get a plain insert, ordered by key (the load holds its campaign's lock: no other load adds
+    keys meanwhile). Keys that exist and changed (same or newer ``updated_at``, some value differs) are
+    updated through the row the lookup found (a TID scan: no second lookup). The statement returns the
+    inserted count, the updated rows (all, and those not written earlier by this load) and the positions
+    of the versions older than their current row (they go to ``dial_status_superseded``).
+
+    The lookup is a lateral subquery with ``LIMIT 1``: always an index probe per staged row, whatever the
+    planner estimates for the stage (a hash join would scan all of ``dial_status`` for every batch).
+    """
+    key = "campaign_name, record_key"
+    columns = (*ROW_COLUMNS, *LINEAGE_COLUMNS)
+    values = ", ".join((*ROW_COLUMNS, *(f":{name}" for name in LINEAGE_COLUMNS)))
+    differs = " OR ".join(f"d.{column} IS DISTINCT FROM s.{column}" for column in VALUE_COLUMNS)
+    selected = ", ".join(f"s.{column}" for column in (*ROW_COLUMNS, "position"))
+    assignments = ", ".join(
+        [
+            *(f"{column} = l.{column}" for column in ROW_COLUMNS if column not in KEY_COLUMNS),
+            *(f"{column} = :{column}" for column in LINEAGE_COLUMNS),
+            "previous_load_run_id = t.load_run_id",
+        ]
+    )
+    return (
+        f"WITH looked AS MATERIALIZED ("
+        f"SELECT {selected}, d.updated_at AS current_updated_at, d.ctid AS current_row, "
+        f"d.record_key IS NULL AS new, "
+        f"d.record_key IS NOT NULL AND s.updated_at >= d.updated_at AND ({differs}) AS changed "
+        f"FROM {STAGE_TABLE} s LEFT JOIN LATERAL (SELECT *, ctid FROM dial_status d "
+        f"WHERE d.campaign_name = s.campaign_name AND d.record_key = s.record_key LIMIT 1) d ON true "
+        f"WHERE s.is_latest), "
+        f"inserted AS (INSERT INTO dial_status ({', '.join(columns)}) "
+        f"SELECT {values} FROM looked WHERE new ORDER BY {key} RETURNING 1), "
+        f"updated AS (UPDATE dial_status t SET {assignments} FROM looked l "
+        f"WHERE t.ctid = ANY(ARRAY(SELECT current_row FROM looked WHERE changed)) AND l.changed "
+        f"AND t.campaign_name = l.campaign_name AND t.record_key = l.record_key "
+        f"RETURNING t.previous_load_run_id) "
+        f"SELECT (SELECT COUNT(*) FROM inserted), "
+        f"(SELECT COUNT(*) FROM updated), "
+        f"(SELECT COUNT(*) FROM updated WHERE previous_load_run_id <> :load_run_id), "
+        f"(SELECT COUNT(*) FROM looked WHERE changed), "
+        f"(SELECT array_agg(position) FROM looked WHERE NOT new AND updated_at < current_updated_at)"
+    )
+
+
+def _pg_superseded_sql() -> str:
+    """PostgreSQL: the batch's earlier versions and the latest ones older than their current row."""
+    return _upsert_sql(
+        "postgresql",
+        "dial_status_superseded",
+        ("campaign_name", "record_key", "updated_at"),
+        "NOT is_latest OR position = ANY(:older)",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- staging
 def _naive_utc(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(**{column: rows[column].dt.tz_convert(None) for column in TIME_COLUMNS})
 
 
-def _copy_to_stage(conn: Connection, rows: pd.DataFrame) -> None:
-    """PostgreSQL: COPY the rows as CSV (written by pyarrow; naive UTC times, session time zone UTC)."""
+def _stage_csv(rows: pd.DataFrame) -> bytes:
+    """PostgreSQL: the rows as the stage's CSV (written by pyarrow; naive UTC times, session zone UTC)."""
     table = pa.Table.from_pandas(_naive_utc(rows)[list(STAGE_COLUMNS)], preserve_index=False)
     buffer = io.BytesIO()
     pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False))
+    return buffer.getvalue()
+
+
+def _copy_to_stage(conn: Connection, csv: bytes) -> None:
+    """PostgreSQL: COPY the CSV of :func:`_stage_csv` into the stage."""
     driver_connection: Any = conn.connection.driver_connection
     with driver_connection.cursor() as cursor:
         copy_sql = f"COPY {STAGE_TABLE} ({', '.join(STAGE_COLUMNS)}) FROM STDIN (FORMAT csv)"
         with cursor.copy(copy_sql) as copy:
-            copy.write(buffer.getbuffer())
+            copy.write(csv)
 
 
 def _insert_to_stage(conn: Connection, rows: pd.DataFrame) -> None:
@@ -215,6 +283,39 @@ def _insert_to_stage(conn: Connection, rows: pd.DataFrame) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- merge
+@dataclass(frozen=True)
+class StagedBatch:
+    """A normalized batch made ready to merge, in the producer thread: no Python work is left to the merge.
+
+    ``stage`` is the CSV of the rows (PostgreSQL) or the rows themselves (SQLite); ``key_hashes`` hash
+    each row's key (distinct keys are counted at the end of the payload).
+    """
+
+    rows: pd.DataFrame
+    rejects: pd.DataFrame
+    records_in: int
+    latest: int
+    key_hashes: np.ndarray | None
+    stage: bytes | None
+
+
+def prepare_batch(batch: NormalizedBatch, dialect: str) -> StagedBatch:
+    """The client-side work of merging ``batch``: key hashes and, on PostgreSQL, the stage's CSV."""
+    if batch.rows.empty:
+        return StagedBatch(batch.rows, batch.rejects, batch.records_in, 0, None, None)
+    keys = batch.rows[["campaign_name", "record_key"]]
+    hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy()
+    latest = int(batch.rows["is_latest"].sum())
+    csv = _stage_csv(batch.rows) if dialect == "postgresql" else None
+    return StagedBatch(batch.rows, batch.rejects, batch.records_in, latest, hashes, csv)
+
+
+def campaign_lock_key(campaign: str) -> int:
+    """The transaction advisory lock a load of ``campaign`` holds on PostgreSQL (a signed 64-bit key)."""
+    digest = hashlib.blake2b(f"cloudagent_etl.dial_status\x00{campaign}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 @dataclass
 class _Merger:
     """Merges batches of one payload into the warehouse, on ``conn``, inside the caller's transaction."""
@@ -236,41 +337,73 @@ class _Merger:
         self.dialect = self.conn.dialect.name
         if self.dialect == "postgresql":
             self.conn.exec_driver_sql("SET LOCAL timezone = 'UTC'")
-            # The upserts sort each staged batch by key: in memory, not in temp files.
+            # The merge sorts each staged batch by key: in memory, not in temp files.
             self.conn.exec_driver_sql(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
+            # Batches of 20k rows never pay back JIT compilation (~1.3 s per statement once the merge's
+            # estimate includes the cost of the nested loop it must use: see _merge_postgresql).
+            self.conn.exec_driver_sql("SET LOCAL jit = off")
         self.conn.exec_driver_sql(_stage_ddl(self.dialect))
         self.params = {**self.lineage, "loaded_at": _bind_time(self.conn, self.lineage["loaded_at"])}
-        self.current_sql = text(_current_sql(self.dialect))
-        self.superseded_sql = {
-            inserted: text(_superseded_sql(self.dialect, all_latest_inserted=inserted))
-            for inserted in (True, False)
-        }
+        self.locked: set[str] = set()
+        if self.dialect == "postgresql":
+            self.merge_sql = text(_pg_merge_sql())
+            self.pg_superseded_sql = text(_pg_superseded_sql())
+        else:
+            self.current_sql = text(_current_sql(self.dialect))
+            self.superseded_sql = {
+                inserted: text(_superseded_sql(self.dialect, all_latest_inserted=inserted))
+                for inserted in (True, False)
+            }
 
-    def merge(self, batch: NormalizedBatch) -> None:
+    def merge(self, batch: StagedBatch) -> None:
         self.records_in += batch.records_in
         self.rejected += len(batch.rejects)
         if not batch.rejects.empty:
             self._reject(batch.rejects)
         if batch.rows.empty:
             return
-        keys = batch.rows[["campaign_name", "record_key"]]
-        self.key_hashes.append(pd.util.hash_pandas_object(keys, index=False).to_numpy())
+        assert batch.key_hashes is not None
+        self.key_hashes.append(batch.key_hashes)
         if self.dialect == "postgresql":
-            _copy_to_stage(self.conn, batch.rows)
+            self._merge_postgresql(batch)
         else:
-            _insert_to_stage(self.conn, batch.rows)
-        written = self.conn.execute(self.current_sql, self.params).all()
-        if self.dialect == "postgresql":
-            inserted, updated = written[0]
-        else:
-            previous = [row[0] for row in written]
-            inserted = sum(run is None for run in previous)
-            updated = sum(run is not None and run != self.lineage["load_run_id"] for run in previous)
+            self._merge_sqlite(batch)
+
+    def _lock_campaigns(self, rows: pd.DataFrame) -> None:
+        """Hold each campaign's advisory lock until commit: no key of it appears between lookup and insert."""
+        for campaign in rows["campaign_name"].unique().tolist():
+            if campaign not in self.locked:
+                self.conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": campaign_lock_key(campaign)}
+                )
+                self.locked.add(campaign)
+
+    def _merge_postgresql(self, batch: StagedBatch) -> None:
+        assert batch.stage is not None
+        self._lock_campaigns(batch.rows)
+        _copy_to_stage(self.conn, batch.stage)
+        # Without nested loops while dial_status_keep_replaced is planned: it joins its transition tables,
+        # and a nested-loop plan made (and cached for the session) for a small batch would be quadratic
+        # on a big one (20k replaced rows: ~70 s). The merge's lookup is lateral: a nested loop anyway.
+        self.conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+        inserted, rewritten, updated, changed, older = self.conn.execute(self.merge_sql, self.params).one()
+        self.conn.exec_driver_sql("SET LOCAL enable_nestloop = on")
+        if rewritten != changed:  # a row moved under the load (only loads write dial_status: a bug)
+            raise RuntimeError(f"dial_status: {changed} changed keys looked up, {rewritten} rows updated")
         self.inserted += inserted
         self.updated += updated
-        latest = int(batch.rows["is_latest"].sum())
-        if inserted < latest or latest < len(batch.rows):
-            self.conn.execute(self.superseded_sql[inserted == latest], self.params)
+        if older or batch.latest < len(batch.rows):
+            self.conn.execute(self.pg_superseded_sql, {**self.params, "older": older or []})
+        self.conn.exec_driver_sql(f"TRUNCATE {STAGE_TABLE}")
+
+    def _merge_sqlite(self, batch: StagedBatch) -> None:
+        _insert_to_stage(self.conn, batch.rows)
+        previous = [row[0] for row in self.conn.execute(self.current_sql, self.params)]
+        inserted = sum(run is None for run in previous)
+        self.inserted += inserted
+        self.updated += sum(run is not None and run != self.lineage["load_run_id"] for run in previous)
+        if inserted < batch.latest or batch.latest < len(batch.rows):
+            self.conn.execute(self.superseded_sql[inserted == batch.latest], self.params)
         self.conn.exec_driver_sql(f"DELETE FROM {STAGE_TABLE}")
 
     def _reject(self, rejects: pd.DataFrame) -> None:
@@ -330,7 +463,7 @@ class _Merger:
         self._count_later_identical_rejects()
         if self.dialect == "sqlite":  # PostgreSQL drops it on commit
             self.conn.exec_driver_sql(f"DROP TABLE {STAGE_TABLE}")
-        distinct = int(np.unique(np.concatenate(self.key_hashes)).size) if self.key_hashes else 0
+        distinct = _distinct_count(self.key_hashes)
         return LoadResult(
             rows_in=self.records_in,
             inserted=self.inserted,
@@ -340,6 +473,16 @@ class _Merger:
             duplicates=self.records_in - self.rejected - distinct,
             payloads=1,
         )
+
+
+def _distinct_count(hashes: list[np.ndarray]) -> int:
+    """Distinct values of the arrays, sorted in place in one copy (8 bytes per row: 80 MB at 10M rows)."""
+    if not hashes:
+        return 0
+    values = np.concatenate(hashes)
+    hashes.clear()
+    values.sort()
+    return int(np.count_nonzero(values[1:] != values[:-1])) + 1
 
 
 def merge_batches(
@@ -354,9 +497,10 @@ def merge_batches(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge") as pool:
         pending: Future[None] | None = None
         for batch in batches:
+            staged = prepare_batch(batch, merger.dialect)
             if pending is not None:
                 pending.result()
-            pending = pool.submit(merger.merge, batch)
+            pending = pool.submit(merger.merge, staged)
         if pending is not None:
             pending.result()
     return merger.finish()

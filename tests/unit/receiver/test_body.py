@@ -107,6 +107,19 @@ def test_the_spool_measures_and_hashes_what_it_stores(tmp_path: Path) -> None:
         spool.close()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_discarding_a_spool_on_a_full_disk_closes_it_without_a_second_error(tmp_path: Path) -> None:
+    """Closing flushes the buffer; on a full disk that fails again, and must not turn a 503 into a 500."""
+    spool = BodySpool("application/json", tmp_path, in_memory_bytes=1024)
+    spool.file.close()
+    spool.file = Path("/dev/full").open("wb")  # noqa: SIM115  (every flush fails with ENOSPC: a full disk)
+    spool.file.write(b"[" + b" " * 100)  # buffered: the failure comes at close
+
+    spool.close()
+
+    assert spool.file.closed
+
+
 REQUEST_ID = "0b6f2c1e-3f5a-4c1e-9a47-1d2f3e4a5b6c"
 TOKEN = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5"
 

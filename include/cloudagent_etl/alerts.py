@@ -1,0 +1,112 @@
+"""What to alert about when data is missing, and the message: campaigns, windows and why.
+
+Two alerts, found in the database: a run that ends with campaigns not loaded (:func:`unloaded_in_run`),
+and a campaign × IST day still not loaded some hours after its window closed (:func:`overdue`, checked
+hourly by the ``cloudagent_missing_data`` DAG: each day is reported once, in the hour its threshold
+passes). How the message is sent is Airflow's business (``cloudagent_airflow.alerts``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from cloudagent_etl import landing, status
+
+
+@dataclass(frozen=True)
+class MissingData:
+    """One campaign's window that has no loaded export, and why."""
+
+    campaign: str
+    window_start: datetime
+    window_end: datetime
+    reason: str
+
+    def line(self) -> str:
+        start, end = (moment.astimezone(status.IST) for moment in (self.window_start, self.window_end))
+        return f"{self.campaign}: window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} IST: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A notification: a subject line and one line per missing campaign window."""
+
+    subject: str
+    missing: tuple[MissingData, ...]
+
+    @property
+    def campaigns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(item.campaign for item in self.missing))
+
+    @property
+    def message(self) -> str:
+        return "\n".join([self.subject, *(f"- {item.line()}" for item in self.missing)])
+
+
+def _why(request: landing.ExportRequest) -> str:
+    reason = f"{request.state.value} (attempt {request.attempt}, uniqueId {request.unique_id or 'none'})"
+    return reason + (f": {request.error}" if request.error else "")
+
+
+def unloaded_in_run(
+    engine: Engine,
+    *,
+    dag_id: str,
+    run_id: str,
+    campaigns: Iterable[str] | None,
+    window: tuple[datetime, datetime],
+) -> Alert | None:
+    """The campaigns of a run whose latest export is not loaded (None when every one loaded).
+
+    ``campaigns`` None means the run stopped before it had a campaign list (preflight or the
+    campaign list failed): then nothing of ``window`` was synced.
+    """
+    subject = f"CloudAgent: run {run_id} of {dag_id} ended with campaigns not loaded"
+    if campaigns is None:
+        stopped = "the run stopped before it had a campaign list (see its preflight / campaigns_to_sync task)"
+        return Alert(subject, (MissingData("(every campaign)", *window, stopped),))
+    latest = landing.latest_requests_of_run(engine, dag_id, run_id)
+    missing = []
+    for campaign in campaigns:
+        request = latest.get(campaign)
+        if request is None:
+            missing.append(MissingData(campaign, *window, "no export request was made in this run"))
+        elif not request.is_loaded:
+            missing.append(MissingData(campaign, request.window_start, request.window_end, _why(request)))
+    return Alert(subject, tuple(missing)) if missing else None
+
+
+def overdue(
+    engine: Engine,
+    *,
+    campaigns: Iterable[str],
+    hours: float,
+    since: datetime,
+    until: datetime,
+) -> Alert | None:
+    """Campaign × IST days still not loaded ``hours`` after their nightly window closed, for the days
+    whose threshold passed in [``since``, ``until``) (an hourly check reports each day once)."""
+    delay, instant = timedelta(hours=hours), timedelta(microseconds=1)
+    first = status.last_complete_day(since - delay - instant) + timedelta(days=1)
+    last = status.last_complete_day(until - delay - instant)
+    if last < first:
+        return None
+    names = list(campaigns)
+    grid = status.coverage(engine, status.day_range((last - first).days + 1, last), names)
+    missing = []
+    for cell in grid.missing():
+        if cell.campaign not in names:
+            continue
+        reason = f"{cell.state.label} {hours:g} h after its window closed"
+        if cell.requests:
+            latest = cell.requests[-1]
+            reason += f" (attempt {latest.attempt}, uniqueId {latest.unique_id or 'none'})"
+            reason += f": {latest.error}" if latest.error else ""
+        missing.append(MissingData(cell.campaign, *cell.window, reason))
+    if not missing:
+        return None
+    return Alert(f"CloudAgent: data still missing {hours:g} h after its window closed", tuple(missing))

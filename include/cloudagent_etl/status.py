@@ -1,0 +1,657 @@
+"""What has been synced, at a glance: coverage per campaign × IST day, the loads behind each cell, the answer
+rate per day and the latest rejects by reason. The CloudAgent page in Airflow, ``cloudagent-etl status`` and
+the alerts all read it from here (read-only queries; no Airflow).
+
+A window belongs to the IST day its midpoint falls in, so a nightly window (03:30 IST to 03:30 IST the next
+day, started ``lookback_minutes`` early) is its first day's. Each cell takes the state of the best request
+behind it: ``loaded`` > ``received`` (a callback landed, not loaded yet) > ``requested`` (waiting for the
+callback) > the latest of ``expired`` / ``failed``; a configured campaign with no request for a day is
+``never_requested``. Nothing here reads a payload's bytes or a reject's raw record, and request errors are
+stored redacted: no apiKey, token or payload byte reaches the page or the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, case, func, select, text
+
+from cloudagent_etl import landing
+from cloudagent_etl.warehouse.tables import dial_status_rejects, load_runs
+
+#: The zone of CloudAgent's day (the nightly schedule's) and of the warehouse's ``day_ist`` columns.
+IST = ZoneInfo("Asia/Kolkata")
+#: When a day's nightly window starts and ends (the next day), in IST.
+NIGHTLY_START = time(3, 30)
+#: The DAG whose runs the backfill commands create (``dags/cloudagent_dial_status.py``).
+DIAL_STATUS_DAG_ID = "cloudagent_dial_status"
+
+
+class CellState(StrEnum):
+    """The state of one campaign × day, best first."""
+
+    LOADED = "loaded"
+    RECEIVED = "received"
+    REQUESTED = "requested"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    NEVER_REQUESTED = "never_requested"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+    @property
+    def mark(self) -> str:
+        """One character for the terminal grid."""
+        return _MARKS[self]
+
+
+_LABELS = {
+    CellState.LOADED: "loaded",
+    CellState.RECEIVED: "received, not loaded",
+    CellState.REQUESTED: "requested",
+    CellState.EXPIRED: "expired",
+    CellState.FAILED: "failed",
+    CellState.NEVER_REQUESTED: "never requested",
+}
+_MARKS = {
+    CellState.LOADED: "L",
+    CellState.RECEIVED: "R",
+    CellState.REQUESTED: "W",
+    CellState.EXPIRED: "X",
+    CellState.FAILED: "F",
+    CellState.NEVER_REQUESTED: "-",
+}
+#: States a backfill should fix (the others are loaded, or still on their way).
+BACKFILL_STATES = frozenset({CellState.EXPIRED, CellState.FAILED, CellState.NEVER_REQUESTED})
+
+
+def window_day(window_start: datetime, window_end: datetime) -> date:
+    """The IST day a window belongs to: the day of its midpoint."""
+    return (window_start + (window_end - window_start) / 2).astimezone(IST).date()
+
+
+def nightly_window(day: date) -> tuple[datetime, datetime]:
+    """The nightly data interval of an IST day: 03:30 IST that day to 03:30 IST the next (in UTC)."""
+    start = datetime.combine(day, NIGHTLY_START, tzinfo=IST)
+    return start.astimezone(UTC), (start + timedelta(days=1)).astimezone(UTC)
+
+
+def last_complete_day(now: datetime) -> date:
+    """The latest IST day whose nightly window has closed at ``now``."""
+    local = now.astimezone(IST)
+    closed = local.date() - timedelta(days=1)
+    return closed if local.time() >= NIGHTLY_START else closed - timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class LoadCounts:
+    """The load runs of one request (or, added up, of a cell): counts as in ``load_runs``."""
+
+    loads: int = 0
+    failed_loads: int = 0
+    records: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    last_loaded_at: datetime | None = None
+
+    def __add__(self, other: LoadCounts) -> LoadCounts:
+        last = [moment for moment in (self.last_loaded_at, other.last_loaded_at) if moment is not None]
+        return LoadCounts(
+            loads=self.loads + other.loads,
+            failed_loads=self.failed_loads + other.failed_loads,
+            records=self.records + other.records,
+            inserted=self.inserted + other.inserted,
+            updated=self.updated + other.updated,
+            unchanged=self.unchanged + other.unchanged,
+            duplicates=self.duplicates + other.duplicates,
+            rejected=self.rejected + other.rejected,
+            seconds=self.seconds + other.seconds,
+            last_loaded_at=max(last) if last else None,
+        )
+
+
+@dataclass(frozen=True)
+class RequestSummary:
+    """One export request behind a cell: what the page shows on hover (never the token or a payload)."""
+
+    request_id: str
+    campaign_name: str
+    window_start: datetime
+    window_end: datetime
+    attempt: int
+    state: landing.RequestState
+    unique_id: str | None
+    created_at: datetime
+    requested_at: datetime | None
+    received_at: datetime | None
+    settled_at: datetime | None
+    callback_deadline: datetime | None
+    error: str | None
+    reason: str | None
+    dag_id: str | None
+    run_id: str | None
+    late_payloads: int
+    loads: LoadCounts
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One campaign × IST day and the requests behind it (oldest first)."""
+
+    campaign: str
+    day: date
+    requests: tuple[RequestSummary, ...] = ()
+
+    @property
+    def state(self) -> CellState:
+        states = {request.state for request in self.requests}
+        for state in (landing.RequestState.LOADED, landing.RequestState.RECEIVED):
+            if state in states:
+                return CellState(state.value)
+        if landing.RequestState.REQUESTED in states:
+            return CellState.REQUESTED
+        if not self.requests:
+            return CellState.NEVER_REQUESTED
+        return CellState(self.requests[-1].state.value)
+
+    @property
+    def window(self) -> tuple[datetime, datetime]:
+        """The window of the latest request, else the day's nightly window."""
+        if self.requests:
+            return self.requests[-1].window_start, self.requests[-1].window_end
+        return nightly_window(self.day)
+
+    @property
+    def loads(self) -> LoadCounts:
+        total = LoadCounts()
+        for request in self.requests:
+            total += request.loads
+        return total
+
+    @property
+    def missing(self) -> bool:
+        return self.state is not CellState.LOADED
+
+    def count(self, state: landing.RequestState) -> int:
+        return sum(1 for request in self.requests if request.state is state)
+
+    @property
+    def late_payloads(self) -> int:
+        return sum(request.late_payloads for request in self.requests)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The grid: every campaign × every day of the range, a cell each."""
+
+    days: tuple[date, ...]
+    campaigns: tuple[str, ...]
+    cells: Mapping[tuple[str, date], Cell]
+
+    def cell(self, campaign: str, day: date) -> Cell:
+        return self.cells.get((campaign, day)) or Cell(campaign, day)
+
+    def missing(self) -> list[Cell]:
+        """Every cell not loaded, by day then campaign."""
+        return [self.cell(c, d) for d in self.days for c in self.campaigns if self.cell(c, d).missing]
+
+    def backfills(self) -> list[Backfill]:
+        """Backfills that would fix the expired, failed and never-requested cells: one per run of
+        consecutive days missing the same campaigns."""
+        to_fix = {
+            day: tuple(c for c in self.campaigns if self.cell(c, day).state in BACKFILL_STATES)
+            for day in self.days
+        }
+        backfills: list[Backfill] = []
+        for day in self.days:
+            campaigns = to_fix[day]
+            if not campaigns:
+                continue
+            last = backfills[-1] if backfills else None
+            if last and last.campaigns == campaigns and last.last_day == day - timedelta(days=1):
+                backfills[-1] = Backfill(last.first_day, day, campaigns)
+            else:
+                backfills.append(Backfill(day, day, campaigns))
+        return backfills
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """A backfill of the DAG for IST days ``first_day`` .. ``last_day`` and the campaigns missing there.
+
+    A run's logical date is its window's start (03:30 IST of its day). ``reprocess_behavior`` ``failed``
+    re-runs the days whose run failed and creates the days without a run; days that succeeded stay as
+    they are.
+    """
+
+    first_day: date
+    last_day: date
+    campaigns: tuple[str, ...]
+    dag_id: str = DIAL_STATUS_DAG_ID
+
+    @property
+    def from_date(self) -> datetime:
+        return datetime.combine(self.first_day, NIGHTLY_START, tzinfo=IST)
+
+    @property
+    def to_date(self) -> datetime:
+        return datetime.combine(self.last_day, NIGHTLY_START, tzinfo=IST)
+
+    def command(self) -> str:
+        conf = json.dumps({"campaigns": list(self.campaigns)})
+        return shlex.join(
+            [
+                "airflow", "backfill", "create", "--dag-id", self.dag_id,
+                "--from-date", self.from_date.isoformat(), "--to-date", self.to_date.isoformat(),
+                "--reprocess-behavior", "failed", "--dag-run-conf", conf,
+            ]
+        )  # fmt: skip
+
+    def api_body(self) -> dict[str, Any]:
+        """The body of Airflow's ``POST /api/v2/backfills`` for the same backfill."""
+        return {
+            "dag_id": self.dag_id,
+            "from_date": self.from_date.isoformat(),
+            "to_date": self.to_date.isoformat(),
+            "reprocess_behavior": "failed",
+            "dag_run_conf": {"campaigns": list(self.campaigns)},
+            "max_active_runs": 2,
+        }
+
+
+@dataclass(frozen=True)
+class DayRate:
+    """Leads and answered leads of a campaign on an IST day of ``updated_at`` (the daily summary view)."""
+
+    campaign: str
+    day: date
+    leads: int
+    answered: int
+
+    @property
+    def answer_rate(self) -> float:
+        return self.answered / self.leads if self.leads else 0.0
+
+
+@dataclass(frozen=True)
+class RejectGroup:
+    """Rejected records of the range that broke the same rules."""
+
+    reason: str
+    records: int
+    campaigns: tuple[str, ...]
+    last_rejected_at: datetime
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Everything the page and the terminal show for a range of days."""
+
+    coverage: Coverage
+    answer_rates: tuple[DayRate, ...]
+    rejects: tuple[RejectGroup, ...]
+    generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def day_range(days: int, until: date | None = None, *, now: datetime | None = None) -> tuple[date, ...]:
+    """``days`` IST days ending with ``until`` (default: the last day whose window has closed)."""
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    last = until or last_complete_day(now or datetime.now(UTC))
+    return tuple(last - timedelta(days=offset) for offset in range(days - 1, -1, -1))
+
+
+def status_report(
+    engine: Engine,
+    *,
+    days: int = 7,
+    until: date | None = None,
+    campaigns: Iterable[str] = (),
+    now: datetime | None = None,
+    reject_groups: int = 20,
+) -> StatusReport:
+    """The report for ``days`` IST days ending with ``until``; ``campaigns`` (the configured ones) get a
+    row even when they have no request in the range."""
+    day_list = day_range(days, until, now=now)
+    return StatusReport(
+        coverage=coverage(engine, day_list, campaigns),
+        answer_rates=tuple(answer_rates(engine, day_list)),
+        rejects=tuple(latest_rejects(engine, day_list, limit=reject_groups)),
+    )
+
+
+def _range_bounds(days: Sequence[date]) -> tuple[datetime, datetime]:
+    """Windows whose midpoint may fall in ``days``: those overlapping the range, with a day's margin."""
+    return nightly_window(days[0] - timedelta(days=1))[0], nightly_window(days[-1] + timedelta(days=1))[1]
+
+
+def coverage(engine: Engine, days: Sequence[date], campaigns: Iterable[str] = ()) -> Coverage:
+    """The grid of ``days`` × (``campaigns`` and every campaign with a request in the range)."""
+    requests = _requests_in(engine, days)
+    by_cell: dict[tuple[str, date], list[RequestSummary]] = {}
+    for request in requests:
+        key = (request.campaign_name, window_day(request.window_start, request.window_end))
+        by_cell.setdefault(key, []).append(request)
+    names = list(dict.fromkeys(campaigns))
+    names += sorted({campaign for campaign, _ in by_cell} - set(names))
+    cells = {
+        key: Cell(key[0], key[1], tuple(sorted(found, key=lambda r: (r.created_at, r.attempt))))
+        for key, found in by_cell.items()
+    }
+    return Coverage(days=tuple(days), campaigns=tuple(names), cells=cells)
+
+
+#: ``load_runs`` counts added up per request (column, name in :class:`LoadCounts`).
+_COUNTED = (
+    ("rows_in", "records"),
+    ("inserted", "inserted"),
+    ("updated", "updated"),
+    ("unchanged", "unchanged"),
+    ("duplicates", "duplicates"),
+    ("rejected", "rejected"),
+)
+_REQUEST_COLUMNS = (
+    "request_id", "campaign_name", "window_start", "window_end", "attempt", "state", "unique_id",
+    "created_at", "requested_at", "received_at", "loaded_at", "failed_at", "expired_at",
+    "callback_deadline", "error", "reason", "dag_id", "run_id",
+)  # fmt: skip
+
+
+def _requests_in(engine: Engine, days: Sequence[date]) -> list[RequestSummary]:
+    requests, payloads = landing.export_requests, landing.callback_payloads
+    low, high = _range_bounds(days)
+    loaded = load_runs.c.status == "loaded"
+    loads = (
+        select(
+            load_runs.c.request_id,
+            func.sum(case((loaded, 1), else_=0)).label("loads"),
+            func.sum(case((loaded, 0), else_=1)).label("failed_loads"),
+            *(func.sum(case((loaded, load_runs.c[name]), else_=0)).label(label) for name, label in _COUNTED),
+            func.sum(load_runs.c.seconds).label("seconds"),
+            func.max(case((loaded, load_runs.c.finished_at))).label("last_loaded_at"),
+        )
+        .group_by(load_runs.c.request_id)
+        .subquery()
+    )
+    late = (
+        select(payloads.c.request_id, func.count().label("late"))
+        .where(payloads.c.late == 1)
+        .group_by(payloads.c.request_id)
+        .subquery()
+    )
+    query = (
+        select(
+            *(requests.c[name] for name in _REQUEST_COLUMNS),
+            late.c.late,
+            *(column for column in loads.c if column.name != "request_id"),
+        )
+        .outerjoin(loads, loads.c.request_id == requests.c.request_id)
+        .outerjoin(late, late.c.request_id == requests.c.request_id)
+        .where(requests.c.window_end > low, requests.c.window_start < high)
+    )
+    first, last = days[0], days[-1]
+    found = []
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            if not first <= window_day(row.window_start, row.window_end) <= last:
+                continue
+            state = landing.RequestState(row.state)
+            settled = {
+                landing.RequestState.LOADED: row.loaded_at,
+                landing.RequestState.FAILED: row.failed_at,
+                landing.RequestState.EXPIRED: row.expired_at,
+            }.get(state)
+            found.append(
+                RequestSummary(
+                    request_id=row.request_id, campaign_name=row.campaign_name, window_start=row.window_start,
+                    window_end=row.window_end, attempt=row.attempt, state=state, unique_id=row.unique_id,
+                    created_at=row.created_at, requested_at=row.requested_at, received_at=row.received_at,
+                    settled_at=settled, callback_deadline=row.callback_deadline, error=row.error,
+                    reason=row.reason, dag_id=row.dag_id, run_id=row.run_id, late_payloads=int(row.late or 0),
+                    loads=LoadCounts(
+                        loads=int(row.loads or 0), failed_loads=int(row.failed_loads or 0),
+                        records=int(row.records or 0), inserted=int(row.inserted or 0),
+                        updated=int(row.updated or 0), unchanged=int(row.unchanged or 0),
+                        duplicates=int(row.duplicates or 0), rejected=int(row.rejected or 0),
+                        seconds=float(row.seconds or 0.0), last_loaded_at=row.last_loaded_at,
+                    ),
+                )
+            )  # fmt: skip
+    return found
+
+
+def answer_rates(engine: Engine, days: Sequence[date]) -> list[DayRate]:
+    """Leads and answered leads per campaign and IST day of ``updated_at``, from the warehouse's view."""
+    query = (
+        "SELECT campaign_name, day_ist, leads, answered FROM dial_status_daily_summary "
+        "WHERE day_ist >= :first AND day_ist <= :last ORDER BY day_ist, campaign_name"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(text(query), {"first": days[0], "last": days[-1]}).all()
+    return [
+        DayRate(row.campaign_name, _as_date(row.day_ist), int(row.leads), int(row.answered or 0))
+        for row in rows
+    ]
+
+
+def _as_date(value: object) -> date:
+    """``day_ist`` is a date on PostgreSQL and ISO text on SQLite."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def latest_rejects(engine: Engine, days: Sequence[date], *, limit: int = 20) -> list[RejectGroup]:
+    """Rejected records of the requests of ``days``, grouped by reason, the most recent group first."""
+    rejects, requests = dial_status_rejects, landing.export_requests
+    low, high = _range_bounds(days)
+    query = (
+        select(
+            rejects.c.reason,
+            requests.c.campaign_name,
+            requests.c.window_start,
+            requests.c.window_end,
+            func.sum(rejects.c.occurrences).label("records"),
+            func.max(rejects.c.rejected_at).label("last"),
+        )
+        .join(requests, requests.c.request_id == rejects.c.request_id)
+        .where(requests.c.window_end > low, requests.c.window_start < high)
+        .group_by(rejects.c.reason, requests.c.campaign_name, requests.c.window_start, requests.c.window_end)
+    )
+    groups: dict[str, tuple[int, set[str], datetime]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            if not days[0] <= window_day(row.window_start, row.window_end) <= days[-1]:
+                continue
+            records, campaigns, last = groups.get(row.reason, (0, set(), row.last))
+            campaigns.add(row.campaign_name)
+            groups[row.reason] = (records + int(row.records), campaigns, max(last, row.last))
+    ordered = sorted(groups.items(), key=lambda item: (item[1][2], item[1][0]), reverse=True)
+    return [
+        RejectGroup(reason, records, tuple(sorted(campaigns)), last)
+        for reason, (records, campaigns, last) in ordered[:limit]
+    ]
+
+
+# ------------------------------------------------------------------------------------- presentation
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _loads_json(loads: LoadCounts) -> dict[str, Any]:
+    return {
+        "loads": loads.loads,
+        "failed_loads": loads.failed_loads,
+        "records": loads.records,
+        "inserted": loads.inserted,
+        "updated": loads.updated,
+        "unchanged": loads.unchanged,
+        "duplicates": loads.duplicates,
+        "rejected": loads.rejected,
+        "seconds": round(loads.seconds, 3),
+        "last_loaded_at": _iso(loads.last_loaded_at),
+    }
+
+
+def report_json(report: StatusReport) -> dict[str, Any]:
+    """The report as JSON-ready data (what the page's data endpoint answers)."""
+    grid = report.coverage
+    cells = []
+    for campaign in grid.campaigns:
+        for day in grid.days:
+            cell = grid.cell(campaign, day)
+            start, end = cell.window
+            cells.append(
+                {
+                    "campaign": campaign,
+                    "day": day.isoformat(),
+                    "state": cell.state.value,
+                    "label": cell.state.label,
+                    "window_start": start.isoformat(),
+                    "window_end": end.isoformat(),
+                    "requests": len(cell.requests),
+                    "expired": cell.count(landing.RequestState.EXPIRED),
+                    "failed": cell.count(landing.RequestState.FAILED),
+                    "late_payloads": cell.late_payloads,
+                    "loads": _loads_json(cell.loads),
+                    "attempts": [_request_json(request) for request in cell.requests],
+                }
+            )
+    return {
+        "generated_at": report.generated_at.isoformat(),
+        "days": [day.isoformat() for day in grid.days],
+        "campaigns": list(grid.campaigns),
+        "states": {state.value: state.label for state in CellState},
+        "cells": cells,
+        "missing": len(grid.missing()),
+        "backfills": [
+            {
+                "first_day": backfill.first_day.isoformat(),
+                "last_day": backfill.last_day.isoformat(),
+                "campaigns": list(backfill.campaigns),
+                "command": backfill.command(),
+                "api_body": backfill.api_body(),
+            }
+            for backfill in grid.backfills()
+        ],
+        "answer_rates": [
+            {
+                "campaign": rate.campaign,
+                "day": rate.day.isoformat(),
+                "leads": rate.leads,
+                "answered": rate.answered,
+                "answer_rate": round(rate.answer_rate, 4),
+            }
+            for rate in report.answer_rates
+        ],
+        "rejects": [
+            {
+                "reason": group.reason,
+                "records": group.records,
+                "campaigns": list(group.campaigns),
+                "last_rejected_at": group.last_rejected_at.isoformat(),
+            }
+            for group in report.rejects
+        ],
+    }
+
+
+def _request_json(request: RequestSummary) -> dict[str, Any]:
+    return {
+        "request_id": request.request_id,
+        "unique_id": request.unique_id,
+        "attempt": request.attempt,
+        "state": request.state.value,
+        "window_start": request.window_start.isoformat(),
+        "window_end": request.window_end.isoformat(),
+        "created_at": _iso(request.created_at),
+        "requested_at": _iso(request.requested_at),
+        "received_at": _iso(request.received_at),
+        "settled_at": _iso(request.settled_at),
+        "callback_deadline": _iso(request.callback_deadline),
+        "error": request.error,
+        "reason": request.reason,
+        "dag_id": request.dag_id,
+        "run_id": request.run_id,
+        "late_payloads": request.late_payloads,
+        "loads": _loads_json(request.loads),
+    }
+
+
+def format_report(report: StatusReport) -> str:
+    """The report for a terminal: the grid, the loads and attempts per cell, what to backfill, rejects."""
+    grid = report.coverage
+    first, last = grid.days[0], grid.days[-1]
+    lines = [
+        f"coverage {first} .. {last} (IST days; a day's window is 03:30 IST to 03:30 IST the next day)",
+        "",
+    ]
+    width = max([len("campaign"), *(len(name) for name in grid.campaigns)])
+    lines.append("  ".join(["campaign".ljust(width), *(day.strftime("%m-%d") for day in grid.days)]))
+    for campaign in grid.campaigns:
+        marks = [grid.cell(campaign, day).state.mark.ljust(5) for day in grid.days]
+        lines.append("  ".join([campaign.ljust(width), *marks]).rstrip())
+    if not grid.campaigns:
+        lines.append("(no campaign configured and no export request in these days)")
+    lines.append("legend: " + "  ".join(f"{state.mark} {state.label}" for state in CellState))
+
+    header = ("day", "campaign", "state", "requests", "records", "inserted", "updated", "unchanged",
+              "rejected", "load s")  # fmt: skip
+    rows = []
+    for day in grid.days:
+        for campaign in grid.campaigns:
+            cell = grid.cell(campaign, day)
+            loads = cell.loads
+            rows.append(
+                (str(day), campaign, cell.state.label, str(len(cell.requests)), str(loads.records),
+                 str(loads.inserted), str(loads.updated), str(loads.unchanged), str(loads.rejected),
+                 f"{loads.seconds:.1f}")
+            )  # fmt: skip
+    lines += ["", "per campaign and day:", *_table(header, rows)]
+
+    missing = grid.missing()
+    lines += ["", f"missing: {len(missing)} campaign-day(s)" + (":" if missing else "")]
+    for cell in missing:
+        start, end = cell.window
+        window = f"{start.astimezone(IST):%Y-%m-%d %H:%M} .. {end.astimezone(IST):%Y-%m-%d %H:%M} IST"
+        lines.append(f"  {cell.day}  {cell.campaign}  {cell.state.label}  window {window}")
+        for request in cell.requests:
+            unique_id = request.unique_id or "none"
+            lines.append(
+                f"    attempt {request.attempt}: {request.state.value}, uniqueId {unique_id}, "
+                f"request {request.request_id}" + (f": {request.error}" if request.error else "")
+            )
+    backfills = grid.backfills()
+    if backfills:
+        lines += ["", "to backfill what is missing (expired, failed or never requested):"]
+        lines += [f"  {backfill.command()}" for backfill in backfills]
+
+    lines += ["", "rejects by reason:"]
+    if report.rejects:
+        lines += _table(
+            ("records", "campaigns", "last rejected (UTC)", "reason"),
+            [(str(g.records), ",".join(g.campaigns), f"{g.last_rejected_at:%Y-%m-%d %H:%M}", g.reason)
+             for g in report.rejects],
+        )  # fmt: skip
+    else:
+        lines.append("  none")
+    return "\n".join(lines) + "\n"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(value)) for value in column) for column in zip(header, *rows, strict=True)]
+    return [
+        "  " + "  ".join(str(value).ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
