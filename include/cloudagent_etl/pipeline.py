@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -73,6 +73,8 @@ def parse_campaigns(value: object) -> list[str]:
 #: The nightly schedule: each run exports the 24 h ending at 03:30 in CloudAgent's (India's) time zone.
 NIGHTLY_CRON = "30 3 * * *"
 NIGHTLY_TIMEZONE = "Asia/Kolkata"
+#: When a nightly window starts and ends (the next day), in ``NIGHTLY_TIMEZONE``: the cron's time of day.
+NIGHTLY_START = time(3, 30)
 
 
 def last_complete_interval(now: datetime) -> tuple[datetime, datetime]:
@@ -81,7 +83,7 @@ def last_complete_interval(now: datetime) -> tuple[datetime, datetime]:
     if now.tzinfo is None:
         raise ConfigurationError(f"now must be timezone-aware, got {now.isoformat()}")
     local = now.astimezone(ZoneInfo(NIGHTLY_TIMEZONE))
-    end = local.replace(hour=3, minute=30, second=0, microsecond=0)
+    end = local.replace(hour=NIGHTLY_START.hour, minute=NIGHTLY_START.minute, second=0, microsecond=0)
     if end > local:
         end -= timedelta(days=1)
     return end - timedelta(days=1), end

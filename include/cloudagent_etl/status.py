@@ -16,7 +16,7 @@ import json
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,12 +24,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, case, func, select, text
 
 from cloudagent_etl import landing
+from cloudagent_etl.pipeline import NIGHTLY_START, NIGHTLY_TIMEZONE, last_complete_interval
 from cloudagent_etl.warehouse.tables import dial_status_rejects, load_runs
 
 #: The zone of CloudAgent's day (the nightly schedule's) and of the warehouse's ``day_ist`` columns.
-IST = ZoneInfo("Asia/Kolkata")
-#: When a day's nightly window starts and ends (the next day), in IST.
-NIGHTLY_START = time(3, 30)
+IST = ZoneInfo(NIGHTLY_TIMEZONE)
 #: The DAG whose runs the backfill commands create (``dags/cloudagent_dial_status.py``).
 DIAL_STATUS_DAG_ID = "cloudagent_dial_status"
 
@@ -87,9 +86,7 @@ def nightly_window(day: date) -> tuple[datetime, datetime]:
 
 def last_complete_day(now: datetime) -> date:
     """The latest IST day whose nightly window has closed at ``now``."""
-    local = now.astimezone(IST)
-    closed = local.date() - timedelta(days=1)
-    return closed if local.time() >= NIGHTLY_START else closed - timedelta(days=1)
+    return window_day(*last_complete_interval(now))
 
 
 @dataclass(frozen=True)
