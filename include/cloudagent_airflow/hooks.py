@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook
 
@@ -19,9 +18,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from cloudagent_etl.settings import ApiSettings
-
-#: Connection extras of ``cloudagent_db`` passed on to the PostgreSQL driver; anything else is ignored.
-ALLOWED_DB_EXTRAS = ("sslmode", "sslrootcert", "connect_timeout", "application_name")
 
 
 class CloudAgentHook(BaseHook):
@@ -44,53 +40,19 @@ class CloudAgentHook(BaseHook):
         return ApiSettings.from_connection(conn.host, conn.login, conn.password, conn.extra_dejson)
 
 
-def database_uri(
-    conn_type: str | None,
-    host: str | None,
-    schema: str | None,
-    login: str | None,
-    password: str | None,
-    port: int | None,
-    extra: dict[str, Any] | None = None,
-) -> str:
-    """The database URI of a connection's parts (then made a SQLAlchemy URL by ``db.to_sqlalchemy_url``).
+def _sqlalchemy_url(conn: Connection) -> str:
+    """The database URL of a connection, built from its parts by the database module of its type.
 
     Built from the parts rather than ``Connection.get_uri()``, which percent-encodes a SQLite path
     (``sqlite:////abs.db`` comes back as ``sqlite:///%2Fabs.db``, which SQLAlchemy cannot open).
     """
-    from cloudagent_etl.errors import ConfigurationError
-
-    kind = (conn_type or "").lower()
-    if kind == "sqlite":
-        # 'sqlite:////abs/x.db' parses to host '' and schema '/abs/x.db'; a relative path stays relative.
-        path = "/".join(part for part in (host, schema) if part)
-        if not path:
-            raise ConfigurationError("the sqlite database connection has no file path")
-        return f"sqlite:///{path}"
-    if kind in ("postgres", "postgresql"):
-        userinfo = ""
-        if login:
-            userinfo = quote(login, safe="") + (f":{quote(password, safe='')}" if password else "") + "@"
-        address = (host or "localhost") + (f":{port}" if port else "")
-        query = "&".join(
-            f"{key}={quote(str(value), safe='')}"
-            for key, value in (extra or {}).items()
-            if key in ALLOWED_DB_EXTRAS
-        )
-        return f"postgresql://{userinfo}{address}/{quote(schema or '', safe='')}" + (
-            f"?{query}" if query else ""
-        )
-    raise ConfigurationError(f"the database connection must be sqlite or postgres, not {conn_type!r}")
-
-
-def _sqlalchemy_url(conn: Connection) -> str:
+    from cloudagent_etl.databases import ConnectionParts, uri_from_connection
     from cloudagent_etl.db import to_sqlalchemy_url
 
-    return to_sqlalchemy_url(
-        database_uri(
-            conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port, conn.extra_dejson
-        )
+    parts = ConnectionParts(
+        conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port, conn.extra_dejson
     )
+    return to_sqlalchemy_url(uri_from_connection(parts))
 
 
 class CloudAgentDbHook(BaseHook):

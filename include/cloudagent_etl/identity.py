@@ -16,8 +16,8 @@ import secrets
 from datetime import UTC, datetime
 
 from sqlalchemy import Column, Engine, Integer, Table, Text, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from cloudagent_etl.databases import database_for
 from cloudagent_etl.sqltypes import UtcDateTime, metadata
 
 #: Query parameter of ``/healthz`` carrying the preflight's nonce.
@@ -37,9 +37,8 @@ installation = Table(
 def probe_secret(engine: Engine) -> bytes:
     """This database's probe secret, created on first use."""
     row = {"installation_id": 1, "probe_secret": secrets.token_hex(32), "created_at": datetime.now(UTC)}
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     with engine.begin() as conn:
-        conn.execute(dialect.insert(installation).values(row).on_conflict_do_nothing())
+        conn.execute(database_for(engine).insert_ignoring_conflicts(installation).values(row))
         stored = conn.execute(
             select(installation.c.probe_secret).where(installation.c.installation_id == 1)
         ).scalar_one()

@@ -17,6 +17,7 @@ import httpx
 from sqlalchemy import Engine, text
 
 from cloudagent_etl import identity
+from cloudagent_etl.databases import database_for
 from cloudagent_etl.errors import ConfigurationError, redact
 from cloudagent_etl.pipeline import parse_campaigns
 from cloudagent_etl.settings import ALLOWED_CONNECTION_EXTRAS, ApiSettings
@@ -103,7 +104,7 @@ def check_database(engine: Engine, *, setting: str) -> Check:
         return Check(
             setting, f"the database is {state}, this code needs {head}: run `cloudagent-etl migrate`"
         )
-    return Check(setting, found=f"{engine.dialect.name}, revision {head}")
+    return Check(setting, found=f"{database_for(engine).name}, revision {head}")
 
 
 def check_callback_url(

@@ -13,10 +13,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, BigInteger, DateTime, MetaData
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from cloudagent_etl.databases import DATABASES, database_for
 
 metadata = MetaData(
     naming_convention={
@@ -28,11 +29,21 @@ metadata = MetaData(
     }
 )
 
-#: An auto-incrementing 64-bit id (SQLite only auto-increments INTEGER PRIMARY KEY).
-BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 
-#: JSON on SQLite, JSONB on PostgreSQL (comparable, so an unchanged row can be recognised).
-JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+def _with_variants(portable: TypeEngine[Any], name: str) -> TypeEngine[Any]:
+    """``portable``, with the variant each database declares under ``name`` (``column_type_variants``)."""
+    for database in DATABASES:
+        if name in database.column_type_variants:
+            portable = portable.with_variant(database.column_type_variants[name], database.name)
+    return portable
+
+
+#: An auto-incrementing 64-bit id (an INTEGER PRIMARY KEY where only that auto-increments).
+BigIntId = _with_variants(BigInteger(), "big_int_id")
+
+#: A JSON document, comparable where the database has such a type (JSONB), so that an unchanged row can
+#: be recognised.
+JsonDocument = _with_variants(JSON(), "json_document")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -46,8 +57,7 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value.isoformat()} given where a UTC time is stored")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return database_for(dialect).stored_time(value.astimezone(UTC))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

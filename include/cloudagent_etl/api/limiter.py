@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import Column, Connection, Double, Engine, Index, Table, Text, delete, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
+from cloudagent_etl.databases import database_for
 from cloudagent_etl.errors import ConfigurationError, DatabaseUnavailableError
 from cloudagent_etl.sqltypes import BigIntId, metadata
 
@@ -99,7 +99,7 @@ class RateLimiter:
         return (
             f"RateLimiter(account={self.account!r}, calls_per_window={self.calls_per_window}, "
             f"window_s={self.window_s}, "
-            f"backend={self.engine.dialect.name!r})"
+            f"backend={database_for(self.engine).name!r})"
         )
 
     @property
@@ -135,23 +135,17 @@ class RateLimiter:
                     self._admitted += 1
                 return wait_s  # leaving the block without a commit rolls back and releases the lock
         except OperationalError as exc:
+            database = database_for(self.engine).name
             raise DatabaseUnavailableError(
-                f"rate limiter database unavailable ({self.engine.dialect.name}): {type(exc.orig).__name__}"
+                f"rate limiter database unavailable ({database}): {type(exc.orig).__name__}"
             ) from exc
 
     def _lock_account(self, conn: Connection) -> None:
-        """Start the transaction holding this account's admission lock (see the module docstring)."""
-        row = {"account": self.account}
-        if conn.dialect.name == "sqlite":
-            # pysqlite would begin a deferred transaction lazily; take the write lock up front instead.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            conn.execute(sqlite.insert(rate_limit_accounts).on_conflict_do_nothing(), row)
-        else:
-            # READ COMMITTED: once the lock is ours, the count sees every call the previous holder logged.
-            conn.execution_options(isolation_level="READ COMMITTED")
-            conn.execute(postgresql.insert(rate_limit_accounts).on_conflict_do_nothing(), row)
-        account = rate_limit_accounts.c.account
-        conn.execute(select(account).where(account == self.account).with_for_update())
+        """Start the transaction holding this account's admission lock (see the module docstring): once
+        the lock is ours, the count sees every call the previous holder logged."""
+        database = database_for(conn)
+        database.begin_write(conn)
+        database.lock_row(conn, rate_limit_accounts, rate_limit_accounts.c.account, self.account)
 
     def _admit_or_wait_locked(self, conn: Connection, purpose: str | None) -> float | None:
         calls = api_call_log.c

@@ -66,7 +66,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloudagent_etl import identity, landing
-from cloudagent_etl.db import create_db_engine, is_unavailable, to_sqlalchemy_url
+from cloudagent_etl.databases import database_for
+from cloudagent_etl.db import create_db_engine, is_unavailable
 from cloudagent_etl.media_types import MULTIPART_FORM, media_type
 from cloudagent_etl.receiver.body import BodyRejected, BodySpool, Inflater, Sniffed, content_coding
 from cloudagent_etl.receiver.logs import install_masking, mask_tokens
@@ -220,22 +221,17 @@ def _spool_unavailable(exc: OSError) -> CallbackRejected:
 
 
 def _engine_for(settings: ReceiverSettings) -> Engine:
-    url = to_sqlalchemy_url(settings.database_url)
-    extra: dict[str, Any] = {}
-    if url.startswith("postgresql"):
-        # No pre-ping (two extra round trips per callback): a connection that died answers 503 once,
-        # is dropped from the pool, and the sender's retry gets a fresh one.
-        extra = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": False}
-    # Exactly one connection per database thread: none is ever opened for a single callback. SQLite
-    # syncs every commit (FULL): the 2xx promises the body survives a power cut, not only a crash.
+    # Exactly one connection per database thread: none is ever opened for a single callback. Durable:
+    # the 2xx promises the body survives a power cut, not only a crash. Serving: a connection that died
+    # answers 503 once and is dropped from the pool (no pre-ping), and the sender's retry gets a fresh one.
     return create_db_engine(
-        url,
-        sqlite_synchronous="FULL",
+        settings.database_url,
+        durable=True,
+        serving=True,
         pool_size=DB_CONNECTIONS,
         max_overflow=0,
         pool_timeout=10,
         hide_parameters=True,
-        **extra,
     )
 
 
@@ -248,10 +244,10 @@ class Receiver:
         self.late_grace = timedelta(seconds=settings.late_grace_s)
         self.engine = _engine_for(settings)
         self.database_threads = ThreadPoolExecutor(DB_CONNECTIONS, thread_name_prefix="receiver-db")
-        # SQLite has one writer at a time: queueing writers on a lock here is fairer and faster than letting
-        # them poll SQLite's busy handler (its back-off sleeps up to 100 ms, which is what p99 would show).
+        # A database with one writer at a time: queueing writers on a lock here is fairer and faster than
+        # letting them poll its busy handler (SQLite's back-off sleeps up to 100 ms: what p99 would show).
         self.write_lock: AbstractContextManager[Any] = (
-            threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
+            threading.Lock() if database_for(self.engine).serializes_writers else nullcontext()
         )
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,222 @@
+"""The one interface every supported database implements: what the project needs that SQL does not say alike.
+
+A :class:`Database` is chosen once from an engine (:func:`cloudagent_etl.databases.database_for`); its methods
+hold everything that differs between databases: URLs and engines, which driver errors mean "not now",
+statements that ignore a conflict, a transaction that will write after it reads, row and key locks, how a
+UTC time is bound in raw SQL, storing a small callback in one statement, and the warehouse merge (staging,
+bulk copy, upsert). Nothing outside ``cloudagent_etl.databases`` branches on the database (a structure test
+fails on a new branch elsewhere), so supporting another database is one module here plus its migrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import Column, Connection, Engine, Table, select
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import TypeEngine
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class ConnectionParts:
+    """An Airflow-style connection's parts, from which a database URI is built."""
+
+    conn_type: str | None
+    host: str | None = None
+    schema: str | None = None
+    login: str | None = None
+    password: str | None = None
+    port: int | None = None
+    extra: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """What a warehouse merge writes, named by the warehouse; the SQL is the database's.
+
+    ``current`` holds one row per ``key``, the version with the greatest ``version`` column; every other
+    version goes to ``superseded`` (keyed by ``key`` + ``version``). Rows arrive staged with
+    ``position`` (in the payload) and ``is_latest`` (the version of its key that may become current).
+    A merge holds a lock per distinct value of ``lock_columns`` until commit, so that no other load adds
+    a key of it between lookup and insert.
+    """
+
+    current: str
+    superseded: str
+    key: tuple[str, ...]
+    version: str
+    row_columns: tuple[str, ...]
+    value_columns: tuple[str, ...]
+    lineage_columns: tuple[str, ...]
+    #: Kind of each row column: ``text``, ``integer``, ``time`` (aware UTC) or ``json`` (text of an object).
+    column_kinds: Mapping[str, str]
+    lock_columns: tuple[str, ...]
+    stage: str
+
+    @property
+    def stage_columns(self) -> tuple[str, ...]:
+        return (*self.row_columns, "position", "is_latest")
+
+    def columns_of_kind(self, kind: str) -> tuple[str, ...]:
+        return tuple(column for column in self.row_columns if self.column_kinds[column] == kind)
+
+    def lock_key(self, values: tuple[Any, ...]) -> int:
+        """A signed 64-bit key naming the lock of one ``lock_columns`` value (an advisory lock's key)."""
+        material = "\x00".join([f"cloudagent_etl.{self.current}", *map(str, values)])
+        return int.from_bytes(hashlib.blake2b(material.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    """What one merged batch did to the current table: keys inserted, and keys this load changed."""
+
+    inserted: int
+    updated: int
+
+
+class WarehouseMerge(ABC):
+    """One payload's merge into the warehouse, on one connection, inside the caller's transaction.
+
+    :meth:`stage` is the client-side work of a batch and runs in the load's producer thread (it must not
+    touch the connection); :meth:`merge` runs in the merge thread; :meth:`close` once at the end.
+    """
+
+    def __init__(self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.lineage = dict(lineage)
+
+    @abstractmethod
+    def stage(self, rows: pd.DataFrame) -> Any:
+        """The rows as this database stages them (e.g. CSV bytes for COPY); never touches the connection."""
+
+    @abstractmethod
+    def merge(self, rows: pd.DataFrame, staged: Any, latest: int) -> MergeCounts:
+        """Merge one batch (``latest`` of its rows have ``is_latest``) and return its counts."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave nothing of the merge behind in the session (its stage)."""
+
+
+class Database(ABC):
+    """Everything the project does differently on one database (see the module docstring)."""
+
+    #: SQLAlchemy's dialect name (``engine.dialect.name``).
+    name: ClassVar[str]
+    #: URL prefixes this database accepts, and the SQLAlchemy driver URL prefix each becomes.
+    url_schemes: ClassVar[Mapping[str, str]]
+    #: Airflow connection types that hold this database.
+    connection_types: ClassVar[tuple[str, ...]]
+    #: Only one transaction may write at a time: writers in one process queue on a lock of their own.
+    serializes_writers: ClassVar[bool] = False
+    #: A small callback body is stored by :meth:`store_callback_in_one_statement`.
+    stores_callback_in_one_statement: ClassVar[bool] = False
+    #: Column types that differ here from the portable ones, by name (see ``sqltypes``).
+    column_type_variants: ClassVar[Mapping[str, TypeEngine[Any]]] = {}
+
+    # ---------------------------------------------------------------------------------------- engines
+    def sqlalchemy_url(self, uri: str) -> str | None:
+        """``uri`` as a SQLAlchemy URL with this project's driver, or None when it is not this database's."""
+        for prefix, driver_prefix in self.url_schemes.items():
+            if uri.startswith(prefix):
+                return driver_prefix + uri[len(prefix) :]
+        return None
+
+    @abstractmethod
+    def create_engine(self, url: str, *, durable: bool, serving: bool, **kwargs: Any) -> Engine:
+        """An engine for ``url`` (``durable``, ``serving``: see ``db.create_db_engine``)."""
+
+    @abstractmethod
+    def uri_from_connection(self, parts: ConnectionParts) -> str:
+        """The database URI of a connection's parts."""
+
+    @abstractmethod
+    def means_unavailable(self, driver_error: BaseException) -> bool | None:
+        """Whether this driver's error means "not now" (None: not an error of this driver)."""
+
+    @abstractmethod
+    def partial_index_options(self, where: str) -> dict[str, Any]:
+        """The ``Index`` options that make an index cover only the rows matching ``where`` (SQL)."""
+
+    # ---------------------------------------------------------------------------------------- writing
+    @abstractmethod
+    def insert_ignoring_conflicts(self, table: Table, index_elements: list[str] | None = None) -> Insert:
+        """``INSERT`` into ``table`` that inserts nothing where a row with the same key exists."""
+
+    @abstractmethod
+    def begin_write(self, conn: Connection) -> None:
+        """Begin a transaction on ``conn`` that will write after it reads (its reads see the last commits)."""
+
+    @contextmanager
+    def write_transaction(self, engine: Engine) -> Iterator[Connection]:
+        """A transaction begun by :meth:`begin_write`, committed at the end (rolled back on error)."""
+        with engine.connect() as conn:
+            self.begin_write(conn)
+            yield conn
+            conn.commit()
+
+    def lock_row(self, conn: Connection, table: Table, key: Column[Any], value: Any) -> None:
+        """Insert the row ``key = value`` unless it exists, and hold it locked until the transaction ends.
+
+        Call it first in a transaction begun by :meth:`begin_write`.
+        """
+        conn.execute(self.insert_ignoring_conflicts(table), {key.name: value})
+        conn.execute(select(key).where(key == value).with_for_update())
+
+    def raw_time(self, value: datetime) -> Any:
+        """An aware UTC time as a raw SQL statement binds it, to compare equal to stored ones."""
+        return value
+
+    def stored_time(self, value: datetime) -> datetime:
+        """An aware UTC time as the ``UtcDateTime`` column type hands it to the driver."""
+        return value
+
+    def store_callback_in_one_statement(
+        self, engine: Engine, params: Mapping[str, Any], *, late_states: tuple[str, ...]
+    ) -> tuple[int, bool, bool] | None:
+        """Store a body of at most one chunk in one statement: (payload id, duplicate, late), or None when
+        its request does not exist. Only where :attr:`stores_callback_in_one_statement`."""
+        raise NotImplementedError(f"{self.name} stores a callback in steps")
+
+    # ---------------------------------------------------------------------------------------- warehouse
+    @abstractmethod
+    def warehouse_merge(
+        self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]
+    ) -> WarehouseMerge:
+        """Start one payload's merge on ``conn`` (session settings, stage)."""
+
+
+def upsert_from_stage_sql(
+    spec: MergeSpec,
+    target: str,
+    key: tuple[str, ...],
+    where: str,
+    *,
+    distinct: str,
+    guard: str = "",
+    extra_set: str = "",
+) -> str:
+    """INSERT ... SELECT from the stage ... ON CONFLICT (key) DO UPDATE ... WHERE some value differs.
+
+    ``distinct`` is the database's null-safe "differs" operator; lineage columns are bound parameters.
+    """
+    columns = (*spec.row_columns, *spec.lineage_columns)
+    values = ", ".join((*spec.row_columns, *(f":{name}" for name in spec.lineage_columns)))
+    assignments = ", ".join(f"{column} = excluded.{column}" for column in columns if column not in key)
+    differs = " OR ".join(f"t.{column} {distinct} excluded.{column}" for column in spec.value_columns)
+    return (
+        f"INSERT INTO {target} AS t ({', '.join(columns)}) "
+        f"SELECT {values} FROM {spec.stage} WHERE {where} ORDER BY {', '.join(key)} "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {assignments}{extra_set} "
+        f"WHERE {guard}({differs})"
+    )
