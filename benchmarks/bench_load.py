@@ -3,7 +3,7 @@
 For each size (100k and 1M synthetic records from the simulator's generator, ~540 bytes each as JSON):
 
 1. the payload is landed through ``landing.store_callback`` (not timed);
-2. a fresh child process runs ``warehouse.load_payload`` (timed: end-to-end rows/s; its peak RSS is
+2. a fresh child process runs ``pipeline.load_payload`` (timed: end-to-end rows/s; its peak RSS is
    the load's alone);
 3. the machine's 1-minute load average around the load (the box is shared: read ratios, not absolutes);
 4. the physical reference, in the same run: the final ``dial_status`` rows, copied out as CSV, are
@@ -47,10 +47,11 @@ import orjson
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from cloudagent_etl import landing, warehouse
+from cloudagent_dev.landing import create_export_request
+from cloudagent_dev.records import synthetic_records
+from cloudagent_etl import landing, pipeline
 from cloudagent_etl.db import create_db_engine, migrate, to_sqlalchemy_url
 from cloudagent_etl.normalize import ROW_COLUMNS
-from cloudagent_etl.simulator.data import synthetic_records
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RESULTS = Path("bench-results/load.json")
@@ -146,12 +147,12 @@ def child_load(url: str, payload_id: int) -> None:
     engine = create_db_engine(url)
     cpu_before = client_cpu_seconds()
     started = time.perf_counter()
-    result = warehouse.load_payload(engine, payload_id)
+    result = pipeline.load_payload(engine, payload_id)
     seconds = time.perf_counter() - started
     client_cpu = client_cpu_seconds() - cpu_before
     server_cpu = backend_cpu_seconds(engine)
     figures = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "result": result.__dict__}
-    print(json.dumps({**figures, "client_cpu_s": client_cpu, "server_cpu_s": server_cpu}))
+    print(json.dumps({**figures, "client_cpu_s": client_cpu, "server_cpu_s": server_cpu}, default=str))
 
 
 def run_load(url: str, payload_id: int) -> dict[str, Any]:
@@ -222,7 +223,7 @@ def land_payload(url: str, body: landing.CallbackBody, content_type: str) -> int
     """Migrate ``url``, make an export request of campaign BENCH and land ``body`` for it; its payload id."""
     migrate(url)
     engine = create_db_engine(url)
-    request = landing.create_export_request(
+    request = create_export_request(
         engine,
         account="bench",
         campaign_name="BENCH",
@@ -339,8 +340,13 @@ def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, 
     ``COPY`` and the merge statements, for a first load, a reload of it and a payload with 50 % newer rows,
     each on a new connection.
     """
+    from functools import partial
+
     from cloudagent_etl import normalize
+    from cloudagent_etl.databases.postgresql import PostgresMerge, stage_csv
     from cloudagent_etl.warehouse import load
+
+    stage = partial(stage_csv, spec=load.MERGE_SPEC)
 
     scale = 100_000 / count
     body = orjson.dumps(list(synthetic_records(count, seed=7)))
@@ -353,27 +359,27 @@ def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, 
     first = list(normalize.normalize_payload(body, "application/json", timezone="Asia/Kolkata"))
     figures["client_typing"] = client_cpu_seconds() - started - figures["client_parse"]
     started = client_cpu_seconds()
-    staged = [load.prepare_batch(batch, "postgresql") for batch in first]
+    staged = [load.prepare_batch(batch, stage) for batch in first]
     figures["client_stage_csv_and_hashes"] = client_cpu_seconds() - started
     reloads = list(normalize.normalize_payload(newer, "application/json", timezone="Asia/Kolkata"))
-    copy_to_stage = load._copy_to_stage
+    copy_to_stage = PostgresMerge._copy
     stage_cpu = [0.0]
 
-    def measured_copy(conn: Any, csv: bytes) -> None:
-        pid = conn.connection.driver_connection.info.backend_pid
+    def measured_copy(merge: PostgresMerge, csv: bytes) -> None:
+        pid = merge.conn.connection.driver_connection.info.backend_pid
         before = process_cpu_seconds(pid)
-        copy_to_stage(conn, csv)
+        copy_to_stage(merge, csv)
         stage_cpu[0] += process_cpu_seconds(pid) - before
 
     with scratch_database("postgresql", admin, pg_server, Path(), "breakdown") as url:
         migrate(url)
         engine = create_db_engine(url)
-        load._copy_to_stage = measured_copy  # type: ignore[assignment]
+        PostgresMerge._copy = measured_copy  # type: ignore[method-assign]
         try:
             phases = (("first_load", staged), ("reload_unchanged", staged), ("reload_50pct_newer", None))
             for run, (phase, batches) in enumerate(phases, start=1):
                 engine.dispose()  # each phase on a new connection, as each load of the benchmark
-                batches = batches or [load.prepare_batch(batch, "postgresql") for batch in reloads]
+                batches = batches or [load.prepare_batch(batch, stage) for batch in reloads]
                 stage_cpu[0] = 0.0
                 lineage = {"request_id": "bench", "payload_id": 1, "load_run_id": run}
                 with engine.begin() as conn:
@@ -386,7 +392,7 @@ def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, 
                 figures[f"server_{phase}_stage_copy"] = stage_cpu[0]
                 figures[f"server_{phase}_merge"] = total - stage_cpu[0]
         finally:
-            load._copy_to_stage = copy_to_stage  # type: ignore[assignment]
+            PostgresMerge._copy = copy_to_stage  # type: ignore[method-assign]
             engine.dispose()
     return {name: value * scale for name, value in figures.items()}
 

@@ -43,6 +43,9 @@ from cloudagent_airflow.errors import terminal_errors_fail_fast
 from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
 from cloudagent_airflow.operators import WaitForCallbackOperator
 from cloudagent_airflow.preflight import configured_campaigns, preflight_or_fail
+from cloudagent_etl.api.request import DIALSTATUS_VALUES, SORTBY_VALUES, STATUS_VALUES, ExportFilters
+
+FILTERS = ExportFilters()  # the defaults of the filter params
 
 
 @dag(
@@ -58,10 +61,12 @@ from cloudagent_airflow.preflight import configured_campaigns, preflight_or_fail
     params={
         "campaigns": Param(None, type=["null", "array"], items={"type": "string"},
                            description="Campaigns of this run; empty = the Variable cloudagent_campaigns."),
-        "status": Param("All", enum=["All", "Fail", "Success", "Pending"], description="Lead status filter."),
-        "dialstatus": Param("ALL", enum=["ALL", "Fail", "NoAnswer", "user_disconnected", "answered"]),
-        "dispositions": Param("ALL", type="string", minLength=1, description="ALL or one disposition."),
-        "sortby": Param("2", enum=["0", "1", "2"], description="0 all data, 1 created date, 2 updated date."),
+        "status": Param(FILTERS.status, enum=list(STATUS_VALUES), description="Lead status filter."),
+        "dialstatus": Param(FILTERS.dialstatus, enum=list(DIALSTATUS_VALUES)),
+        "dispositions": Param(FILTERS.dispositions, type="string", minLength=1,
+                              description="ALL or one disposition."),
+        "sortby": Param(FILTERS.sortby, enum=list(SORTBY_VALUES),
+                        description="0 all data, 1 created date, 2 updated date."),
         "lookback_minutes": Param(15, type="number", minimum=0, maximum=1440),
         "callback_timeout_minutes": Param(60, type="number", exclusiveMinimum=0, maximum=1440),
         "re_requests": Param(2, type="integer", minimum=0, maximum=5,
@@ -92,6 +97,7 @@ def cloudagent_dial_status() -> None:
     @task(pool="cloudagent_api", map_index_template="{{ campaign }}")
     def request_export(campaign: str) -> str:
         from cloudagent_etl import pipeline, settings
+        from cloudagent_etl.exports import Export
 
         context = get_current_context()
         context["campaign"] = campaign  # type: ignore[typeddict-unknown-key]  # names the mapped instance
@@ -102,16 +108,13 @@ def cloudagent_dial_status() -> None:
                 context.get("data_interval_end"),
                 params["lookback_minutes"],
             )
-            api, callback_base_url, filters = (
-                CloudAgentHook().get_settings(),
-                settings.callback_base_url(),
-                pipeline.export_filters(params),
-            )
+            api = CloudAgentHook().get_settings()
+            filters = ExportFilters.from_params(params)
+            export = Export.of(api, campaign, window, filters, settings.callback_base_url())
             timeout = timedelta(minutes=params["callback_timeout_minutes"])
             return pipeline.request_export(
-                engine, api, callback_base_url, campaign, *window, filters,
-                callback_timeout=timeout, dag_id=dag_id, run_id=run_id,
-            )  # fmt: skip
+                engine, api, export, callback_timeout=timeout, dag_id=dag_id, run_id=run_id
+            )
 
     @task(map_index_template="{{ campaign }}")
     def load(request_id: str, campaign: str) -> dict:

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 #: Where the api-server mounts the app (also the navigation entry's page).
 URL_PREFIX = "/cloudagent"
-#: The DAG whose run permission opens the page.
-DAG_ID = "cloudagent_dial_status"
 #: The longest range the page answers for (the grid stays readable; the terminal has no limit).
 MAX_DAYS = 92
 
@@ -99,7 +97,10 @@ def create_app() -> FastAPI:
     from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-    authorized = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+    from cloudagent_airflow.backfills import DIAL_STATUS_DAG_ID
+
+    # The page opens to whoever may read the runs of the dial status DAG.
+    authorized = Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DIAL_STATUS_DAG_ID))
     app = FastAPI(
         title="CloudAgent", dependencies=[authorized], docs_url=None, redoc_url=None, openapi_url=None
     )
@@ -122,8 +123,12 @@ def create_app() -> FastAPI:
             raise HTTPException(
                 503, f"the warehouse connection cloudagent_db is not usable: {type(exc).__name__}"
             ) from None
+        from cloudagent_airflow.backfills import backfill_api_body, backfill_command
+
         report = status.status_report(engine, days=days, until=until, campaigns=_configured_campaigns())
-        body: dict[str, Any] = {"dag_id": DAG_ID, **status.report_json(report)}
+        body: dict[str, Any] = {"dag_id": DIAL_STATUS_DAG_ID, **status.report_json(report)}
+        for shown, backfill in zip(body["backfills"], report.coverage.backfills(), strict=True):
+            shown.update(command=backfill_command(backfill), api_body=backfill_api_body(backfill))
         return JSONResponse(body, headers={**_SECURITY_HEADERS, "Cache-Control": "no-store"})
 
     @app.get("/static/{name}")

@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 import httpx
 from sqlalchemy import select
 
+from cloudagent_dev.landing import create_export_request, read_payload_body
+from cloudagent_dev.records import synthetic_records
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
-from cloudagent_etl.simulator.data import synthetic_records
 
 WINDOW = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC))
 
@@ -66,7 +67,7 @@ def make_callbacks(
     callbacks: list[Callback] = []
     try:
         for start in range(0, count, per_request):
-            new = landing.create_export_request(
+            new = create_export_request(
                 engine,
                 account="bench",
                 campaign_name="BENCH",
@@ -185,8 +186,7 @@ def check_zero_loss(db_url: str, sent: list[Callback], acked: list[Callback]) ->
             select(landing.callback_payloads.c.payload_id, landing.callback_payloads.c.sha256)
         ).all()
         corrupted = sum(
-            hashlib.sha256(landing.read_payload_body(conn, payload_id)).hexdigest() != sha
-            for payload_id, sha in rows
+            hashlib.sha256(read_payload_body(conn, payload_id)).hexdigest() != sha for payload_id, sha in rows
         )
     engine.dispose()
     stored = [sha for _, sha in rows]

@@ -25,6 +25,11 @@ def pg_server_url(env: Mapping[str, str] | None = None) -> str:
     return env.get("CLOUDAGENT_TEST_PG_URL") or DEFAULT_PG_URL
 
 
+def connection_uri(db_url: str) -> str:
+    """The ``cloudagent_db`` Airflow connection URI of a database URL (the hook picks the driver itself)."""
+    return db_url.replace("postgresql+psycopg://", "postgresql://")
+
+
 def admin_engine(server_url: str) -> Engine:
     """An AUTOCOMMIT engine on the server (CREATE/DROP DATABASE cannot run in a transaction)."""
     return create_engine(to_sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT")

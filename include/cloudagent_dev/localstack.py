@@ -67,6 +67,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from cloudagent_dev.databases import connection_uri
 from cloudagent_dev.processes import (
     LOOPBACK,
     StartedProcess,
@@ -145,11 +146,6 @@ class Progress:
 
 
 # --- Airflow: one way to build its environment and to run its CLI ----------------------------------------
-
-
-def connection_uri(db_url: str) -> str:
-    """The ``cloudagent_db`` connection URI for a database URL (the hook picks the driver itself)."""
-    return db_url.replace("postgresql+psycopg://", "postgresql://")
 
 
 def worker_hostname() -> str:

@@ -102,8 +102,8 @@ def overdue(
         if cell.campaign not in names:
             continue
         reason = f"{cell.state.label} {hours:g} h after its window closed"
-        if cell.requests:
-            latest = cell.requests[-1]
+        latest = cell.latest
+        if latest is not None:
             reason += f" (attempt {latest.attempt}, uniqueId {latest.unique_id or 'none'})"
             reason += f": {latest.error}" if latest.error else ""
         missing.append(MissingData(cell.campaign, *cell.window, reason))

@@ -10,8 +10,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import date
+from typing import TYPE_CHECKING
 
 from cloudagent_etl import settings
+
+if TYPE_CHECKING:
+    from cloudagent_etl.status import BackfillCommand
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -77,8 +81,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
         report = status_report(engine, days=args.days, until=args.until, campaigns=campaigns)
     finally:
         engine.dispose()
-    print(format_report(report), end="")
+    print(format_report(report, _backfill_command()), end="")
     return 0
+
+
+def _backfill_command() -> BackfillCommand | None:
+    """How this installation's orchestrator starts a backfill: the renderer an installed package declares in
+    the entry point group ``cloudagent_etl.backfill_commands`` (the Airflow provider does), if any."""
+    from importlib.metadata import entry_points
+
+    found = sorted(entry_points(group="cloudagent_etl.backfill_commands"), key=lambda entry: entry.name)
+    return found[0].load() if found else None
 
 
 def _day(value: str) -> date:

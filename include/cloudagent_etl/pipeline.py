@@ -10,32 +10,30 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+import time as clock_time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import httpx
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine
 
 from cloudagent_etl import landing
-from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
+from cloudagent_etl.api import CloudAgentClient, RateLimiter
 from cloudagent_etl.errors import ConfigurationError, PayloadError, redact
+from cloudagent_etl.exports import Export
 from cloudagent_etl.settings import ApiSettings, LoadSettings, Secret
+
+if TYPE_CHECKING:
+    from cloudagent_etl.normalize import SecretValues
+    from cloudagent_etl.warehouse import LoadCounts
 
 log = logging.getLogger(__name__)
 
 #: How long a wait for a callback lasts by default (the DAG's ``callback_timeout_minutes``).
 DEFAULT_CALLBACK_TIMEOUT = timedelta(minutes=60)
-
-#: The export filters a run sends, with the API's defaults (``docs/cloudagent-contract.md``).
-DEFAULT_FILTERS: Mapping[str, str] = {
-    "sortby": "2",
-    "status": "All",
-    "dialstatus": "ALL",
-    "dispositions": "ALL",
-}
 
 
 def parse_campaigns(value: object) -> list[str]:
@@ -147,19 +145,10 @@ def parse_window(window_start: object, window_end: object) -> tuple[datetime, da
     return bounds[0], bounds[1]
 
 
-def export_filters(params: Mapping[str, Any]) -> dict[str, str]:
-    """The export filters from run params, defaulting each to the API's 'everything' value."""
-    return {name: str(params.get(name) or default) for name, default in DEFAULT_FILTERS.items()}
-
-
 def request_export(
     engine: Engine,
     api_settings: ApiSettings,
-    callback_base_url: str,
-    campaign: str,
-    window_start: datetime,
-    window_end: datetime,
-    filters: Mapping[str, str],
+    export: Export,
     *,
     callback_timeout: timedelta = DEFAULT_CALLBACK_TIMEOUT,
     dag_id: str | None = None,
@@ -167,7 +156,7 @@ def request_export(
     retry_of: str | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> str:
-    """Ask CloudAgent to export one campaign's window, unless an export of it is live; our request id.
+    """Ask CloudAgent for ``export``, unless an export of it is live; our request id.
 
     One live export per window (:func:`landing.claim_export`): a task retry, a cleared task or a
     concurrent run of the same window gets the request already on its way, with no API call. A new
@@ -176,43 +165,25 @@ def request_export(
     to decide: terminal errors fail at once, transient ones retry (with a fresh export: the failed one is
     not live). ``retry_of`` names the expired or failed export this one re-requests.
     """
+    if export.callback_base_url is None:
+        raise ConfigurationError(f"the export of {export.describe()} has no callback base URL")
     claimed = landing.claim_export(
-        engine,
-        account=api_settings.user_name,
-        campaign_name=campaign,
-        window_start=window_start,
-        window_end=window_end,
-        filters=filters,
-        timezone=api_settings.timezone,
-        callback_base_url=callback_base_url,
-        callback_timeout=callback_timeout,
-        dag_id=dag_id,
-        run_id=run_id,
-        retry_of=retry_of,
+        engine, export, callback_timeout=callback_timeout, dag_id=dag_id, run_id=run_id, retry_of=retry_of
     )
     if claimed.new is None:
         log.info(
-            "export of campaign=%s window=%s..%s is live already: waiting for request_id=%s (no API call)",
-            campaign,
-            window_start.isoformat(),
-            window_end.isoformat(),
+            "export of %s is live already: waiting for request_id=%s (no API call)",
+            export.describe(),
             claimed.request_id,
         )
         return claimed.request_id
     new = claimed.new
-    callback_url = landing.callback_url(callback_base_url, new.request_id, new.token)
+    callback_url = landing.callback_url(export.callback_base_url, new.request_id, new.token)
     try:
-        request = DialStatusRequest(
-            campaign_name=campaign,
-            user_name=api_settings.user_name,
-            from_date=window_start,
-            to_date=window_end,
-            callback_url=callback_url,
-            **filters,
-        )
+        request = export.api_request(callback_url)
         limiter = RateLimiter(engine, api_settings.user_name, api_settings.rate_limit_per_minute)
         with CloudAgentClient(api_settings, limiter=limiter, transport=transport) as client:
-            unique_id = client.request_export(request, purpose=f"{campaign} {new.request_id}")
+            unique_id = client.request_export(request, purpose=f"{export.campaign_name} {new.request_id}")
     except Exception as exc:
         message = redact(
             f"{type(exc).__name__}: {exc}", [api_settings.api_key.get(), new.token.get()], limit=2000
@@ -220,14 +191,7 @@ def request_export(
         landing.mark_failed(engine, new.request_id, message)
         raise
     landing.record_unique_id(engine, new.request_id, unique_id)
-    log.info(
-        "export requested: campaign=%s window=%s..%s uniqueId=%s request_id=%s",
-        campaign,
-        window_start.isoformat(),
-        window_end.isoformat(),
-        unique_id,
-        new.request_id,
-    )
+    log.info("export requested: %s uniqueId=%s request_id=%s", export.describe(), unique_id, new.request_id)
     return new.request_id
 
 
@@ -240,7 +204,11 @@ def re_request_export(
     callback_timeout: timedelta = DEFAULT_CALLBACK_TIMEOUT,
     transport: httpx.BaseTransport | None = None,
 ) -> str:
-    """Request the window of an expired (or failed) export again, through the shared limiter; the new id."""
+    """Request the export of an expired (or failed) request again, through the shared limiter; the new id.
+
+    The new export is the old one, answered to today's ``callback_base_url`` (a URL fixed since the
+    first request takes effect).
+    """
     expired = landing.require_export_request(engine, expired_request_id)
     log.warning(
         "no callback for %s: requesting its window again (attempt %d)",
@@ -250,11 +218,7 @@ def re_request_export(
     return request_export(
         engine,
         api_settings,
-        callback_base_url,
-        expired.campaign_name,
-        expired.window_start,
-        expired.window_end,
-        expired.filters,
+        replace(expired.export, callback_base_url=callback_base_url),
         callback_timeout=callback_timeout,
         dag_id=expired.dag_id,
         run_id=expired.run_id,
@@ -299,6 +263,107 @@ def may_request_again(engine: Engine, request_id: str, *, re_requests: int) -> b
     return request.is_expired and request.attempt <= re_requests
 
 
+def load_payload(
+    engine: Engine,
+    payload_id: int,
+    *,
+    secrets: Iterable[str | None] = (),
+    settings: LoadSettings | None = None,
+    batch_size: int | None = None,
+) -> LoadCounts:
+    """Load one landed payload: landing hands out its body, the warehouse merges it, landing records the
+    outcome, all in one transaction (the merged rows, the ``load_runs`` row, the payload and its request
+    ``loaded``).
+
+    A payload that cannot be parsed at all (``PayloadError``) rolls back whatever it merged, then records
+    a ``failed`` load run with the reason and the payload as ``failed``: nothing raises for a bad payload.
+    Any other error (the database, a bug) also rolls back and records a failed load run, then raises: the
+    payload stays ``pending`` and the request ``received``, so a retry loads it. Every text that leaves the
+    load is redacted with ``secrets`` (the configured apiKey) and the values found under API-key fields of
+    the payload.
+    """
+    # Imported here: they bring pandas, which the triggerer and the receiver never need.
+    from cloudagent_etl import warehouse
+    from cloudagent_etl.normalize import DEFAULT_BATCH_SIZE, SecretValues
+
+    secret_values = SecretValues(secrets)
+    payload = landing.landed_payload(engine, payload_id)
+    started = datetime.now(UTC)
+    clock = clock_time.perf_counter()
+    try:
+        with landing.payload_body(engine, payload_id) as body, engine.begin() as conn:
+            counts = warehouse.merge_payload(
+                conn,
+                payload,
+                body,
+                started=started,
+                secrets=secret_values,
+                settings=settings or LoadSettings(),
+                batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            )
+            landing.mark_payload_loaded(conn, payload)
+    except PayloadError as exc:
+        error = secret_values.redact(f"payload {payload_id}: {exc}")
+        counts = warehouse.record_failed_load(
+            engine, payload, error, started=started, seconds=clock_time.perf_counter() - clock
+        )
+        landing.mark_payload_failed(engine, payload_id)
+    except Exception as exc:
+        error = secret_values.redact(f"payload {payload_id}: {type(exc).__name__}: {exc}")
+        try:
+            warehouse.record_failed_load(
+                engine, payload, error, started=started, seconds=clock_time.perf_counter() - clock
+            )
+        except Exception:  # the database itself is gone: the original error says more
+            log.error("could not record the failed load of payload %s", payload_id)
+        if _shows_secret(exc, secret_values):
+            raise RuntimeError(error[: warehouse.load.MAX_ERROR_CHARS]) from None
+        raise
+    return counts
+
+
+def _shows_secret(exc: BaseException, secrets: SecretValues) -> bool:
+    """Whether the message of ``exc`` or of an exception it chains holds one of ``secrets``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if secrets.redact(str(current)) != str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def load_payloads(
+    engine: Engine,
+    request_id: str,
+    *,
+    secrets: Iterable[str | None] = (),
+    settings: LoadSettings | None = None,
+) -> LoadCounts:
+    """Load every payload landed for the request, oldest first, each in its own transaction.
+
+    The request becomes ``loaded`` with its first good payload; when every payload failed to parse it
+    becomes ``failed`` with the reasons (unless it was loaded or expired) and the result carries ``error``.
+    A payload that lands while this runs is loaded too: the payloads are listed again after each pass,
+    and one stored after the request became ``loaded`` is at worst flagged late by the receiver.
+    """
+    from cloudagent_etl.warehouse import LoadCounts
+
+    secrets = tuple(secrets)
+    total = LoadCounts()
+    seen: set[int] = set()
+    while pending := [p for p in landing.received_payload_ids(engine, request_id) if p not in seen]:
+        for payload_id in pending:
+            total += load_payload(engine, payload_id, secrets=secrets, settings=settings)
+            seen.add(payload_id)
+    if not seen:
+        raise PayloadError(f"no callback payload has landed for request {request_id}")
+    if total.failed_payloads == total.payloads:
+        landing.mark_load_failed(engine, request_id, total.error or "no payload could be parsed")
+    return total
+
+
 def load_request(engine: Engine, request_id: str, *, api_key: Secret | None = None) -> dict[str, Any]:
     """Normalize and merge every payload landed for the request; return the counts for the task log.
 
@@ -306,12 +371,10 @@ def load_request(engine: Engine, request_id: str, *, api_key: Secret | None = No
     ``api_key`` (the account's, from the API connection) is redacted wherever a payload carries it. The
     bounds of record times come from :meth:`LoadSettings.from_env`.
     """
-    # Imported here: it brings pandas, which the triggerer (polling landing.callback_status) does not need.
-    from cloudagent_etl import warehouse
-
     secrets = [api_key.get()] if api_key else []
-    result = warehouse.load_payloads(engine, request_id, secrets=secrets, settings=LoadSettings.from_env())
+    result = load_payloads(engine, request_id, secrets=secrets, settings=LoadSettings.from_env())
     counts = asdict(result)
+    counts.pop("last_loaded_at")
     if result.failed_payloads == result.payloads:
         raise PayloadError(
             f"nothing could be loaded for {landing.describe_request(engine, request_id)}: {result.error}"
@@ -367,8 +430,6 @@ def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run
     campaign that never got a request, is listed with its error), and the warehouse rows of these
     campaigns must have no duplicate and no empty keys.
     """
-    from cloudagent_etl.warehouse.tables import dial_status
-
     campaigns = list(campaigns)
     problems: list[str] = []
     latest = landing.latest_requests_of_run(engine, dag_id, run_id)
@@ -387,29 +448,7 @@ def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run
                 f"campaign {campaign!r}: request {request.request_id} is loaded but "
                 f"{left_behind[request.request_id]} of its payloads landed after the load and are not loaded"
             )
-    with engine.connect() as conn:
-        duplicates = conn.execute(
-            select(dial_status.c.campaign_name, dial_status.c.record_key, func.count().label("n"))
-            .where(dial_status.c.campaign_name.in_(campaigns))
-            .group_by(dial_status.c.campaign_name, dial_status.c.record_key)
-            .having(func.count() > 1)
-            .limit(10)
-        ).all()
-        problems.extend(
-            f"campaign {row.campaign_name!r}: record_key {row.record_key!r} is in dial_status {row.n} times"
-            for row in duplicates
-        )
-        empty_keys = conn.execute(
-            select(func.count())
-            .select_from(dial_status)
-            .where(
-                or_(
-                    dial_status.c.campaign_name.is_(None),
-                    dial_status.c.record_key.is_(None),
-                    and_(dial_status.c.campaign_name.in_(campaigns), dial_status.c.record_key == ""),
-                )
-            )
-        ).scalar_one()
-        if empty_keys:
-            problems.append(f"dial_status has {empty_keys} rows with an empty campaign_name or record_key")
+    from cloudagent_etl.warehouse import key_problems
+
+    problems.extend(key_problems(engine, campaigns))
     return problems

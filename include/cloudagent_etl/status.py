@@ -12,25 +12,21 @@ stored redacted: no apiKey, token or payload byte reaches the page or the termin
 
 from __future__ import annotations
 
-import json
-import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, case, func, select, text
+from sqlalchemy import Engine
 
-from cloudagent_etl import landing
+from cloudagent_etl import landing, warehouse
 from cloudagent_etl.pipeline import NIGHTLY_START, NIGHTLY_TIMEZONE, last_complete_interval
-from cloudagent_etl.warehouse.tables import dial_status_rejects, load_runs
+from cloudagent_etl.warehouse import DayRate, LoadCounts
 
 #: The zone of CloudAgent's day (the nightly schedule's) and of the warehouse's ``day_ist`` columns.
 IST = ZoneInfo(NIGHTLY_TIMEZONE)
-#: The DAG whose runs the backfill commands create (``dags/cloudagent_dial_status.py``).
-DIAL_STATUS_DAG_ID = "cloudagent_dial_status"
 
 
 class CellState(StrEnum):
@@ -90,58 +86,13 @@ def last_complete_day(now: datetime) -> date:
 
 
 @dataclass(frozen=True)
-class LoadCounts:
-    """The load runs of one request (or, added up, of a cell): counts as in ``load_runs``."""
-
-    loads: int = 0
-    failed_loads: int = 0
-    records: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    seconds: float = 0.0
-    last_loaded_at: datetime | None = None
-
-    def __add__(self, other: LoadCounts) -> LoadCounts:
-        last = [moment for moment in (self.last_loaded_at, other.last_loaded_at) if moment is not None]
-        return LoadCounts(
-            loads=self.loads + other.loads,
-            failed_loads=self.failed_loads + other.failed_loads,
-            records=self.records + other.records,
-            inserted=self.inserted + other.inserted,
-            updated=self.updated + other.updated,
-            unchanged=self.unchanged + other.unchanged,
-            duplicates=self.duplicates + other.duplicates,
-            rejected=self.rejected + other.rejected,
-            seconds=self.seconds + other.seconds,
-            last_loaded_at=max(last) if last else None,
-        )
-
-
-@dataclass(frozen=True)
 class RequestSummary:
-    """One export request behind a cell: what the page shows on hover (never the token or a payload)."""
+    """One export request behind a cell, its late payloads and its loads: what the page shows on hover
+    (the request row holds no token, and no payload byte is read)."""
 
-    request_id: str
-    campaign_name: str
-    window_start: datetime
-    window_end: datetime
-    attempt: int
-    state: landing.RequestState
-    unique_id: str | None
-    created_at: datetime
-    requested_at: datetime | None
-    received_at: datetime | None
-    settled_at: datetime | None
-    callback_deadline: datetime | None
-    error: str | None
-    reason: str | None
-    dag_id: str | None
-    run_id: str | None
-    late_payloads: int
-    loads: LoadCounts
+    request: landing.ExportRequest
+    late_payloads: int = 0
+    loads: LoadCounts = field(default_factory=LoadCounts)
 
 
 @dataclass(frozen=True)
@@ -154,7 +105,7 @@ class Cell:
 
     @property
     def state(self) -> CellState:
-        states = {request.state for request in self.requests}
+        states = {summary.request.state for summary in self.requests}
         for state in (landing.RequestState.LOADED, landing.RequestState.RECEIVED):
             if state in states:
                 return CellState(state.value)
@@ -162,20 +113,24 @@ class Cell:
             return CellState.REQUESTED
         if not self.requests:
             return CellState.NEVER_REQUESTED
-        return CellState(self.requests[-1].state.value)
+        return CellState(self.requests[-1].request.state.value)
+
+    @property
+    def latest(self) -> landing.ExportRequest | None:
+        return self.requests[-1].request if self.requests else None
 
     @property
     def window(self) -> tuple[datetime, datetime]:
         """The window of the latest request, else the day's nightly window."""
-        if self.requests:
-            return self.requests[-1].window_start, self.requests[-1].window_end
+        if self.latest is not None:
+            return self.latest.window_start, self.latest.window_end
         return nightly_window(self.day)
 
     @property
     def loads(self) -> LoadCounts:
         total = LoadCounts()
-        for request in self.requests:
-            total += request.loads
+        for summary in self.requests:
+            total += summary.loads
         return total
 
     @property
@@ -183,11 +138,11 @@ class Cell:
         return self.state is not CellState.LOADED
 
     def count(self, state: landing.RequestState) -> int:
-        return sum(1 for request in self.requests if request.state is state)
+        return sum(1 for summary in self.requests if summary.request.state is state)
 
     @property
     def late_payloads(self) -> int:
-        return sum(request.late_payloads for request in self.requests)
+        return sum(summary.late_payloads for summary in self.requests)
 
 
 @dataclass(frozen=True)
@@ -227,17 +182,16 @@ class Coverage:
 
 @dataclass(frozen=True)
 class Backfill:
-    """A backfill of the DAG for IST days ``first_day`` .. ``last_day`` and the campaigns missing there.
+    """IST days ``first_day`` .. ``last_day`` to sync again, and the campaigns missing there.
 
-    A run's logical date is its window's start (03:30 IST of its day). ``reprocess_behavior`` ``failed``
-    re-runs the days whose run failed and creates the days without a run; days that succeeded stay as
-    they are.
+    A nightly run's logical date is its window's start (03:30 IST of its day): a backfill of the dial
+    status DAG from :attr:`from_date` to :attr:`to_date` covers exactly these days. How to start one is
+    the orchestrator's business (the provider renders Airflow's command and REST body).
     """
 
     first_day: date
     last_day: date
     campaigns: tuple[str, ...]
-    dag_id: str = DIAL_STATUS_DAG_ID
 
     @property
     def from_date(self) -> datetime:
@@ -247,40 +201,10 @@ class Backfill:
     def to_date(self) -> datetime:
         return datetime.combine(self.last_day, NIGHTLY_START, tzinfo=IST)
 
-    def command(self) -> str:
-        conf = json.dumps({"campaigns": list(self.campaigns)})
-        return shlex.join(
-            [
-                "airflow", "backfill", "create", "--dag-id", self.dag_id,
-                "--from-date", self.from_date.isoformat(), "--to-date", self.to_date.isoformat(),
-                "--reprocess-behavior", "failed", "--dag-run-conf", conf,
-            ]
-        )  # fmt: skip
 
-    def api_body(self) -> dict[str, Any]:
-        """The body of Airflow's ``POST /api/v2/backfills`` for the same backfill."""
-        return {
-            "dag_id": self.dag_id,
-            "from_date": self.from_date.isoformat(),
-            "to_date": self.to_date.isoformat(),
-            "reprocess_behavior": "failed",
-            "dag_run_conf": {"campaigns": list(self.campaigns)},
-            "max_active_runs": 2,
-        }
-
-
-@dataclass(frozen=True)
-class DayRate:
-    """Leads and answered leads of a campaign on an IST day of ``updated_at`` (the daily summary view)."""
-
-    campaign: str
-    day: date
-    leads: int
-    answered: int
-
-    @property
-    def answer_rate(self) -> float:
-        return self.answered / self.leads if self.leads else 0.0
+#: Renders a backfill as a command to paste (the provider's, found through the entry point group
+#: ``cloudagent_etl.backfill_commands``).
+BackfillCommand = Callable[[Backfill], str]
 
 
 @dataclass(frozen=True)
@@ -325,7 +249,7 @@ def status_report(
     day_list = day_range(days, until, now=now)
     return StatusReport(
         coverage=coverage(engine, day_list, campaigns),
-        answer_rates=tuple(answer_rates(engine, day_list)),
+        answer_rates=tuple(warehouse.answer_rates(engine, day_list)),
         rejects=tuple(latest_rejects(engine, day_list, limit=reject_groups)),
     )
 
@@ -337,143 +261,48 @@ def _range_bounds(days: Sequence[date]) -> tuple[datetime, datetime]:
 
 def coverage(engine: Engine, days: Sequence[date], campaigns: Iterable[str] = ()) -> Coverage:
     """The grid of ``days`` × (``campaigns`` and every campaign with a request in the range)."""
-    requests = _requests_in(engine, days)
     by_cell: dict[tuple[str, date], list[RequestSummary]] = {}
-    for request in requests:
+    for summary in _requests_in(engine, days):
+        request = summary.request
         key = (request.campaign_name, window_day(request.window_start, request.window_end))
-        by_cell.setdefault(key, []).append(request)
+        by_cell.setdefault(key, []).append(summary)
     names = list(dict.fromkeys(campaigns))
     names += sorted({campaign for campaign, _ in by_cell} - set(names))
     cells = {
-        key: Cell(key[0], key[1], tuple(sorted(found, key=lambda r: (r.created_at, r.attempt))))
+        key: Cell(
+            key[0], key[1], tuple(sorted(found, key=lambda s: (s.request.created_at, s.request.attempt)))
+        )
         for key, found in by_cell.items()
     }
     return Coverage(days=tuple(days), campaigns=tuple(names), cells=cells)
 
 
-#: ``load_runs`` counts added up per request (column, name in :class:`LoadCounts`).
-_COUNTED = (
-    ("rows_in", "records"),
-    ("inserted", "inserted"),
-    ("updated", "updated"),
-    ("unchanged", "unchanged"),
-    ("duplicates", "duplicates"),
-    ("rejected", "rejected"),
-)
-_REQUEST_COLUMNS = (
-    "request_id", "campaign_name", "window_start", "window_end", "attempt", "state", "unique_id",
-    "created_at", "requested_at", "received_at", "loaded_at", "failed_at", "expired_at",
-    "callback_deadline", "error", "reason", "dag_id", "run_id",
-)  # fmt: skip
-
-
 def _requests_in(engine: Engine, days: Sequence[date]) -> list[RequestSummary]:
-    requests, payloads = landing.export_requests, landing.callback_payloads
-    low, high = _range_bounds(days)
-    loaded = load_runs.c.status == "loaded"
-    loads = (
-        select(
-            load_runs.c.request_id,
-            func.sum(case((loaded, 1), else_=0)).label("loads"),
-            func.sum(case((loaded, 0), else_=1)).label("failed_loads"),
-            *(func.sum(case((loaded, load_runs.c[name]), else_=0)).label(label) for name, label in _COUNTED),
-            func.sum(load_runs.c.seconds).label("seconds"),
-            func.max(case((loaded, load_runs.c.finished_at))).label("last_loaded_at"),
-        )
-        .group_by(load_runs.c.request_id)
-        .subquery()
-    )
-    late = (
-        select(payloads.c.request_id, func.count().label("late"))
-        .where(payloads.c.late == 1)
-        .group_by(payloads.c.request_id)
-        .subquery()
-    )
-    query = (
-        select(
-            *(requests.c[name] for name in _REQUEST_COLUMNS),
-            late.c.late,
-            *(column for column in loads.c if column.name != "request_id"),
-        )
-        .outerjoin(loads, loads.c.request_id == requests.c.request_id)
-        .outerjoin(late, late.c.request_id == requests.c.request_id)
-        .where(requests.c.window_end > low, requests.c.window_start < high)
-    )
-    first, last = days[0], days[-1]
-    found = []
-    with engine.connect() as conn:
-        for row in conn.execute(query):
-            if not first <= window_day(row.window_start, row.window_end) <= last:
-                continue
-            state = landing.RequestState(row.state)
-            settled = {
-                landing.RequestState.LOADED: row.loaded_at,
-                landing.RequestState.FAILED: row.failed_at,
-                landing.RequestState.EXPIRED: row.expired_at,
-            }.get(state)
-            found.append(
-                RequestSummary(
-                    request_id=row.request_id, campaign_name=row.campaign_name, window_start=row.window_start,
-                    window_end=row.window_end, attempt=row.attempt, state=state, unique_id=row.unique_id,
-                    created_at=row.created_at, requested_at=row.requested_at, received_at=row.received_at,
-                    settled_at=settled, callback_deadline=row.callback_deadline, error=row.error,
-                    reason=row.reason, dag_id=row.dag_id, run_id=row.run_id, late_payloads=int(row.late or 0),
-                    loads=LoadCounts(
-                        loads=int(row.loads or 0), failed_loads=int(row.failed_loads or 0),
-                        records=int(row.records or 0), inserted=int(row.inserted or 0),
-                        updated=int(row.updated or 0), unchanged=int(row.unchanged or 0),
-                        duplicates=int(row.duplicates or 0), rejected=int(row.rejected or 0),
-                        seconds=float(row.seconds or 0.0), last_loaded_at=row.last_loaded_at,
-                    ),
-                )
-            )  # fmt: skip
-    return found
-
-
-def answer_rates(engine: Engine, days: Sequence[date]) -> list[DayRate]:
-    """Leads and answered leads per campaign and IST day of ``updated_at``, from the warehouse's view."""
-    query = (
-        "SELECT campaign_name, day_ist, leads, answered FROM dial_status_daily_summary "
-        "WHERE day_ist >= :first AND day_ist <= :last ORDER BY day_ist, campaign_name"
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(text(query), {"first": days[0], "last": days[-1]}).all()
-    return [
-        DayRate(row.campaign_name, _as_date(row.day_ist), int(row.leads), int(row.answered or 0))
-        for row in rows
+    """The requests whose window belongs to one of ``days``, with their late payloads and loads."""
+    requests = [
+        request
+        for request in landing.requests_overlapping(engine, *_range_bounds(days))
+        if days[0] <= window_day(request.window_start, request.window_end) <= days[-1]
     ]
-
-
-def _as_date(value: object) -> date:
-    """``day_ist`` is a date on PostgreSQL and ISO text on SQLite."""
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
+    ids = [request.request_id for request in requests]
+    late = landing.late_payload_counts(engine, ids)
+    loads = warehouse.load_counts_by_request(engine, ids)
+    return [
+        RequestSummary(request, late.get(request.request_id, 0), loads.get(request.request_id, LoadCounts()))
+        for request in requests
+    ]
 
 
 def latest_rejects(engine: Engine, days: Sequence[date], *, limit: int = 20) -> list[RejectGroup]:
     """Rejected records of the requests of ``days``, grouped by reason, the most recent group first."""
-    rejects, requests = dial_status_rejects, landing.export_requests
-    low, high = _range_bounds(days)
-    query = (
-        select(
-            rejects.c.reason,
-            requests.c.campaign_name,
-            requests.c.window_start,
-            requests.c.window_end,
-            func.sum(rejects.c.occurrences).label("records"),
-            func.max(rejects.c.rejected_at).label("last"),
-        )
-        .join(requests, requests.c.request_id == rejects.c.request_id)
-        .where(requests.c.window_end > low, requests.c.window_start < high)
-        .group_by(rejects.c.reason, requests.c.campaign_name, requests.c.window_start, requests.c.window_end)
-    )
+    campaign_of = {
+        summary.request.request_id: summary.request.campaign_name for summary in _requests_in(engine, days)
+    }
     groups: dict[str, tuple[int, set[str], datetime]] = {}
-    with engine.connect() as conn:
-        for row in conn.execute(query):
-            if not days[0] <= window_day(row.window_start, row.window_end) <= days[-1]:
-                continue
-            records, campaigns, last = groups.get(row.reason, (0, set(), row.last))
-            campaigns.add(row.campaign_name)
-            groups[row.reason] = (records + int(row.records), campaigns, max(last, row.last))
+    for count in warehouse.reject_counts(engine, campaign_of):
+        records, campaigns, last = groups.get(count.reason, (0, set(), count.last_rejected_at))
+        campaigns.add(campaign_of[count.request_id])
+        groups[count.reason] = (records + count.records, campaigns, max(last, count.last_rejected_at))
     ordered = sorted(groups.items(), key=lambda item: (item[1][2], item[1][0]), reverse=True)
     return [
         RejectGroup(reason, records, tuple(sorted(campaigns)), last)
@@ -489,8 +318,8 @@ def _iso(moment: datetime | None) -> str | None:
 def _loads_json(loads: LoadCounts) -> dict[str, Any]:
     return {
         "loads": loads.loads,
-        "failed_loads": loads.failed_loads,
-        "records": loads.records,
+        "failed_loads": loads.failed_payloads,
+        "records": loads.rows_in,
         "inserted": loads.inserted,
         "updated": loads.updated,
         "unchanged": loads.unchanged,
@@ -537,8 +366,8 @@ def report_json(report: StatusReport) -> dict[str, Any]:
                 "first_day": backfill.first_day.isoformat(),
                 "last_day": backfill.last_day.isoformat(),
                 "campaigns": list(backfill.campaigns),
-                "command": backfill.command(),
-                "api_body": backfill.api_body(),
+                "from_date": backfill.from_date.isoformat(),
+                "to_date": backfill.to_date.isoformat(),
             }
             for backfill in grid.backfills()
         ],
@@ -564,7 +393,8 @@ def report_json(report: StatusReport) -> dict[str, Any]:
     }
 
 
-def _request_json(request: RequestSummary) -> dict[str, Any]:
+def _request_json(summary: RequestSummary) -> dict[str, Any]:
+    request = summary.request
     return {
         "request_id": request.request_id,
         "unique_id": request.unique_id,
@@ -581,13 +411,14 @@ def _request_json(request: RequestSummary) -> dict[str, Any]:
         "reason": request.reason,
         "dag_id": request.dag_id,
         "run_id": request.run_id,
-        "late_payloads": request.late_payloads,
-        "loads": _loads_json(request.loads),
+        "late_payloads": summary.late_payloads,
+        "loads": _loads_json(summary.loads),
     }
 
 
-def format_report(report: StatusReport) -> str:
-    """The report for a terminal: the grid, the loads and attempts per cell, what to backfill, rejects."""
+def format_report(report: StatusReport, backfill_command: BackfillCommand | None = None) -> str:
+    """The report for a terminal: the grid, the loads and attempts per cell, what to backfill (as commands
+    when ``backfill_command`` renders them), rejects."""
     grid = report.coverage
     first, last = grid.days[0], grid.days[-1]
     lines = [
@@ -611,7 +442,7 @@ def format_report(report: StatusReport) -> str:
             cell = grid.cell(campaign, day)
             loads = cell.loads
             rows.append(
-                (str(day), campaign, cell.state.label, str(len(cell.requests)), str(loads.records),
+                (str(day), campaign, cell.state.label, str(len(cell.requests)), str(loads.rows_in),
                  str(loads.inserted), str(loads.updated), str(loads.unchanged), str(loads.rejected),
                  f"{loads.seconds:.1f}")
             )  # fmt: skip
@@ -623,7 +454,7 @@ def format_report(report: StatusReport) -> str:
         start, end = cell.window
         window = f"{start.astimezone(IST):%Y-%m-%d %H:%M} .. {end.astimezone(IST):%Y-%m-%d %H:%M} IST"
         lines.append(f"  {cell.day}  {cell.campaign}  {cell.state.label}  window {window}")
-        for request in cell.requests:
+        for request in (summary.request for summary in cell.requests):
             unique_id = request.unique_id or "none"
             lines.append(
                 f"    attempt {request.attempt}: {request.state.value}, uniqueId {unique_id}, "
@@ -632,7 +463,9 @@ def format_report(report: StatusReport) -> str:
     backfills = grid.backfills()
     if backfills:
         lines += ["", "to backfill what is missing (expired, failed or never requested):"]
-        lines += [f"  {backfill.command()}" for backfill in backfills]
+        for backfill in backfills:
+            what = f"{backfill.first_day} .. {backfill.last_day}: {', '.join(backfill.campaigns)}"
+            lines.append(f"  {backfill_command(backfill)}" if backfill_command else f"  {what}")
 
     lines += ["", "rejects by reason:"]
     if report.rejects:

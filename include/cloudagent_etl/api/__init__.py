@@ -3,6 +3,7 @@
 Public surface::
 
     DialStatusRequest   request.py  the ten documented parameters (apiKey aside), validated on construction
+    ExportFilters       request.py  its four filters and their defaults (the one definition of them)
     CloudAgentClient    client.py   POSTs a request, maps answers to errors, retries transient failures
     RetryPolicy         client.py   attempts, total time and backoff of those retries
     RateLimiter         limiter.py  at most N calls per rolling window per account, shared through the DB
@@ -15,6 +16,6 @@ cannot be interpreted.
 
 from cloudagent_etl.api.client import CloudAgentClient, RetryPolicy
 from cloudagent_etl.api.limiter import RateLimiter
-from cloudagent_etl.api.request import DialStatusRequest
+from cloudagent_etl.api.request import DialStatusRequest, ExportFilters
 
-__all__ = ["CloudAgentClient", "DialStatusRequest", "RateLimiter", "RetryPolicy"]
+__all__ = ["CloudAgentClient", "DialStatusRequest", "ExportFilters", "RateLimiter", "RetryPolicy"]

@@ -8,8 +8,10 @@ of the request: it comes from :class:`~cloudagent_etl.settings.ApiSettings` and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from cloudagent_etl.errors import ValidationError
@@ -59,6 +61,38 @@ def _callback_url(value: object) -> None:
 
 
 @dataclass(frozen=True)
+class ExportFilters:
+    """Which records of the window an export includes, as the API names its parameters.
+
+    The defaults here are the one definition of "everything, by updated date": the DAG's params, the
+    pipeline and the API request all take them from this class. Invalid values are refused on
+    construction, naming the parameter and the values it accepts.
+    """
+
+    sortby: str = "2"
+    status: str = "All"
+    dialstatus: str = "ALL"
+    dispositions: str = "ALL"
+
+    def __post_init__(self) -> None:
+        _one_of("sortby", self.sortby, SORTBY_VALUES)
+        _one_of("status", self.status, STATUS_VALUES)
+        _one_of("dialstatus", self.dialstatus, DIALSTATUS_VALUES)
+        _non_empty_text(
+            "dispositions", self.dispositions, "'ALL' or a disposition configured on the campaign"
+        )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ExportFilters:
+        """The filters of run params (or a stored request's): a missing or empty one takes its default."""
+        given = {name: params.get(name) for name in cls.__dataclass_fields__}
+        return cls(**{name: str(value) for name, value in given.items() if value not in (None, "")})
+
+    def as_dict(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
 class DialStatusRequest:
     """One Campaign Dial Status export: one campaign, one window, filters.
 
@@ -71,10 +105,7 @@ class DialStatusRequest:
     from_date: datetime
     to_date: datetime
     callback_url: str = field(repr=False)
-    sortby: str = "2"
-    status: str = "All"
-    dialstatus: str = "ALL"
-    dispositions: str = "ALL"
+    filters: ExportFilters = field(default_factory=ExportFilters)
 
     def __post_init__(self) -> None:
         _non_empty_text("campaignName", self.campaign_name, "a non-empty campaign name")
@@ -88,12 +119,8 @@ class DialStatusRequest:
                 f"toDate={self.to_date.isoformat()}",
             )
         _callback_url(self.callback_url)
-        _one_of("sortby", self.sortby, SORTBY_VALUES)
-        _one_of("status", self.status, STATUS_VALUES)
-        _one_of("dialstatus", self.dialstatus, DIALSTATUS_VALUES)
-        _non_empty_text(
-            "dispositions", self.dispositions, "'ALL' or a disposition configured on the campaign"
-        )
+        if not isinstance(self.filters, ExportFilters):
+            raise ValidationError("filters", f"must be ExportFilters; got {type(self.filters).__name__}")
 
     def to_body(self, timezone: str) -> dict[str, str]:
         """The JSON body fields (all but apiKey), with the window as wall-clock times in ``timezone``."""
@@ -101,10 +128,7 @@ class DialStatusRequest:
         return {
             "fromDate": self.from_date.astimezone(tz).strftime(DATE_FORMAT),
             "toDate": self.to_date.astimezone(tz).strftime(DATE_FORMAT),
-            "sortby": self.sortby,
-            "status": self.status,
-            "dialstatus": self.dialstatus,
-            "dispositions": self.dispositions,
+            **self.filters.as_dict(),
             "campaignName": self.campaign_name,
             "userName": self.user_name,
             "callBackUrl": self.callback_url,

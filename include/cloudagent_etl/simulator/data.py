@@ -46,9 +46,6 @@ _MAX_LAG_DAYS = 3
 _MIN_CALL_ID = 2**53 + 1  # call ids above 2^53: a float would silently change them
 MAX_RECORDS_PER_DAY = 999_999  # DataUniqueId keeps six digits for the index
 
-SYNTHETIC_START_DAY = date(2024, 1, 1)
-SYNTHETIC_RECORDS_PER_DAY = 10_000
-
 
 def _day_rng(seed: int, campaign: str, day: date) -> random.Random:
     # A str seed is hashed with SHA-512: stable across processes and Python runs (unlike hash()).
@@ -120,9 +117,10 @@ def _make_record(
     return created, updated, record
 
 
-def _day_records(
+def day_records(
     seed: int, campaign: str, day: date, count: int
 ) -> Iterator[tuple[datetime, datetime, dict[str, str]]]:
+    """The first ``count`` leads created on ``day`` for ``campaign``: (created, updated, record) each."""
     rng = _day_rng(seed, campaign, day)
     for index in range(count):
         yield _make_record(rng, campaign, day, index)
@@ -170,7 +168,7 @@ def generate_records(
     records = []
     for offset in range((last_day - first_day).days + 1):
         day = first_day + timedelta(days=offset)
-        for created, updated, record in _day_records(seed, campaign, day, records_per_day):
+        for created, updated, record in day_records(seed, campaign, day, records_per_day):
             if sortby == "1":
                 in_window = start <= created < end
             elif sortby == "2":
@@ -187,18 +185,3 @@ def generate_records(
                 continue
             records.append(record)
     return records
-
-
-def synthetic_records(count: int, *, seed: int, campaign: str = "BENCH") -> Iterator[dict[str, str]]:
-    """``count`` records of the same shape for benchmarks: the leads of consecutive days from 2024-01-01.
-
-    Record ``i`` is lead ``i % SYNTHETIC_RECORDS_PER_DAY`` of day ``i // SYNTHETIC_RECORDS_PER_DAY`` — the
-    same record ``generate_records`` gives with that ``records_per_day``.
-    """
-    day = SYNTHETIC_START_DAY
-    while count > 0:
-        in_day = min(count, SYNTHETIC_RECORDS_PER_DAY)
-        for _created, _updated, record in _day_records(seed, campaign, day, in_day):
-            yield record
-        count -= in_day
-        day += timedelta(days=1)
