@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from cloudagent_dev.landing import create_export_request, read_payload_body
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
 
@@ -36,7 +37,7 @@ def new_request(
         "filters": FILTERS,
         **fields,
     }
-    new = landing.create_export_request(engine, **values)
+    new = create_export_request(engine, **values)
     if unique_id:
         landing.record_unique_id(engine, new.request_id, unique_id)
     return new
@@ -97,7 +98,7 @@ def stored_payloads(db_url: str) -> list[dict[str, Any]]:
                 )
             ]
             for row in rows:
-                row["body"] = landing.read_payload_body(conn, row["payload_id"])
+                row["body"] = read_payload_body(conn, row["payload_id"])
     finally:
         engine.dispose()
     return rows

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloudagent_dev.localstack import connection_uri
+from cloudagent_dev.databases import connection_uri
 from cloudagent_etl.db import create_db_engine
 from tests.checks import CAMPAIGNS, Sync
 

@@ -12,7 +12,9 @@ import time
 from datetime import UTC, datetime
 
 from cloudagent_etl import pipeline
+from cloudagent_etl.api.request import ExportFilters
 from cloudagent_etl.db import create_db_engine
+from cloudagent_etl.exports import Export
 from cloudagent_etl.settings import ApiSettings
 
 WINDOW = (datetime(2026, 1, 1, 18, 30, tzinfo=UTC), datetime(2026, 1, 2, 18, 30, tzinfo=UTC))
@@ -27,9 +29,8 @@ def main() -> None:
     engine = create_db_engine(args.db_url)
     settings = ApiSettings.from_env()
     time.sleep(max(0.0, args.start_at - time.time()))
-    request_id = pipeline.request_export(
-        engine, settings, "http://127.0.0.1:9", args.campaign, *WINDOW, dict(pipeline.DEFAULT_FILTERS)
-    )
+    export = Export.of(settings, args.campaign, WINDOW, ExportFilters(), "http://127.0.0.1:9")
+    request_id = pipeline.request_export(engine, settings, export)
     print(request_id, flush=True)
     engine.dispose()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudagent_dev.localstack import connection_uri
+from cloudagent_dev.databases import connection_uri
 from tests.checks import LOGICAL_DATE
 from tests.fixtures.receiver import ReceiverHandle
 from tests.fixtures.simulator import SimulatorHandle

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cloudagent_dev.localstack import connection_uri
+from cloudagent_dev.databases import connection_uri
 from cloudagent_etl import landing, status
 from cloudagent_etl.db import create_db_engine
 from tests.factories import land, new_request, record

@@ -6,7 +6,7 @@ from sqlalchemy import Engine, event, select
 
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.landing import callback_payloads
-from cloudagent_etl.warehouse import load_payloads
+from cloudagent_etl.pipeline import load_payloads
 from cloudagent_etl.warehouse.tables import dial_status
 from tests.factories import land, new_request, record
 

@@ -21,8 +21,8 @@ from cloudagent_etl import pipeline
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.errors import PayloadError
 from cloudagent_etl.normalize import FIELD_ALIASES, MAX_STORED_VALUE_CHARS, MAX_TEXT_CHARS, field_token
+from cloudagent_etl.pipeline import load_payload
 from cloudagent_etl.settings import Secret
-from cloudagent_etl.warehouse import load_payload
 from cloudagent_etl.warehouse.tables import dial_status, dial_status_rejects, load_runs
 from tests import factories
 from tests.checks import assert_secret_only_in_raw_bytes

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from cloudagent_etl.cli import data_dictionary_markdown
+from cloudagent_etl.pipeline import load_payloads
 from cloudagent_etl.settings import RECEIVER_LIMITS
 from cloudagent_etl.simulator.data import generate_records
-from cloudagent_etl.warehouse import load_payloads
 from tests.factories import land, new_request
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

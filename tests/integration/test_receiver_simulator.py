@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
+from cloudagent_dev.landing import create_export_request, read_payload_body
 from cloudagent_dev.processes import free_port
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
@@ -23,7 +24,7 @@ def request_export(
     simulator: SimulatorHandle, engine: Engine, campaign: str, base_url: str
 ) -> tuple[str, str]:
     """Create our request, ask the simulator for the export with its callback URL; (request_id, uniqueId)."""
-    new = landing.create_export_request(
+    new = create_export_request(
         engine,
         account=simulator.user,
         campaign_name=campaign,
@@ -66,9 +67,7 @@ def stored_for(engine: Engine, request_id: str) -> list[tuple[bytes, str, str | 
                 callback_payloads.c.unique_id,
             ).where(callback_payloads.c.request_id == request_id)
         ).all()
-        return [
-            (landing.read_payload_body(conn, row.payload_id), row.content_type, row.unique_id) for row in rows
-        ]
+        return [(read_payload_body(conn, row.payload_id), row.content_type, row.unique_id) for row in rows]
 
 
 @pytest.mark.parametrize("style", ["json-array", "json-object", "form"])

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select, text
 
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.landing import RequestState, callback_payloads, export_requests
-from cloudagent_etl.warehouse import load_payload, load_payloads
+from cloudagent_etl.pipeline import load_payload, load_payloads
 from cloudagent_etl.warehouse.tables import dial_status, dial_status_history, dial_status_rejects, load_runs
 from tests import factories
 from tests.factories import land, record

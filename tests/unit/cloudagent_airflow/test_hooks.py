@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cloudagent_dev.localstack import connection_uri
+from cloudagent_dev.databases import connection_uri
 
 API_CONN = json.dumps(
     {

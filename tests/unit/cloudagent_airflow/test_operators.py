@@ -6,15 +6,16 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from cloudagent_dev.localstack import connection_uri
+from cloudagent_dev.databases import connection_uri
 from cloudagent_etl import landing
+from cloudagent_etl.api.request import ExportFilters
 from cloudagent_etl.db import create_db_engine
-from tests.factories import FILTERS, WINDOW, land, new_request
+from cloudagent_etl.exports import Export
+from tests.factories import WINDOW, land, new_request
 from tests.fixtures.simulator import SimulatorHandle
 
 
@@ -56,9 +57,7 @@ def test_a_missing_callback_defers_to_the_trigger_until_the_request_deadline(db:
     assert before + 120 <= kwargs["deadline"] <= time.time() + 120  # a bare row has no deadline yet
     assert deferred.value.method_name == "execute_complete"
 
-    claimed = landing.claim_export(
-        db, **_export_of(new_request(db, "Support")), callback_timeout=timedelta(minutes=7)
-    )
+    claimed = _claim(db, 7)
     with pytest.raises(TaskDeferred) as deferred:
         wait_for(claimed.request_id, timeout_minutes=2).execute(context={})
     stored = landing.require_export_request(db, claimed.request_id).callback_deadline
@@ -103,18 +102,14 @@ def cloudagent(monkeypatch: pytest.MonkeyPatch, fresh_simulator: SimulatorHandle
     return fresh_simulator
 
 
-def _export_of(new: landing.NewExportRequest) -> dict[str, Any]:
-    return {
-        "account": "test_user",
-        "campaign_name": "Alpha",
-        "window_start": WINDOW[0],
-        "window_end": WINDOW[1],
-        "filters": FILTERS,
-        "timezone": "Asia/Kolkata",
-        "callback_base_url": "http://127.0.0.1:9",
-        "dag_id": "d",
-        "run_id": "r",
-    }
+#: An export of the test account whose callbacks go nowhere.
+EXPORT = Export("test_user", "Alpha", *WINDOW, ExportFilters(), "Asia/Kolkata", "http://127.0.0.1:9")
+
+
+def _claim(db: Engine, minutes: float) -> landing.ClaimedExport:
+    return landing.claim_export(
+        db, EXPORT, callback_timeout=timedelta(minutes=minutes), dag_id="d", run_id="r"
+    )
 
 
 def test_a_timeout_requests_the_window_again_and_waits_for_the_new_export(
@@ -122,7 +117,7 @@ def test_a_timeout_requests_the_window_again_and_waits_for_the_new_export(
 ) -> None:
     from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
-    first = landing.claim_export(db, **_export_of(new_request(db)), callback_timeout=timedelta(minutes=1))
+    first = _claim(db, 1)
     wait = wait_for(first.request_id, timeout_minutes=1, re_requests=1)
 
     with pytest.raises(TaskDeferred) as deferred:
@@ -164,7 +159,7 @@ def test_an_export_expired_by_a_sweep_during_the_wait_is_requested_again(
 ) -> None:
     from airflow.sdk.exceptions import TaskDeferred
 
-    first = landing.claim_export(db, **_export_of(new_request(db)), callback_timeout=timedelta(minutes=1))
+    first = _claim(db, 1)
     landing.mark_expired(db, first.request_id, "expired by a sweep")
 
     with pytest.raises(TaskDeferred) as deferred:
@@ -182,7 +177,7 @@ def test_a_retried_wait_after_a_re_request_waits_for_the_live_re_request_without
     """A retry of the task starts again from the first request id: it must not spend another call."""
     from airflow.sdk.exceptions import TaskDeferred
 
-    first = landing.claim_export(db, **_export_of(new_request(db)), callback_timeout=timedelta(minutes=1))
+    first = _claim(db, 1)
     with pytest.raises(TaskDeferred) as deferred:
         wait_for(first.request_id, timeout_minutes=1, re_requests=2).execute_complete(
             {}, {"status": "timeout", "request_id": first.request_id}

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 
-from cloudagent_dev.localstack import connection_uri
+from cloudagent_dev.databases import connection_uri
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
 from tests.factories import land, new_request

@@ -10,8 +10,8 @@ from cloudagent_dev.demo import CampaignProgress
 from cloudagent_dev.localstack import Progress
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
+from cloudagent_etl.pipeline import load_payloads
 from cloudagent_etl.simulator.data import generate_records
-from cloudagent_etl.warehouse import load_payloads
 from tests.factories import WINDOW, land, new_request
 
 

@@ -10,7 +10,7 @@ import pytest
 from cloudagent_dev.localstack import DEMO_CAMPAIGNS, StackSettings, main
 from cloudagent_etl.errors import ConfigurationError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 API = {
     "CLOUDAGENT_API_BASE_URL": "https://in1-ccaas-api.ozonetel.com",
     "CLOUDAGENT_API_USER": "acme_user",

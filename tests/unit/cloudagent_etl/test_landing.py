@@ -7,12 +7,15 @@ import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete, func, select
 
+from cloudagent_dev.landing import read_payload_body
 from cloudagent_etl import landing
+from cloudagent_etl.databases import database_for
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.errors import ConfigurationError, PayloadError, StateTransitionError
 from cloudagent_etl.landing import (
@@ -21,7 +24,9 @@ from cloudagent_etl.landing import (
     callback_payload_chunks,
     callback_payloads,
     export_requests,
+    storing,
 )
+from cloudagent_etl.landing.lifecycle import move
 from tests.factories import FILTERS, WINDOW, land, new_request, state_of
 
 REQUESTED, RECEIVED, LOADED, FAILED, EXPIRED = RequestState
@@ -98,19 +103,19 @@ def test_verify_callback_token(engine: Engine) -> None:
 def test_only_the_documented_moves_are_allowed(
     engine: Engine, path: list[RequestState], refused: str | None
 ) -> None:
-    """The transition table itself (``_move``); the named transitions below are what callers use."""
+    """The transition table itself (``lifecycle.move``); the named transitions below are what callers use."""
     new = new_request(engine)
     *allowed, last = path
     if refused is None:
         allowed = path
     for state in allowed:
         with engine.begin() as conn:
-            landing._move(conn, new.request_id, state)
+            move(conn, new.request_id, state)
     if refused is None:
         assert state_of(engine, new.request_id) == last
     else:
         with pytest.raises(StateTransitionError, match=refused), engine.begin() as conn:
-            landing._move(conn, new.request_id, last)
+            move(conn, new.request_id, last)
         assert state_of(engine, new.request_id) == (allowed[-1] if allowed else REQUESTED)
 
 
@@ -216,10 +221,9 @@ def test_landed_payload_knows_the_request_and_the_time_zone_and_campaign_of_its_
 ) -> None:
     new = new_request(engine, "Support", timezone="Asia/Dubai")
     payload_id = land(engine, new.request_id, b"[]", content_type="application/json; charset=utf-8")
-    with engine.connect() as conn:
-        payload = landing.landed_payload(conn, payload_id)
-        with pytest.raises(PayloadError, match="does not exist"):
-            landing.landed_payload(conn, 999_999)
+    payload = landing.landed_payload(engine, payload_id)
+    with pytest.raises(PayloadError, match="does not exist"):
+        landing.landed_payload(engine, 999_999)
     assert payload == landing.LandedPayload(
         payload_id, new.request_id, "application/json; charset=utf-8", "Asia/Dubai", "Support"
     )
@@ -245,9 +249,9 @@ def test_store_callback_stores_the_body_once_and_moves_the_request_to_received(e
         False,
     )
     assert state_of(engine, new.request_id) == RECEIVED
+    assert landing.received_payload_ids(engine, new.request_id) == [first.payload_id]
     with engine.connect() as conn:
-        assert landing.received_payload_ids(conn, new.request_id) == [first.payload_id]
-        assert landing.read_payload_body(conn, first.payload_id) == body
+        assert read_payload_body(conn, first.payload_id) == body
         row = conn.execute(select(callback_payloads)).one()
     assert (row.sha256, row.size_bytes, row.unique_id, row.parse_state, row.late) == (
         hashlib.sha256(body).hexdigest(),
@@ -291,7 +295,7 @@ def test_big_bodies_are_chunked_and_read_back_by_every_reader(engine: Engine) ->
         with landing.open_payload_body(conn, stored.payload_id) as file:
             assert file.read(10) == body[:10]
             assert file.read() == body[10:]
-        assert landing.read_payload_body(conn, stored.payload_id) == body
+        assert read_payload_body(conn, stored.payload_id) == body
     with engine.begin() as conn:
         conn.execute(
             delete(callback_payload_chunks).where(
@@ -299,16 +303,16 @@ def test_big_bodies_are_chunked_and_read_back_by_every_reader(engine: Engine) ->
             )
         )
     with engine.connect() as conn, pytest.raises(PayloadError, match="incomplete"):
-        landing.read_payload_body(conn, stored.payload_id)
+        read_payload_body(conn, stored.payload_id)
     with engine.connect() as conn, pytest.raises(PayloadError, match="does not exist"):
-        landing.read_payload_body(conn, 999_999)
+        read_payload_body(conn, 999_999)
 
 
 def test_an_empty_body_is_a_payload_without_chunks(engine: Engine) -> None:
     new = new_request(engine)
     stored = landing.store_callback(engine, new.request_id, landing.CallbackBody.from_bytes(b""))
     with engine.connect() as conn:
-        assert landing.read_payload_body(conn, stored.payload_id) == b""
+        assert read_payload_body(conn, stored.payload_id) == b""
         assert conn.execute(select(func.count()).select_from(callback_payload_chunks)).scalar_one() == 0
 
 
@@ -351,7 +355,7 @@ def test_one_statement_and_step_by_step_storage_leave_identical_rows(pg_url: str
                     "payload_id": row.payload_id - first_id,
                     "request_id": None,
                     "received_at": None,
-                    "body": landing.read_payload_body(conn, row.payload_id),
+                    "body": read_payload_body(conn, row.payload_id),
                     "chunks": conn.execute(
                         select(func.count()).where(callback_payload_chunks.c.payload_id == row.payload_id)
                     ).scalar_one(),
@@ -364,8 +368,8 @@ def test_one_statement_and_step_by_step_storage_leave_identical_rows(pg_url: str
         summary = [(o.payload_id - first_id, o.duplicate, o.late) for o in outcomes]
         return summary, [*rows, (request.state, request.error, request.received_at is not None)]
 
-    one_statement = deliveries(landing._store_in_one_statement)
-    steps = deliveries(landing._store_in_steps)
+    one_statement = deliveries(partial(storing._store_in_one_statement, database_for(engine)))
+    steps = deliveries(storing._store_in_steps)
     engine.dispose()
     assert one_statement == steps
     # ids relative to the first; the refused duplicate used up a sequence value on both paths
@@ -400,7 +404,7 @@ def test_concurrent_deliveries_to_one_request_are_stored_once_each(pg_url: str) 
     assert not any(outcome.duplicate for outcome in outcomes[8:])
     with engine.connect() as conn:
         stored = {
-            landing.read_payload_body(conn, pid) for pid in landing.received_payload_ids(conn, new.request_id)
+            read_payload_body(conn, pid) for pid in landing.received_payload_ids(engine, new.request_id)
         }
     assert stored == set(bodies)
     assert state_of(engine, new.request_id) == RECEIVED

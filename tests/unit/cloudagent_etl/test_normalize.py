@@ -376,7 +376,7 @@ def test_a_multipart_form_body_without_a_data_field_is_a_payload_error() -> None
 
 def test_array_slices_cut_only_between_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny slices: record boundaries inside strings and nested values must not split a record."""
-    monkeypatch.setattr(normalize, "SLICE_BYTES", 7)
+    monkeypatch.setattr(normalize.parsing, "SLICE_BYTES", 7)
     records: list[Any] = [
         dict(FULL_RECORD, DataUniqueId=str(i), Note='x},{"y": "}, {', Legs=[{"a": 1}, {"b": 2}])
         for i in range(6)
@@ -598,7 +598,7 @@ def test_a_depth_bomb_as_the_whole_document_fails_fast_before_any_parser_sees_it
 def test_the_depth_guard_ignores_brackets_inside_strings_and_escaped_quotes() -> None:
     tricky = '[[[ \\" [[[ \\\\' + "[" * 3000  # an escaped quote, an escaped backslash, then brackets
     body = json.dumps({"data": [good("1", Note=tricky)]}).encode()
-    guard = normalize._DepthGuard(io.BytesIO(body))
+    guard = normalize.parsing._DepthGuard(io.BytesIO(body))
     assert json.loads(guard.read()) == {"data": [good("1", Note=tricky)]}
     [row] = rows_of(normalize_with_rules(body))
     assert json.loads(row["extra"])["Note"] == tricky

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from cloudagent_etl import landing, pipeline
 from cloudagent_etl.api.limiter import api_call_log
+from cloudagent_etl.api.request import ExportFilters
 from cloudagent_etl.errors import (
     ConfigurationError,
     InvalidApiKeyError,
@@ -18,6 +19,7 @@ from cloudagent_etl.errors import (
     PayloadError,
     ValidationError,
 )
+from cloudagent_etl.exports import Export
 from cloudagent_etl.landing import CallbackStatus, RequestState, export_requests
 from cloudagent_etl.settings import ApiSettings, Secret
 from tests.factories import land
@@ -25,7 +27,12 @@ from tests.factories import land
 API_KEY = "k3y-never-shown-0123456789"
 CALLBACK_BASE = "http://127.0.0.1:9/hooks"
 WINDOW = (datetime(2025, 6, 1, 22, 0, tzinfo=UTC), datetime(2025, 6, 2, 22, 0, tzinfo=UTC))
-FILTERS = dict(pipeline.DEFAULT_FILTERS)
+FILTERS = ExportFilters()
+
+
+def export_of(campaign: str, filters: ExportFilters = FILTERS) -> Export:
+    """The export of ``campaign``'s test window for the account of :func:`api_settings`."""
+    return Export("acme", campaign, *WINDOW, filters, "Asia/Kolkata", CALLBACK_BASE)
 
 
 @pytest.fixture
@@ -97,7 +104,9 @@ def test_parse_window_needs_offsets_and_order() -> None:
 
 
 def test_export_filters_default_each_missing_param() -> None:
-    assert pipeline.export_filters({"status": "Fail", "dispositions": ""}) == {
+    assert ExportFilters.from_params(
+        {"status": "Fail", "dispositions": "", "campaigns": ["A"]}
+    ).as_dict() == {
         "sortby": "2",
         "status": "Fail",
         "dialstatus": "ALL",
@@ -113,10 +122,7 @@ def test_request_export_records_the_unique_id_and_goes_through_the_limiter(engin
     request_id = pipeline.request_export(
         engine,
         api_settings,
-        CALLBACK_BASE,
-        "Sales",
-        *WINDOW,
-        FILTERS,
+        export_of("Sales"),
         dag_id="d",
         run_id="r",
         transport=transport,
@@ -131,7 +137,12 @@ def test_request_export_records_the_unique_id_and_goes_through_the_limiter(engin
         "r",
     )
     assert (row.window_start, row.window_end) == WINDOW
-    assert (row.filters, row.timezone, row.callback_base_url) == (FILTERS, "Asia/Kolkata", CALLBACK_BASE)
+    assert (row.filters, row.timezone, row.callback_base_url) == (
+        FILTERS.as_dict(),
+        "Asia/Kolkata",
+        CALLBACK_BASE,
+    )
+    assert row.export == export_of("Sales")
     body = json.loads(seen[0].content)
     assert body["callBackUrl"].startswith(f"{CALLBACK_BASE}/callbacks/dial-status/{request_id}/")
     assert (body["campaignName"], body["fromDate"], body["toDate"]) == (
@@ -148,30 +159,19 @@ def test_a_live_export_is_reused_and_a_settled_one_is_not(engine, api_settings) 
     """A task retry or a cleared task while the export is on its way spends no API call."""
     seen: list[httpx.Request] = []
     transport = answering({"status": "success", "uniqueId": "U-2"}, seen)
-    first = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
-    )
-    retried = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
-    )
+    first = pipeline.request_export(engine, api_settings, export_of("Sales"), transport=transport)
+    retried = pipeline.request_export(engine, api_settings, export_of("Sales"), transport=transport)
     land(engine, first, b"[]")
-    while_received = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
-    )
+    while_received = pipeline.request_export(engine, api_settings, export_of("Sales"), transport=transport)
     assert first == retried == while_received
     assert len(seen) == 1
 
     pipeline.load_request(engine, first)
-    after_the_load = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
-    )
+    after_the_load = pipeline.request_export(engine, api_settings, export_of("Sales"), transport=transport)
     other_filters = pipeline.request_export(
         engine,
         api_settings,
-        CALLBACK_BASE,
-        "Sales",
-        *WINDOW,
-        {**FILTERS, "status": "Fail"},
+        export_of("Sales", ExportFilters(status="Fail")),
         transport=transport,
     )
     assert len({first, after_the_load, other_filters}) == 3
@@ -183,12 +183,10 @@ def test_an_export_past_its_deadline_is_not_reused_and_the_new_one_says_why(engi
     seen: list[httpx.Request] = []
     transport = answering({"status": "success", "uniqueId": "U-3"}, seen)
     gone = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS,
+        engine, api_settings, export_of("Sales"),
         callback_timeout=timedelta(0), transport=transport,
     )  # fmt: skip
-    fresh = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
-    )
+    fresh = pipeline.request_export(engine, api_settings, export_of("Sales"), transport=transport)
     assert fresh != gone
     assert len(seen) == 2
     assert landing.require_export_request(engine, gone).state is RequestState.EXPIRED
@@ -202,9 +200,7 @@ def test_a_terminal_api_error_fails_the_request_with_the_api_message(engine, api
     transport = answering({"status": "error", "message": "apiKey is invalid", "uniqueId": ""})
 
     with pytest.raises(InvalidApiKeyError, match="apiKey is invalid"):
-        pipeline.request_export(
-            engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, transport=transport
-        )
+        pipeline.request_export(engine, api_settings, export_of("Sales"), transport=transport)
 
     with engine.connect() as conn:
         row = conn.execute(select(export_requests)).one()
@@ -213,29 +209,25 @@ def test_a_terminal_api_error_fails_the_request_with_the_api_message(engine, api
     assert API_KEY not in row.error
 
 
-def test_an_invalid_filter_fails_before_anything_is_sent(engine, api_settings) -> None:
+def test_an_invalid_filter_fails_before_anything_is_sent_or_stored(engine, api_settings) -> None:
     seen: list[httpx.Request] = []
     with pytest.raises(ValidationError, match="dialstatus"):
         pipeline.request_export(
             engine,
             api_settings,
-            CALLBACK_BASE,
-            "Sales",
-            *WINDOW,
-            {**FILTERS, "dialstatus": "maybe"},
+            export_of("Sales", ExportFilters.from_params({"dialstatus": "maybe"})),
             transport=answering({}, seen),
         )
     assert seen == []
     with engine.connect() as conn:
-        assert conn.execute(select(export_requests.c.state)).scalar_one() == "failed"
+        assert conn.execute(select(export_requests.c.state)).all() == []
 
 
 # ------------------------------------------------------------------------------------------ waiting
 def _requested(engine, api_settings, campaign: str = "Sales", unique_id: str = "U-9") -> str:
     transport = answering({"status": "success", "uniqueId": unique_id})
-    return pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, campaign, *WINDOW, FILTERS, transport=transport
-    )
+    export = Export.of(api_settings, campaign, WINDOW, FILTERS, CALLBACK_BASE)
+    return pipeline.request_export(engine, api_settings, export, transport=transport)
 
 
 def test_expire_request_marks_it_expired_with_a_message_naming_campaign_window_and_unique_id(
@@ -313,17 +305,14 @@ def test_quality_checks_list_every_campaign_that_did_not_load(engine, api_settin
         pipeline.request_export(
             engine,
             api_settings,
-            CALLBACK_BASE,
-            "Nope",
-            *WINDOW,
-            FILTERS,
+            export_of("Nope"),
             dag_id="d",
             run_id="r",
             transport=failing,
         )
     ok = answering({"status": "success", "uniqueId": "U-ok"})
     loaded = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, dag_id="d", run_id="r", transport=ok
+        engine, api_settings, export_of("Sales"), dag_id="d", run_id="r", transport=ok
     )
     land(engine, loaded, b"[]")
     pipeline.load_request(engine, loaded)
@@ -346,10 +335,7 @@ def test_sweep_expires_an_export_whose_wait_died_and_loads_what_was_left_behind(
     killed = pipeline.request_export(
         engine,
         api_settings,
-        CALLBACK_BASE,
-        "Sales",
-        *WINDOW,
-        FILTERS,
+        export_of("Sales"),
         callback_timeout=timedelta(0),
         transport=ok,
     )
@@ -357,25 +343,18 @@ def test_sweep_expires_an_export_whose_wait_died_and_loads_what_was_left_behind(
     abandoned = pipeline.request_export(
         engine,
         api_settings,
-        CALLBACK_BASE,
-        "Support",
-        *WINDOW,
-        FILTERS,
+        export_of("Support"),
         callback_timeout=timedelta(0),
         transport=ok,
     )
     land(engine, abandoned, [{**record, "CampaignName": "Support"}])
     # loaded, then a late callback
-    loaded = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Renewals", *WINDOW, FILTERS, transport=ok
-    )
+    loaded = pipeline.request_export(engine, api_settings, export_of("Renewals"), transport=ok)
     land(engine, loaded, [])
     pipeline.load_request(engine, loaded)
     land(engine, loaded, [{**record, "CampaignName": "Renewals"}])
     # still on its way: left alone
-    waiting = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Leads", *WINDOW, FILTERS, transport=ok
-    )
+    waiting = pipeline.request_export(engine, api_settings, export_of("Leads"), transport=ok)
 
     report = pipeline.sweep(engine)
 
@@ -399,7 +378,7 @@ def test_quality_checks_fail_a_loaded_request_with_payloads_that_landed_after_it
 ) -> None:
     ok = answering({"status": "success", "uniqueId": "U-q"})
     request_id = pipeline.request_export(
-        engine, api_settings, CALLBACK_BASE, "Sales", *WINDOW, FILTERS, dag_id="d", run_id="r", transport=ok
+        engine, api_settings, export_of("Sales"), dag_id="d", run_id="r", transport=ok
     )
     land(engine, request_id, [])
     pipeline.load_request(engine, request_id)
@@ -417,10 +396,7 @@ def test_a_run_reusing_another_runs_live_export_is_checked_on_that_export(engine
     first = pipeline.request_export(
         engine,
         api_settings,
-        CALLBACK_BASE,
-        "Sales",
-        *WINDOW,
-        FILTERS,
+        export_of("Sales"),
         dag_id="d",
         run_id="scheduled",
         transport=ok,
@@ -428,10 +404,7 @@ def test_a_run_reusing_another_runs_live_export_is_checked_on_that_export(engine
     reused = pipeline.request_export(
         engine,
         api_settings,
-        CALLBACK_BASE,
-        "Sales",
-        *WINDOW,
-        FILTERS,
+        export_of("Sales"),
         dag_id="d",
         run_id="manual",
         transport=ok,

@@ -74,11 +74,11 @@ def test_each_cell_has_the_state_of_its_best_request_and_configured_campaigns_ge
         **{("Renewals", d): "never_requested" for d in DAYS},
     }
     support = grid.cell("Support", DAYS[1])
-    assert [(r.unique_id, r.state.value, r.error) for r in support.requests] == [
+    assert [(s.request.unique_id, s.request.state.value, s.request.error) for s in support.requests] == [
         ("U-support-expired", "expired", "no callback within 60 minutes (attempt 1)"),
         ("U-support-failed", "failed", "CloudAgentError: campaign is not active"),
     ]
-    assert support.requests[0].run_id == "backfill__2025-06-02T22:00:00+00:00"
+    assert support.requests[0].request.run_id == "backfill__2025-06-02T22:00:00+00:00"
 
 
 def test_the_numbers_of_a_cell_are_those_of_its_load_runs(engine: Engine, synced: dict[str, str]) -> None:
@@ -91,7 +91,7 @@ def test_the_numbers_of_a_cell_are_those_of_its_load_runs(engine: Engine, synced
             )
         ).all()
     assert cell.loads.loads == len(runs) == 2
-    assert (cell.loads.records, cell.loads.inserted, cell.loads.updated, cell.loads.unchanged,
+    assert (cell.loads.rows_in, cell.loads.inserted, cell.loads.updated, cell.loads.unchanged,
             cell.loads.rejected) == (
         sum(r.rows_in for r in runs), sum(r.inserted for r in runs), sum(r.updated for r in runs),
         sum(r.unchanged for r in runs), sum(r.rejected for r in runs),
@@ -154,13 +154,12 @@ def test_the_json_of_the_page_carries_no_secret_and_the_warehouse_answer_rates(
     rates = data["answer_rates"]
     assert sum(r["leads"] for r in rates if r["campaign"] == "Sales") == leads["Sales"] == 12
     assert {(r["day"], r["answered"], r["leads"]) for r in rates} == {(str(d), 3, 4) for d in DAYS}
-    assert data["backfills"][0]["api_body"] == {
-        "dag_id": "cloudagent_dial_status",
+    assert data["backfills"][0] == {
+        "first_day": "2025-06-02",
+        "last_day": "2025-06-03",
+        "campaigns": ["Support", "Renewals"],
         "from_date": "2025-06-02T03:30:00+05:30",
         "to_date": "2025-06-03T03:30:00+05:30",
-        "reprocess_behavior": "failed",
-        "dag_run_conf": {"campaigns": ["Support", "Renewals"]},
-        "max_active_runs": 2,
     }
 
 

@@ -8,13 +8,17 @@ from typing import Any
 
 import pytest
 
-from cloudagent_etl.api import DialStatusRequest
+from cloudagent_etl.api import DialStatusRequest, ExportFilters
 from cloudagent_etl.errors import ConfigurationError, ValidationError
 
 CALLBACK = "https://etl.example.com/callbacks/dial-status/req-1/tok-SECRET"
 
 
 def make(**overrides: Any) -> DialStatusRequest:
+    """A valid request with ``overrides``; a filter's name (``sortby``...) overrides that filter."""
+    filters = {
+        name: overrides.pop(name) for name in list(overrides) if name in ExportFilters.__dataclass_fields__
+    }
     fields: dict[str, Any] = {
         "campaign_name": "Alpha",
         "user_name": "test_user",
@@ -22,7 +26,7 @@ def make(**overrides: Any) -> DialStatusRequest:
         "to_date": datetime(2026, 1, 2, 18, 29, 59, tzinfo=UTC),
         "callback_url": CALLBACK,
     }
-    return DialStatusRequest(**{**fields, **overrides})
+    return DialStatusRequest(**{**fields, **overrides}, filters=ExportFilters(**filters))
 
 
 def test_body_has_every_documented_field_with_dates_in_the_account_zone() -> None:
@@ -159,6 +163,8 @@ def test_repr_hides_the_callback_token() -> None:
 def test_request_is_immutable_and_replace_revalidates() -> None:
     request = make()
     with pytest.raises(AttributeError):
-        request.sortby = "1"  # type: ignore[misc]
+        request.filters.sortby = "1"  # type: ignore[misc]
     with pytest.raises(ValidationError, match=r"^sortby"):
-        replace(request, sortby="9")
+        replace(request, filters=replace(request.filters, sortby="9"))
+    with pytest.raises(ValidationError, match=r"^filters"):
+        replace(request, filters={"sortby": "2"})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections import Counter
 from datetime import datetime, timedelta
@@ -14,10 +13,7 @@ import pytest
 from cloudagent_etl.simulator.data import (
     CUSTOM_COLUMNS,
     DISPOSITIONS,
-    SYNTHETIC_RECORDS_PER_DAY,
-    SYNTHETIC_START_DAY,
     generate_records,
-    synthetic_records,
 )
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -153,17 +149,3 @@ def test_unknown_filter_values_are_refused(bad):
 def test_naive_window_is_refused():
     with pytest.raises(ValueError, match="timezone-aware"):
         generate_records("Alpha", datetime(2025, 3, 1), datetime(2025, 3, 2), seed=1, records_per_day=5)
-
-
-def test_synthetic_records_match_the_generator_and_are_about_540_bytes():
-    count = SYNTHETIC_RECORDS_PER_DAY + 50
-    synthetic = list(synthetic_records(count, seed=3))
-    assert len(synthetic) == count
-    first_day = datetime.combine(SYNTHETIC_START_DAY, datetime.min.time(), IST)
-    created_on_first_day = generate_records(
-        "BENCH", first_day, first_day + timedelta(days=1), seed=3,
-        records_per_day=SYNTHETIC_RECORDS_PER_DAY, sortby="1",
-    )  # fmt: skip
-    assert synthetic[:SYNTHETIC_RECORDS_PER_DAY] == created_on_first_day
-    assert synthetic[-1]["CreatedDate"].startswith("2024-01-02")
-    assert 500 <= len(json.dumps(synthetic)) / count <= 580
