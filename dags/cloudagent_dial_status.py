@@ -1,31 +1,38 @@
 """
 ### CloudAgent dial status: nightly sync and backfills
 
-Each run exports one data interval of **Campaign Dial Status** data (the 24 h ending 03:30 IST on the
-run's date, started `lookback_minutes` early) and merges it into the warehouse table `dial_status`.
-First, once per run:
+Each run exports one data interval of **Campaign Dial Status** data for every configured CloudAgent
+account (the 24 h ending 03:30 on the run's date, in each account's own time zone, started
+`lookback_minutes` early) and merges it into the warehouse table `dial_status`. First, once per run:
 
-- `preflight`: fails in seconds, naming the setting to fix, when the connection `cloudagent_default` is
-  incomplete, the database (`cloudagent_db`) does not answer or is not migrated, the callback URL
-  (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this database, or the campaigns are
-  not a list. Nothing is requested then.
+- `preflight`: fails in seconds, naming the setting to fix, when the accounts to sync are not a valid
+  configuration (the Variable `cloudagent_accounts`, or `cloudagent_campaigns` for the one connection
+  `cloudagent_default`), an account's connection is missing, not of type `cloudagent` or incomplete, two
+  connections of one account list the same campaign, the database (`cloudagent_db`) does not answer or is
+  not migrated, or the callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this
+  database. Nothing is requested then.
 - `sweep`: requests past their callback deadline become `expired`; payloads that landed but were never
   loaded (late callbacks, a load that died) are loaded.
+- `exports_to_sync`: every campaign of every account with its window (the accounts taking turns).
 
-Then per campaign (one mapped instance each, named by campaign):
+Then per campaign of each account (one mapped instance each, named by campaign, prefixed with the
+connection unless it is `cloudagent_default`):
 
-1. `request_export`: asks CloudAgent through the shared 10/min limiter (pool `cloudagent_api`), unless
-   an export of the same window is still live (then it waits for that one: no API call). Terminal API
-   errors (bad apiKey, unknown campaign...) fail at once with the API's message; transient ones retry.
-2. `wait_for_callback`: deferrable until the export's deadline (`callback_timeout_minutes`, every part of
+1. `wait_for_window`: an account whose day ends after 03:30 IST waits (deferred) for its window to close.
+2. `request_export`: asks CloudAgent through the account's shared 10/min limiter (pool `cloudagent_api`:
+   one slot per account), unless an export of the same window is still live (then it waits for that one:
+   no API call). Terminal API errors (bad apiKey, unknown campaign...) fail at once with the API's message
+   and the connection's name; transient ones retry.
+3. `wait_for_callback`: deferrable until the export's deadline (`callback_timeout_minutes`, every part of
    a multi-part export); then the export is `expired` and requested again, up to `re_requests` times,
    before the task fails naming campaign, window and uniqueId (at most `(1 + re_requests) x
    callback_timeout_minutes` in all).
-3. `load`: normalizes and merges the landed payloads (idempotent, newer wins).
+4. `load`: normalizes and merges the landed payloads under the account (idempotent, newer wins).
 
-The `campaigns` param, when not empty, replaces the Variable `cloudagent_campaigns` for this run (a JSON
-list or a comma-separated string). A run triggered without a logical date exports the last complete
-nightly interval. One campaign failing does not stop the others; `quality_checks` then fails the run
+The `accounts` param (connection id -> campaigns), when not empty, replaces the configuration for this
+run: a backfill of one account names only that one. The `campaigns` param replaces the campaign list of a
+deployment with one account. A run triggered without a logical date exports the last complete nightly
+interval. One campaign (or account) failing does not stop the others; `quality_checks` then fails the run
 listing every campaign that did not load, and `alert_unloaded` sends them through the notifier of the
 connection `cloudagent_alerts` (without it, the alert is only logged). Logic lives in
 `cloudagent_etl.pipeline`; see the README for what each kind of date means and for backfills.
@@ -33,16 +40,16 @@ connection `cloudagent_alerts` (without it, the alert is only logged). Logic liv
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, task_group
 
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
-from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
-from cloudagent_airflow.operators import WaitForCallbackOperator
-from cloudagent_airflow.preflight import configured_campaigns, preflight_or_fail
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, api_key_of
+from cloudagent_airflow.operators import WaitForCallbackOperator, WaitForWindowOperator
+from cloudagent_airflow.preflight import preflight_or_fail
 from cloudagent_etl.api.request import DIALSTATUS_VALUES, SORTBY_VALUES, STATUS_VALUES, ExportFilters
 
 FILTERS = ExportFilters()  # the defaults of the filter params
@@ -59,8 +66,12 @@ FILTERS = ExportFilters()  # the defaults of the filter params
     default_args={"owner": "data-engineering", "retries": 3, "retry_delay": timedelta(seconds=30),
                   "retry_exponential_backoff": True},
     params={
+        "accounts": Param(None, type=["null", "object"], additionalProperties={"type": "array"},
+                          description="Accounts of this run: connection id -> campaigns (a backfill of one "
+                          "account names only that one); empty = the Variable cloudagent_accounts."),
         "campaigns": Param(None, type=["null", "array"], items={"type": "string"},
-                           description="Campaigns of this run; empty = the Variable cloudagent_campaigns."),
+                           description="Campaigns of this run when one account is configured; empty = the "
+                           "Variable cloudagent_campaigns."),
         "status": Param(FILTERS.status, enum=list(STATUS_VALUES), description="Lead status filter."),
         "dialstatus": Param(FILTERS.dialstatus, enum=list(DIALSTATUS_VALUES)),
         "dispositions": Param(FILTERS.dispositions, type="string", minLength=1,
@@ -76,76 +87,86 @@ FILTERS = ExportFilters()  # the defaults of the filter params
 def cloudagent_dial_status() -> None:
     @task(retries=0)
     def preflight() -> None:
-        preflight_or_fail(get_current_context()["params"]["campaigns"])
+        preflight_or_fail(get_current_context()["params"])
 
     @task
     def sweep() -> dict:
         from cloudagent_etl import pipeline
 
         with CloudAgentDbHook().engine() as engine:
-            report = pipeline.sweep(engine, api_key=CloudAgentHook().get_settings().api_key)
+            report = pipeline.sweep(engine, api_key_of=api_key_of)
         return {"expired": report.expired, "loaded": list(report.loaded), "failed": report.failed}
 
     @task
-    def campaigns_to_sync() -> list[str]:
-        from cloudagent_etl.pipeline import parse_campaigns
+    def exports_to_sync() -> list[dict]:
+        from cloudagent_airflow.accounts import run_accounts
+        from cloudagent_etl import pipeline
 
+        context = get_current_context()
         with terminal_errors_fail_fast():
-            value, _ = configured_campaigns(get_current_context()["params"]["campaigns"])
-            return parse_campaigns(value)
+            accounts = run_accounts(context["params"])
+            timezones = {conn_id: CloudAgentHook(conn_id).get_settings().timezone for conn_id in accounts}
+            return pipeline.plan_exports(
+                accounts, timezones, context.get("data_interval_start"), context.get("data_interval_end"),
+                context["params"]["lookback_minutes"],
+            )  # fmt: skip
 
-    @task(pool="cloudagent_api", map_index_template="{{ campaign }}")
-    def request_export(campaign: str) -> str:
+    @task(pool="cloudagent_api", map_index_template="{{ label }}")
+    def request_export(conn_id: str, campaign: str, label: str, window_start: str, window_end: str) -> str:
         from cloudagent_etl import pipeline, settings
         from cloudagent_etl.exports import Export
 
         context = get_current_context()
-        context["campaign"] = campaign  # type: ignore[typeddict-unknown-key]  # names the mapped instance
+        context["label"] = label  # type: ignore[typeddict-unknown-key]  # names the mapped instance
         params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
-            window = pipeline.export_window(
-                context.get("data_interval_start"),
-                context.get("data_interval_end"),
-                params["lookback_minutes"],
-            )
-            api = CloudAgentHook().get_settings()
+            api = CloudAgentHook(conn_id).get_settings()
+            window = (datetime.fromisoformat(window_start), datetime.fromisoformat(window_end))
             filters = ExportFilters.from_params(params)
-            export = Export.of(api, campaign, window, filters, settings.callback_base_url())
+            export = Export.of(api, campaign, window, filters, settings.callback_base_url(), conn_id)
             timeout = timedelta(minutes=params["callback_timeout_minutes"])
             return pipeline.request_export(
                 engine, api, export, callback_timeout=timeout, dag_id=dag_id, run_id=run_id
             )
 
-    @task(map_index_template="{{ campaign }}")
-    def load(request_id: str, campaign: str) -> dict:
+    @task(map_index_template="{{ label }}")
+    def load(request_id: str, conn_id: str, label: str) -> dict:
         from cloudagent_etl import pipeline
 
-        get_current_context()["campaign"] = campaign  # type: ignore[typeddict-unknown-key]
+        get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
-            api_key = CloudAgentHook().get_settings().api_key  # redacted wherever a payload carries it
+            api_key = CloudAgentHook(conn_id).get_settings().api_key  # redacted wherever a payload carries it
             return pipeline.load_request(engine, request_id, api_key=api_key)
 
     @task_group(group_id="campaign")
-    def sync_campaign(campaign: str) -> None:
-        requested = request_export(campaign)
+    def sync_campaign(conn_id: str, campaign: str, label: str, window_start: str, window_end: str) -> None:
+        window_closed = WaitForWindowOperator(
+            task_id="wait_for_window",
+            window_end=window_end,
+            export_label=label,
+            map_index_template="{{ task.export_label }}",
+        )
+        requested = request_export(conn_id, campaign, label, window_start, window_end)
         waited = WaitForCallbackOperator(
             task_id="wait_for_callback",
             request_id=requested,
-            campaign_name=campaign,
+            cloudagent_conn_id=conn_id,
+            campaign_name=label,
             timeout_minutes="{{ params.callback_timeout_minutes }}",
             re_requests="{{ params.re_requests }}",
             map_index_template="{{ task.campaign_name }}",
         )
-        load(waited.output, campaign)
+        window_closed >> requested
+        load(waited.output, conn_id, label)
 
     @task(trigger_rule="all_done", outlets=[DIAL_STATUS])
-    def quality_checks(campaigns: list[str] | None) -> None:
+    def quality_checks(exports: list[dict] | None) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
-        if campaigns is None:  # not a second error: the run must fail (a skipped leaf would pass it)
+        if exports is None:  # not a second error: the run must fail (a skipped leaf would pass it)
             raise AirflowFailException(
                 "nothing to check: the run stopped before it had a campaign list; the failed task before "
-                "this one (preflight or campaigns_to_sync) names the setting to fix"
+                "this one (preflight or exports_to_sync) names the setting to fix"
             )
 
         from cloudagent_etl import pipeline
@@ -153,13 +174,14 @@ def cloudagent_dial_status() -> None:
         context = get_current_context()
         with CloudAgentDbHook().engine() as engine:
             problems = pipeline.quality_checks(
-                engine, campaigns=campaigns, dag_id=context["dag"].dag_id, run_id=context["run_id"]
-            )
+                engine, targets=pipeline.targets_of(exports), dag_id=context["dag"].dag_id,
+                run_id=context["run_id"],
+            )  # fmt: skip
         if problems:
             raise AirflowFailException("quality checks failed:\n- " + "\n- ".join(problems))
 
     @task(trigger_rule="all_done")
-    def alert_unloaded(campaigns: list[str] | None) -> bool:
+    def alert_unloaded(exports: list[dict] | None) -> bool:
         """Notify (connection cloudagent_alerts; logs only without it) when campaigns did not load."""
         from cloudagent_airflow.alerts import send_alert
         from cloudagent_etl import alerts, pipeline
@@ -172,14 +194,14 @@ def cloudagent_dial_status() -> None:
         )
         with CloudAgentDbHook().engine() as engine:
             alert = alerts.unloaded_in_run(
-                engine, dag_id=context["dag"].dag_id, run_id=context["run_id"], campaigns=campaigns,
-                window=window,
+                engine, dag_id=context["dag"].dag_id, run_id=context["run_id"],
+                targets=None if exports is None else pipeline.targets_of(exports), window=window,
             )  # fmt: skip
         return send_alert(alert, context)
 
-    campaigns = campaigns_to_sync()
-    preflight() >> sweep() >> campaigns
-    sync_campaign.expand(campaign=campaigns) >> [quality_checks(campaigns), alert_unloaded(campaigns)]
+    exports = exports_to_sync()
+    preflight() >> sweep() >> exports
+    sync_campaign.expand_kwargs(exports) >> [quality_checks(exports), alert_unloaded(exports)]
 
 
 cloudagent_dial_status()

@@ -8,8 +8,9 @@ window, state and the last attempt's uniqueId and error. Each day is checked in 
 threshold passes, so an alert is sent once per missing day.
 
 The alert goes through the notifier of the connection `cloudagent_alerts` (`smtp` with extra `to`, or
-`slackwebhook`); without that connection it is only logged. The campaigns are the Variable
-`cloudagent_campaigns`. The coverage itself is on the CloudAgent page and in `cloudagent-etl status`.
+`slackwebhook`); without that connection it is only logged. The campaigns are those of the configured
+accounts (the Variable `cloudagent_accounts`, else `cloudagent_campaigns`). The coverage itself is on the
+CloudAgent page and in `cloudagent-etl status`.
 """
 
 from __future__ import annotations
@@ -40,17 +41,15 @@ from cloudagent_airflow.hooks import CloudAgentDbHook
 def cloudagent_missing_data() -> None:
     @task
     def alert_overdue() -> bool:
+        from cloudagent_airflow.accounts import run_accounts
         from cloudagent_airflow.alerts import send_alert
-        from cloudagent_airflow.preflight import configured_campaigns
         from cloudagent_etl import alerts
-        from cloudagent_etl.pipeline import parse_campaigns
 
         context = get_current_context()
-        value, _ = configured_campaigns(None)
         with CloudAgentDbHook().engine() as engine:
             alert = alerts.overdue(
                 engine,
-                campaigns=parse_campaigns(value),
+                accounts=run_accounts({}),
                 hours=float(context["params"]["missing_after_hours"]),
                 since=context["data_interval_start"],
                 until=context["data_interval_end"],

@@ -21,8 +21,8 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
-from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
-from cloudagent_airflow.preflight import configured_campaigns, preflight_or_fail
+from cloudagent_airflow.hooks import CloudAgentDbHook, api_key_of
+from cloudagent_airflow.preflight import preflight_or_fail
 
 
 @dag(
@@ -40,11 +40,17 @@ from cloudagent_airflow.preflight import configured_campaigns, preflight_or_fail
         "window_end": Param(
             None, type=["null", "string"], format="date-time", description="ISO, with offset."
         ),
+        "accounts": Param(
+            None,
+            type=["null", "object"],
+            additionalProperties={"type": "array"},
+            description="Accounts to reprocess: connection id -> campaigns; empty = the configured ones.",
+        ),
         "campaigns": Param(
             None,
             type=["null", "array"],
             items={"type": "string"},
-            description="Campaigns to reprocess; empty = the Variable cloudagent_campaigns.",
+            description="Campaigns to reprocess when one account is configured; empty = all configured.",
         ),
     },
 )
@@ -52,17 +58,19 @@ def cloudagent_reprocess() -> None:
     @task(retries=0)
     def preflight() -> None:
         """The dial-status DAG's checks but the callback URL: this DAG requests nothing."""
-        preflight_or_fail(get_current_context()["params"]["campaigns"], callback=False)
+        preflight_or_fail(get_current_context()["params"], callback=False)
 
     @task
     def landed_requests() -> list[str]:
+        from cloudagent_airflow.accounts import run_accounts
         from cloudagent_etl import landing, pipeline
+        from cloudagent_etl.accounts import sync_targets
 
         params = get_current_context()["params"]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
             window = pipeline.parse_window(params["window_start"], params["window_end"])
-            campaigns = pipeline.parse_campaigns(configured_campaigns(params["campaigns"])[0])
-            return landing.requests_with_payloads(engine, campaigns, *window)
+            targets = [(target.conn_id, target.campaign) for target in sync_targets(run_accounts(params))]
+            return landing.requests_with_payloads(engine, targets, *window)
 
     @task(outlets=[DIAL_STATUS], map_index_template="{{ request_label }}")
     def reload(request_id: str) -> dict:
@@ -71,7 +79,8 @@ def cloudagent_reprocess() -> None:
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
             label = landing.describe_request(engine, request_id)
             get_current_context()["request_label"] = label  # type: ignore[typeddict-unknown-key]
-            api_key = CloudAgentHook().get_settings().api_key  # redacted wherever a payload carries it
+            # The apiKey of the request's account, redacted wherever a payload carries it.
+            api_key = api_key_of(landing.require_export_request(engine, request_id).conn_id)
             return pipeline.load_request(engine, request_id, api_key=api_key)
 
     requests = landed_requests()

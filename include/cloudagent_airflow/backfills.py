@@ -22,8 +22,9 @@ REPROCESS_BEHAVIOR = "failed"
 
 
 def backfill_command(backfill: Backfill) -> str:
-    """The ``airflow backfill create`` command of ``backfill`` (its days, only its missing campaigns)."""
-    conf = json.dumps({"campaigns": list(backfill.campaigns)})
+    """The ``airflow backfill create`` command of ``backfill`` (its days, only the missing campaigns of its
+    accounts)."""
+    conf = json.dumps({"accounts": backfill.accounts})
     return shlex.join(
         [
             "airflow", "backfill", "create", "--dag-id", DIAL_STATUS_DAG_ID,
@@ -40,6 +41,6 @@ def backfill_api_body(backfill: Backfill) -> dict[str, Any]:
         "from_date": backfill.from_date.isoformat(),
         "to_date": backfill.to_date.isoformat(),
         "reprocess_behavior": REPROCESS_BEHAVIOR,
-        "dag_run_conf": {"campaigns": list(backfill.campaigns)},
+        "dag_run_conf": {"accounts": backfill.accounts},
         "max_active_runs": 2,
     }

@@ -7,17 +7,20 @@ extras) and ``cloudagent_db`` (the project database, given as a URI). Both can c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from airflow.sdk import Connection
     from sqlalchemy import Engine
 
-    from cloudagent_etl.settings import ApiSettings
+    from cloudagent_etl.settings import ApiSettings, Secret
 
 
 class CloudAgentHook(BaseHook):
@@ -38,6 +41,22 @@ class CloudAgentHook(BaseHook):
 
         conn = self.get_connection(self.cloudagent_conn_id)
         return ApiSettings.from_connection(conn.host, conn.login, conn.password, conn.extra_dejson)
+
+
+def api_key_of(conn_id: str) -> Secret | None:
+    """The apiKey of connection ``conn_id`` (to redact wherever a payload carries it), or None when the
+    connection cannot be read: the load still redacts every value found under an API-key field."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from cloudagent_etl.errors import ConfigurationError
+
+    try:
+        return CloudAgentHook(conn_id).get_settings().api_key
+    except (AirflowNotFoundException, ConfigurationError) as exc:
+        log.warning(
+            "the apiKey of connection %s cannot be read (%s): redacting learned keys only", conn_id, exc
+        )
+        return None
 
 
 def _sqlalchemy_url(conn: Connection) -> str:

@@ -1,4 +1,5 @@
-"""The deferrable wait for an export's callback (a classic operator: in Airflow 3 a @task cannot defer)."""
+"""The deferrable waits of a sync (classic operators: in Airflow 3 a @task cannot defer): for an account's
+window to close, and for an export's callback."""
 
 from __future__ import annotations
 
@@ -14,6 +15,32 @@ from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
 from cloudagent_airflow.triggers import CallbackArrivedTrigger
 
 
+class WaitForWindowOperator(BaseOperator):
+    """Defer until ``window_end`` (an ISO date-time) has passed: an account whose day ends later than the
+    nightly schedule's (a zone west of IST) is exported once its own window has closed, without holding a
+    worker slot meanwhile. A window already closed passes at once."""
+
+    template_fields = ("window_end", "export_label")
+
+    def __init__(self, *, window_end: str, export_label: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.window_end = window_end
+        self.export_label = export_label
+
+    def execute(self, context: Any) -> None:
+        from datetime import UTC, datetime
+
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        closes = datetime.fromisoformat(self.window_end)
+        if closes > datetime.now(UTC):
+            self.log.info("the window of %s closes at %s: waiting for it", self.export_label, closes)
+            self.defer(trigger=DateTimeTrigger(moment=closes), method_name="execute_complete")
+
+    def execute_complete(self, context: Any, event: Any = None) -> None:
+        """The window has closed."""
+
+
 class WaitForCallbackOperator(BaseOperator):
     """Defer until the callback of export request ``request_id`` has landed (every part of it).
 
@@ -27,12 +54,13 @@ class WaitForCallbackOperator(BaseOperator):
     request id and finds the live re-request in the database, so it never spends another API call.
     """
 
-    template_fields = ("request_id", "campaign_name", "timeout_minutes", "re_requests")
+    template_fields = ("request_id", "cloudagent_conn_id", "campaign_name", "timeout_minutes", "re_requests")
 
     def __init__(
         self,
         *,
         request_id: str,
+        cloudagent_conn_id: str,
         campaign_name: str = "",
         timeout_minutes: float | str = 60,
         re_requests: int | str = 2,
@@ -45,6 +73,8 @@ class WaitForCallbackOperator(BaseOperator):
         kwargs.setdefault("retry_exponential_backoff", False)
         super().__init__(**kwargs)
         self.request_id = request_id
+        #: The account's connection: a re-request goes to this account.
+        self.cloudagent_conn_id = cloudagent_conn_id
         self.campaign_name = campaign_name
         self.timeout_minutes = timeout_minutes
         self.re_requests = re_requests
@@ -83,7 +113,7 @@ class WaitForCallbackOperator(BaseOperator):
         with terminal_errors_fail_fast():
             return pipeline.re_request_export(
                 engine,
-                CloudAgentHook().get_settings(),
+                CloudAgentHook(self.cloudagent_conn_id).get_settings(),
                 settings.callback_base_url(),
                 request_id,
                 callback_timeout=timedelta(minutes=float(self.timeout_minutes)),

@@ -76,18 +76,16 @@ class _Warehouse:
             return self._engine
 
 
-def _configured_campaigns() -> list[str]:
-    """The Variable's campaigns, or none when it is unset or unreadable (the grid still shows every
+def _configured_accounts() -> dict[str, list[str]]:
+    """The configured accounts and campaigns, or none when unset or unreadable (the grid still shows every
     campaign that has requests)."""
-    from cloudagent_airflow.preflight import configured_campaigns
+    from cloudagent_airflow.accounts import configured_accounts
     from cloudagent_etl.errors import ConfigurationError
-    from cloudagent_etl.pipeline import parse_campaigns
 
-    value, _ = configured_campaigns(None)
     try:
-        return parse_campaigns(value) if value else []
+        return configured_accounts()[0]
     except ConfigurationError:
-        return []
+        return {}
 
 
 def create_app() -> FastAPI:
@@ -125,7 +123,7 @@ def create_app() -> FastAPI:
             ) from None
         from cloudagent_airflow.backfills import backfill_api_body, backfill_command
 
-        report = status.status_report(engine, days=days, until=until, campaigns=_configured_campaigns())
+        report = status.status_report(engine, days=days, until=until, accounts=_configured_accounts())
         body: dict[str, Any] = {"dag_id": DIAL_STATUS_DAG_ID, **status.report_json(report)}
         for shown, backfill in zip(body["backfills"], report.coverage.backfills(), strict=True):
             shown.update(command=backfill_command(backfill), api_body=backfill_api_body(backfill))

@@ -1,9 +1,10 @@
 """The DAGs' preflight: the checks of :mod:`cloudagent_etl.preflight` on the settings Airflow holds.
 
-The connections ``cloudagent_default`` (the CloudAgent account) and ``cloudagent_db`` (the project
-database), ``CLOUDAGENT_CALLBACK_BASE_URL`` and the campaigns (the run's ``campaigns`` param, else the
-Variable ``cloudagent_campaigns``). Each message names the connection field, Variable or environment
-variable to fix.
+The accounts to sync (the run's ``accounts`` / ``campaigns`` params, else the Variable
+``cloudagent_accounts``, else ``cloudagent_default`` with the Variable ``cloudagent_campaigns``), each
+account's connection (of type ``cloudagent``, complete), ``cloudagent_db`` (the project database) and
+``CLOUDAGENT_CALLBACK_BASE_URL``.
+Each message names the connection, field, Variable or environment variable to fix.
 """
 
 from __future__ import annotations
@@ -14,46 +15,57 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from airflow.sdk import BaseHook, Variable
+from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
+from cloudagent_etl.accounts import ACCOUNTS_VARIABLE
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from cloudagent_etl.preflight import Check
 
-CAMPAIGNS_VARIABLE = "cloudagent_campaigns"
-
 log = logging.getLogger(__name__)
 
 
-def preflight_or_fail(campaigns_override: object, *, callback: bool = True) -> None:
+def preflight_or_fail(params: dict, *, callback: bool = True) -> None:
     """Run every check, log one line each, and fail the task (no retry) listing each failed one."""
     from cloudagent_airflow.errors import terminal_errors_fail_fast
     from cloudagent_etl.preflight import raise_for_problems
 
-    checks = run_preflight(campaigns_override, callback=callback)
+    checks = run_preflight(params, callback=callback)
     for check in checks:
         log.info("%s", check.line())
     with terminal_errors_fail_fast():
         raise_for_problems(checks)
 
 
-def configured_campaigns(override: object) -> tuple[object, str]:
-    """The campaigns a run syncs and where they were set: its ``campaigns`` param when it is not empty,
-    else the Variable (an empty param means "the Variable's list")."""
-    if override:
-        return override, "the run's campaigns param"
-    return Variable.get(CAMPAIGNS_VARIABLE, default=None), f"Variable {CAMPAIGNS_VARIABLE}"
-
-
-def run_preflight(campaigns_override: object, *, callback: bool = True) -> list[Check]:
+def run_preflight(params: dict, *, callback: bool = True) -> list[Check]:
     """Every check, in order; ``callback=False`` skips the callback URL (a DAG that requests nothing)."""
+    from cloudagent_airflow.accounts import run_accounts
     from cloudagent_etl import preflight
+    from cloudagent_etl.accounts import shared_campaigns
+    from cloudagent_etl.errors import ConfigurationError
 
-    checks = [_api_connection_check(CloudAgentHook.default_conn_name)]
+    checks: list[Check] = []
+    setting = "the run's accounts param" if params.get("accounts") else "the accounts to sync"
+    try:
+        accounts = run_accounts(params)
+    except ConfigurationError as exc:
+        checks.append(preflight.Check(setting, str(exc)))
+        accounts = {}
+    else:
+        listed = "; ".join(f"{conn_id}: {', '.join(names)}" for conn_id, names in accounts.items())
+        checks.append(preflight.Check(setting, found=listed))
+    user_names = {}
+    for conn_id in accounts:
+        check, user_name = _api_connection_check(conn_id)
+        checks.append(check)
+        if user_name:
+            user_names[conn_id] = user_name
+    for problem in shared_campaigns(user_names, accounts):
+        checks.append(preflight.Check(f"Variable {ACCOUNTS_VARIABLE}", problem))
     db_setting = f"connection {CloudAgentDbHook.default_conn_name}"
     with _project_database(db_setting) as (engine, problem):
         if engine is None:
@@ -63,12 +75,11 @@ def run_preflight(campaigns_override: object, *, callback: bool = True) -> list[
             if callback and checks[-1].ok:
                 base_url = os.environ.get("CLOUDAGENT_CALLBACK_BASE_URL")
                 checks.append(preflight.check_callback_url(engine, base_url))
-    value, setting = configured_campaigns(campaigns_override)
-    checks.append(preflight.check_campaigns(value, setting=setting))
     return checks
 
 
-def _api_connection_check(conn_id: str) -> Check:
+def _api_connection_check(conn_id: str) -> tuple[Check, str | None]:
+    """The account's connection: defined, of type ``cloudagent``, complete; and its userName when it is."""
     from cloudagent_etl import preflight
     from cloudagent_etl.settings import DEFAULT_BASE_URL
 
@@ -76,15 +87,20 @@ def _api_connection_check(conn_id: str) -> Check:
     try:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
-        return preflight.Check(setting, f"not defined (add it, or set AIRFLOW_CONN_{conn_id.upper()})")
+        return preflight.Check(setting, f"not defined (add it, or set AIRFLOW_CONN_{conn_id.upper()})"), None
+    if conn.conn_type != CloudAgentHook.conn_type:
+        kind = f"of type {conn.conn_type!r}" if conn.conn_type else "without a type"
+        return preflight.Check(setting, f"is {kind}: a CloudAgent account is a connection of type "
+                               f"{CloudAgentHook.conn_type!r}"), None  # fmt: skip
     parts = {
         "host": f"its host (the CloudAgent base URL, e.g. {DEFAULT_BASE_URL})",
         "login": "its login (the CloudAgent userName)",
         "password": "its password (the apiKey)",
     }
-    return preflight.check_api_connection(
+    check = preflight.check_api_connection(
         conn.host, conn.login, conn.password, conn.extra_dejson, setting=setting, parts=parts
     )
+    return check, (conn.login if check.ok else None)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ def create_export_request(
     callback_base_url: str | None = None,
     dag_id: str | None = None,
     run_id: str | None = None,
+    cloudagent_conn_id: str | None = None,
 ) -> landing.NewExportRequest:
     """Insert a ``requested`` row with a fresh callback token; return the id and the token."""
     export = Export(
@@ -42,6 +43,7 @@ def create_export_request(
         ExportFilters.from_params(filters or {}),
         timezone,
         callback_base_url,
+        cloudagent_conn_id,
     )
     new, row = new_request_row(export, dag_id=dag_id, run_id=run_id)
     with engine.begin() as conn:

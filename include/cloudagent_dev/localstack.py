@@ -26,7 +26,7 @@ Every step is printed as it happens. The warehouse is ``CLOUDAGENT_DB_URL`` (def
 folder, migrated at start). Airflow's metadata is ``CLOUDAGENT_AIRFLOW_DB_URL`` (PostgreSQL, for heavier use)
 or a SQLite file in the Airflow home: enough for one laptop. The connections
 ``cloudagent_default``/``cloudagent_db`` and the Variable ``cloudagent_campaigns`` (``CLOUDAGENT_CAMPAIGNS``:
-a JSON list or comma-separated, read by :func:`cloudagent_etl.pipeline.parse_campaigns` like the Variable
+a JSON list or comma-separated, read by :func:`cloudagent_etl.accounts.parse_campaigns` like the Variable
 itself) are ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*`` in every Airflow process's environment; the pool
 ``cloudagent_api`` (1 slot) is set in the metadata DB; DAGs start unpaused. The UI login is ``admin`` with
 the password Airflow generates into the Airflow home.
@@ -80,9 +80,9 @@ from cloudagent_dev.processes import (
 )
 from cloudagent_dev.registry import StackRegistry, registry_path
 from cloudagent_dev.servers import start_server
+from cloudagent_etl.accounts import parse_campaigns
 from cloudagent_etl.db import migrate
 from cloudagent_etl.errors import ConfigurationError
-from cloudagent_etl.pipeline import parse_campaigns
 from cloudagent_etl.settings import API_ENV_VARIABLES
 
 REPO = Path(__file__).resolve().parents[2]

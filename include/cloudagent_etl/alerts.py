@@ -8,27 +8,35 @@ passes). How the message is sent is Airflow's business (``cloudagent_airflow.ale
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
 from cloudagent_etl import landing, status
+from cloudagent_etl.accounts import SyncTarget
+from cloudagent_etl.settings import DEFAULT_CONNECTION
 
 
 @dataclass(frozen=True)
 class MissingData:
-    """One campaign's window that has no loaded export, and why."""
+    """One account's campaign window that has no loaded export, and why."""
 
-    campaign: str
+    target: SyncTarget
     window_start: datetime
     window_end: datetime
     reason: str
 
+    @property
+    def campaign(self) -> str:
+        return self.target.campaign
+
     def line(self) -> str:
         start, end = (moment.astimezone(status.IST) for moment in (self.window_start, self.window_end))
-        return f"{self.campaign}: window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} IST: {self.reason}"
+        window = f"window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} IST"
+        account = "" if self.target.conn_id == DEFAULT_CONNECTION else f" (connection {self.target.conn_id})"
+        return f"{self.campaign}{account}: {window}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,11 @@ class Alert:
     @property
     def campaigns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(item.campaign for item in self.missing))
+
+    @property
+    def connections(self) -> tuple[str, ...]:
+        """The connections of the accounts with missing data: the settings to look at first."""
+        return tuple(dict.fromkeys(item.target.conn_id for item in self.missing))
 
     @property
     def message(self) -> str:
@@ -57,56 +70,58 @@ def unloaded_in_run(
     *,
     dag_id: str,
     run_id: str,
-    campaigns: Iterable[str] | None,
+    targets: Iterable[SyncTarget] | None,
     window: tuple[datetime, datetime],
 ) -> Alert | None:
     """The campaigns of a run whose latest export is not loaded (None when every one loaded).
 
-    ``campaigns`` None means the run stopped before it had a campaign list (preflight or the
-    campaign list failed): then nothing of ``window`` was synced.
+    ``targets`` None means the run stopped before it had its list of campaigns (preflight or the list
+    failed): then nothing of ``window`` was synced.
     """
     subject = f"CloudAgent: run {run_id} of {dag_id} ended with campaigns not loaded"
-    if campaigns is None:
-        stopped = "the run stopped before it had a campaign list (see its preflight / campaigns_to_sync task)"
-        return Alert(subject, (MissingData("(every campaign)", *window, stopped),))
+    if targets is None:
+        stopped = "the run stopped before it had a campaign list (see its preflight / exports_to_sync task)"
+        every = SyncTarget(DEFAULT_CONNECTION, "(every campaign)")
+        return Alert(subject, (MissingData(every, *window, stopped),))
     latest = landing.latest_requests_of_run(engine, dag_id, run_id)
     missing = []
-    for campaign in campaigns:
-        request = latest.get(campaign)
+    for target in targets:
+        request = latest.get((target.conn_id, target.campaign))
         if request is None:
-            missing.append(MissingData(campaign, *window, "no export request was made in this run"))
+            missing.append(MissingData(target, *window, "no export request was made in this run"))
         elif not request.is_loaded:
-            missing.append(MissingData(campaign, request.window_start, request.window_end, _why(request)))
+            missing.append(MissingData(target, request.window_start, request.window_end, _why(request)))
     return Alert(subject, tuple(missing)) if missing else None
 
 
 def overdue(
     engine: Engine,
     *,
-    campaigns: Iterable[str],
+    accounts: Mapping[str, Iterable[str]],
     hours: float,
     since: datetime,
     until: datetime,
 ) -> Alert | None:
-    """Campaign × IST days still not loaded ``hours`` after their nightly window closed, for the days
-    whose threshold passed in [``since``, ``until``) (an hourly check reports each day once)."""
+    """Campaign × IST days of ``accounts`` (connection id -> campaigns) still not loaded ``hours`` after
+    their nightly window closed, for the days whose threshold passed in [``since``, ``until``) (an hourly
+    check reports each day once)."""
     delay, instant = timedelta(hours=hours), timedelta(microseconds=1)
     first = status.last_complete_day(since - delay - instant) + timedelta(days=1)
     last = status.last_complete_day(until - delay - instant)
     if last < first:
         return None
-    names = list(campaigns)
-    grid = status.coverage(engine, status.day_range((last - first).days + 1, last), names)
+    configured = {SyncTarget(conn_id, campaign) for conn_id, names in accounts.items() for campaign in names}
+    grid = status.coverage(engine, status.day_range((last - first).days + 1, last), accounts)
     missing = []
     for cell in grid.missing():
-        if cell.campaign not in names:
+        if cell.target not in configured:
             continue
         reason = f"{cell.state.label} {hours:g} h after its window closed"
         latest = cell.latest
         if latest is not None:
             reason += f" (attempt {latest.attempt}, uniqueId {latest.unique_id or 'none'})"
             reason += f": {latest.error}" if latest.error else ""
-        missing.append(MissingData(cell.campaign, *cell.window, reason))
+        missing.append(MissingData(cell.target, *cell.window, reason))
     if not missing:
         return None
     return Alert(f"CloudAgent: data still missing {hours:g} h after its window closed", tuple(missing))

@@ -70,15 +70,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import os
 
+    from cloudagent_etl.accounts import parse_accounts, parse_campaigns
     from cloudagent_etl.db import create_db_engine
-    from cloudagent_etl.pipeline import parse_campaigns
     from cloudagent_etl.status import format_report, status_report
 
-    configured = args.campaigns if args.campaigns is not None else os.environ.get("CLOUDAGENT_CAMPAIGNS")
-    campaigns = parse_campaigns(configured) if configured else []
+    accounts: dict[str, list[str]] = {}
+    if value := args.accounts if args.accounts is not None else os.environ.get("CLOUDAGENT_ACCOUNTS"):
+        accounts = parse_accounts(value, setting="--accounts / CLOUDAGENT_ACCOUNTS")
+    elif value := args.campaigns if args.campaigns is not None else os.environ.get("CLOUDAGENT_CAMPAIGNS"):
+        accounts = {settings.DEFAULT_CONNECTION: parse_campaigns(value)}
     engine = create_db_engine(args.database_url or settings.database_url())
     try:
-        report = status_report(engine, days=args.days, until=args.until, campaigns=campaigns)
+        report = status_report(engine, days=args.days, until=args.until, accounts=accounts)
     finally:
         engine.dispose()
     print(format_report(report, _backfill_command()), end="")
@@ -144,10 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--until", type=_day, default=None, help="last IST day to show (default: the last complete one)"
     )
     status.add_argument(
+        "--accounts",
+        default=None,
+        help="accounts and campaigns that should be there: a JSON object, connection id -> campaigns "
+        "(default CLOUDAGENT_ACCOUNTS); campaigns with requests in the range are shown anyway",
+    )
+    status.add_argument(
         "--campaigns",
         default=None,
-        help="campaigns that should be there (JSON list or comma-separated; default CLOUDAGENT_CAMPAIGNS); "
-        "campaigns with requests in the range are shown anyway",
+        help="with one account (cloudagent_default): its campaigns that should be there (JSON list or "
+        "comma-separated; default CLOUDAGENT_CAMPAIGNS)",
     )
     status.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
     status.set_defaults(handler=_cmd_status)

@@ -29,6 +29,8 @@ class Export:
     timezone: str = DEFAULT_TIMEZONE
     #: The base of the callBackUrl given to CloudAgent (never the per-request token).
     callback_base_url: str | None = None
+    #: The Airflow connection of the account (how messages name it; not part of what makes it the same).
+    conn_id: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("window_start", "window_end"):
@@ -44,9 +46,10 @@ class Export:
         window: tuple[datetime, datetime],
         filters: ExportFilters,
         callback_base_url: str,
+        conn_id: str | None = None,
     ) -> Export:
-        """The export of ``campaign_name`` and ``window`` from the account ``api`` reaches."""
-        return cls(api.user_name, campaign_name, *window, filters, api.timezone, callback_base_url)
+        """The export of ``campaign_name`` and ``window`` from the account ``api`` (of ``conn_id``)."""
+        return cls(api.user_name, campaign_name, *window, filters, api.timezone, callback_base_url, conn_id)
 
     @property
     def key(self) -> str:

@@ -8,10 +8,9 @@ them be tested on real databases without Airflow, and keeps the DAG files thin.
 
 from __future__ import annotations
 
-import json
 import logging
 import time as clock_time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
@@ -21,10 +20,11 @@ import httpx
 from sqlalchemy import Engine
 
 from cloudagent_etl import landing
+from cloudagent_etl.accounts import SyncTarget, sync_targets
 from cloudagent_etl.api import CloudAgentClient, RateLimiter
 from cloudagent_etl.errors import ConfigurationError, PayloadError, redact
 from cloudagent_etl.exports import Export
-from cloudagent_etl.settings import ApiSettings, LoadSettings, Secret
+from cloudagent_etl.settings import ApiSettings, LoadSettings, Secret, zone
 
 if TYPE_CHECKING:
     from cloudagent_etl.normalize import SecretValues
@@ -34,38 +34,6 @@ log = logging.getLogger(__name__)
 
 #: How long a wait for a callback lasts by default (the DAG's ``callback_timeout_minutes``).
 DEFAULT_CALLBACK_TIMEOUT = timedelta(minutes=60)
-
-
-def parse_campaigns(value: object) -> list[str]:
-    """The campaign names in ``value``: a list, a JSON list or a comma-separated string.
-
-    Names are stripped and de-duplicated (first occurrence wins, order kept); an empty result is an
-    error because a run that syncs nothing would look like a successful night.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigurationError(f"campaigns is not a valid JSON list: {exc}") from None
-        else:
-            value = text.split(",")
-    if not isinstance(value, list | tuple):
-        raise ConfigurationError(f"campaigns must be a list of campaign names, not {type(value).__name__}")
-    names: list[str] = []
-    for item in value:
-        if not isinstance(item, str):
-            raise ConfigurationError(f"campaign names must be text, not {item!r}")
-        name = item.strip()
-        if name and name not in names:
-            names.append(name)
-    if not names:
-        raise ConfigurationError(
-            "no campaigns to sync: set the Airflow Variable cloudagent_campaigns (a JSON list) "
-            "or the run's `campaigns` param"
-        )
-    return names
 
 
 #: The nightly schedule: each run exports the 24 h ending at 03:30 in CloudAgent's (India's) time zone.
@@ -92,9 +60,12 @@ def export_window(
     data_interval_end: datetime | None,
     lookback_minutes: float,
     *,
+    timezone: str = NIGHTLY_TIMEZONE,
     now: datetime | None = None,
 ) -> tuple[datetime, datetime]:
-    """The window to export for a data interval: the interval, started ``lookback_minutes`` early.
+    """The window to export for a data interval: the interval, started ``lookback_minutes`` early, at the
+    same local times in the account's ``timezone`` (the nightly schedule's times are IST; an account in
+    another zone exports 03:30-to-03:30 of its own day).
 
     The overlap catches records whose updated date was written late; the idempotent merge makes the
     records seen twice harmless. A run without a data interval (no logical date) gets the last complete
@@ -122,7 +93,48 @@ def export_window(
             f"the data interval is empty ({data_interval_start.isoformat()} .. "
             f"{data_interval_end.isoformat()}): the DAG needs a timetable with real data intervals"
         )
-    return data_interval_start - timedelta(minutes=lookback_minutes), data_interval_end
+    start, end = (_same_local_time(moment, timezone) for moment in (data_interval_start, data_interval_end))
+    return start - timedelta(minutes=lookback_minutes), end
+
+
+def _same_local_time(moment: datetime, timezone: str) -> datetime:
+    """The instant whose wall clock in ``timezone`` reads what ``moment``'s reads in the nightly zone."""
+    if timezone == NIGHTLY_TIMEZONE:
+        return moment
+    return moment.astimezone(ZoneInfo(NIGHTLY_TIMEZONE)).replace(tzinfo=zone(timezone))
+
+
+def plan_exports(
+    accounts: Mapping[str, list[str]],
+    timezones: Mapping[str, str],
+    data_interval_start: datetime | None,
+    data_interval_end: datetime | None,
+    lookback_minutes: float,
+) -> list[dict[str, str]]:
+    """The exports of a run: every campaign of every account (the accounts taking turns, see
+    :func:`accounts.sync_targets`), each with its account's window (``timezones``: connection id -> zone),
+    as JSON-ready dicts for the run's mapped instances."""
+    windows = {
+        conn_id: export_window(
+            data_interval_start, data_interval_end, lookback_minutes, timezone=timezones[conn_id]
+        )
+        for conn_id in accounts
+    }
+    return [
+        {
+            "conn_id": target.conn_id,
+            "campaign": target.campaign,
+            "label": target.label,
+            "window_start": windows[target.conn_id][0].isoformat(),
+            "window_end": windows[target.conn_id][1].isoformat(),
+        }
+        for target in sync_targets(accounts)
+    ]
+
+
+def targets_of(exports: Iterable[Mapping[str, str]]) -> list[SyncTarget]:
+    """The campaigns of the accounts of a run's exports (as :func:`plan_exports` made them)."""
+    return [SyncTarget(export["conn_id"], export["campaign"]) for export in exports]
 
 
 def parse_window(window_start: object, window_end: object) -> tuple[datetime, datetime]:
@@ -406,16 +418,20 @@ class SweepReport:
         )
 
 
-def sweep(engine: Engine, *, api_key: Secret | None = None) -> SweepReport:
+def sweep(
+    engine: Engine, *, api_key_of: Callable[[str], Secret | None] = lambda _conn_id: None
+) -> SweepReport:
     """Leave nothing ``requested`` or ``received`` forever: run at the start of each run and on demand.
 
     Requests still waiting past their callback deadline (their wait died with its worker, or the run was
     marked failed) become ``expired``; payloads that landed but that no load will take (late callbacks,
-    a load that died) are loaded (``api_key`` redacted wherever they carry it, as in any load).
+    a load that died) are loaded, the apiKey of each request's account (``api_key_of`` its connection id)
+    redacted wherever they carry it, as in any load.
     """
     report = SweepReport(expired=landing.expire_overdue(engine))
     for request_id in landing.requests_with_unloaded_payloads(engine):
         try:
+            api_key = api_key_of(landing.require_export_request(engine, request_id).conn_id)
             report.loaded[request_id] = load_request(engine, request_id, api_key=api_key)
         except PayloadError as exc:
             report.failed[request_id] = str(exc)
@@ -423,32 +439,33 @@ def sweep(engine: Engine, *, api_key: Secret | None = None) -> SweepReport:
     return report
 
 
-def quality_checks(engine: Engine, *, campaigns: Iterable[str], dag_id: str, run_id: str) -> list[str]:
+def quality_checks(engine: Engine, *, targets: Iterable[SyncTarget], dag_id: str, run_id: str) -> list[str]:
     """Problems found after a run's loads; an empty list means the run is good.
 
-    Every campaign must have its latest request of this run ``loaded`` (anything else, including a
-    campaign that never got a request, is listed with its error), and the warehouse rows of these
-    campaigns must have no duplicate and no empty keys.
+    Every campaign of every account must have its latest request of this run ``loaded`` (anything else,
+    including a campaign that never got a request, is listed with its error and its account's connection),
+    and the warehouse rows of these campaigns must have no duplicate and no empty keys.
     """
-    campaigns = list(campaigns)
+    targets = list(targets)
     problems: list[str] = []
     latest = landing.latest_requests_of_run(engine, dag_id, run_id)
     left_behind = landing.unloaded_payload_counts(engine, [request.request_id for request in latest.values()])
-    for campaign in campaigns:
-        request = latest.get(campaign)
+    for target in targets:
+        request = latest.get((target.conn_id, target.campaign))
+        name = target.describe()
         if request is None:
-            problems.append(f"campaign {campaign!r}: no export request was made in this run")
+            problems.append(f"{name}: no export request was made in this run")
         elif not request.is_loaded:
             problems.append(
-                f"campaign {campaign!r}: request {request.request_id} is {request.state.value}"
+                f"{name}: request {request.request_id} is {request.state.value}"
                 + (f": {request.error}" if request.error else "")
             )
         elif left_behind.get(request.request_id):
             problems.append(
-                f"campaign {campaign!r}: request {request.request_id} is loaded but "
+                f"{name}: request {request.request_id} is loaded but "
                 f"{left_behind[request.request_id]} of its payloads landed after the load and are not loaded"
             )
     from cloudagent_etl.warehouse import key_problems
 
-    problems.extend(key_problems(engine, campaigns))
+    problems.extend(key_problems(engine, sorted({target.campaign for target in targets})))
     return problems

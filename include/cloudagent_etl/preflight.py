@@ -17,9 +17,9 @@ import httpx
 from sqlalchemy import Engine, text
 
 from cloudagent_etl import identity
+from cloudagent_etl.accounts import parse_campaigns
 from cloudagent_etl.databases import database_for
 from cloudagent_etl.errors import ConfigurationError, redact
-from cloudagent_etl.pipeline import parse_campaigns
 from cloudagent_etl.settings import ALLOWED_CONNECTION_EXTRAS, ApiSettings
 
 #: How long the callback URL may take to answer the probe.

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cloudagent_etl.errors import ConfigurationError
 
+#: The Airflow connection of the CloudAgent account of a one-account deployment.
+DEFAULT_CONNECTION = "cloudagent_default"
 DEFAULT_BASE_URL = "https://in1-ccaas-api.ozonetel.com"
 DEFAULT_ENDPOINT = "/endpoint/dailer/data/preview/download"
 DEFAULT_TIMEZONE = "Asia/Kolkata"

@@ -22,7 +22,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine
 
 from cloudagent_etl import landing, warehouse
+from cloudagent_etl.accounts import SyncTarget
 from cloudagent_etl.pipeline import NIGHTLY_START, NIGHTLY_TIMEZONE, last_complete_interval
+from cloudagent_etl.settings import zone
 from cloudagent_etl.warehouse import DayRate, LoadCounts
 
 #: The zone of CloudAgent's day (the nightly schedule's) and of the warehouse's ``day_ist`` columns.
@@ -69,9 +71,14 @@ _MARKS = {
 BACKFILL_STATES = frozenset({CellState.EXPIRED, CellState.FAILED, CellState.NEVER_REQUESTED})
 
 
-def window_day(window_start: datetime, window_end: datetime) -> date:
-    """The IST day a window belongs to: the day of its midpoint."""
-    return (window_start + (window_end - window_start) / 2).astimezone(IST).date()
+def window_day(window_start: datetime, window_end: datetime, timezone: str = NIGHTLY_TIMEZONE) -> date:
+    """The day a window belongs to: the day of its midpoint, in the account's time zone (IST by default)."""
+    return (window_start + (window_end - window_start) / 2).astimezone(zone(timezone)).date()
+
+
+def request_day(request: landing.ExportRequest) -> date:
+    """The day of a request's window, in its account's time zone."""
+    return window_day(request.window_start, request.window_end, request.timezone)
 
 
 def nightly_window(day: date) -> tuple[datetime, datetime]:
@@ -97,11 +104,15 @@ class RequestSummary:
 
 @dataclass(frozen=True)
 class Cell:
-    """One campaign × IST day and the requests behind it (oldest first)."""
+    """One campaign of one account × day, and the requests behind it (oldest first)."""
 
-    campaign: str
+    target: SyncTarget
     day: date
     requests: tuple[RequestSummary, ...] = ()
+
+    @property
+    def campaign(self) -> str:
+        return self.target.campaign
 
     @property
     def state(self) -> CellState:
@@ -147,51 +158,56 @@ class Cell:
 
 @dataclass(frozen=True)
 class Coverage:
-    """The grid: every campaign × every day of the range, a cell each."""
+    """The grid: every campaign of every account × every day of the range, a cell each."""
 
     days: tuple[date, ...]
-    campaigns: tuple[str, ...]
-    cells: Mapping[tuple[str, date], Cell]
+    targets: tuple[SyncTarget, ...]
+    cells: Mapping[tuple[SyncTarget, date], Cell]
 
-    def cell(self, campaign: str, day: date) -> Cell:
-        return self.cells.get((campaign, day)) or Cell(campaign, day)
+    def cell(self, target: SyncTarget, day: date) -> Cell:
+        return self.cells.get((target, day)) or Cell(target, day)
 
     def missing(self) -> list[Cell]:
-        """Every cell not loaded, by day then campaign."""
-        return [self.cell(c, d) for d in self.days for c in self.campaigns if self.cell(c, d).missing]
+        """Every cell not loaded, by day then account and campaign."""
+        return [self.cell(t, d) for d in self.days for t in self.targets if self.cell(t, d).missing]
 
     def backfills(self) -> list[Backfill]:
         """Backfills that would fix the expired, failed and never-requested cells: one per run of
-        consecutive days missing the same campaigns."""
-        to_fix = {
-            day: tuple(c for c in self.campaigns if self.cell(c, day).state in BACKFILL_STATES)
-            for day in self.days
-        }
+        consecutive days missing the same campaigns of the same accounts."""
         backfills: list[Backfill] = []
         for day in self.days:
-            campaigns = to_fix[day]
-            if not campaigns:
+            targets = tuple(t for t in self.targets if self.cell(t, day).state in BACKFILL_STATES)
+            if not targets:
                 continue
             last = backfills[-1] if backfills else None
-            if last and last.campaigns == campaigns and last.last_day == day - timedelta(days=1):
-                backfills[-1] = Backfill(last.first_day, day, campaigns)
+            if last and last.targets == targets and last.last_day == day - timedelta(days=1):
+                backfills[-1] = Backfill(last.first_day, day, targets)
             else:
-                backfills.append(Backfill(day, day, campaigns))
+                backfills.append(Backfill(day, day, targets))
         return backfills
 
 
 @dataclass(frozen=True)
 class Backfill:
-    """IST days ``first_day`` .. ``last_day`` to sync again, and the campaigns missing there.
+    """Days ``first_day`` .. ``last_day`` to sync again, and the campaigns of each account missing there.
 
     A nightly run's logical date is its window's start (03:30 IST of its day): a backfill of the dial
     status DAG from :attr:`from_date` to :attr:`to_date` covers exactly these days. How to start one is
-    the orchestrator's business (the provider renders Airflow's command and REST body).
+    the orchestrator's business (the provider renders Airflow's command and REST body, whose run
+    configuration is :attr:`accounts`: only these campaigns of these accounts are requested).
     """
 
     first_day: date
     last_day: date
-    campaigns: tuple[str, ...]
+    targets: tuple[SyncTarget, ...]
+
+    @property
+    def accounts(self) -> dict[str, list[str]]:
+        """Connection id -> the campaigns to sync again (the run's ``accounts`` param)."""
+        accounts: dict[str, list[str]] = {}
+        for target in self.targets:
+            accounts.setdefault(target.conn_id, []).append(target.campaign)
+        return accounts
 
     @property
     def from_date(self) -> datetime:
@@ -240,15 +256,15 @@ def status_report(
     *,
     days: int = 7,
     until: date | None = None,
-    campaigns: Iterable[str] = (),
+    accounts: Mapping[str, Iterable[str]] | None = None,
     now: datetime | None = None,
     reject_groups: int = 20,
 ) -> StatusReport:
-    """The report for ``days`` IST days ending with ``until``; ``campaigns`` (the configured ones) get a
-    row even when they have no request in the range."""
+    """The report for ``days`` days ending with ``until``; the campaigns of ``accounts`` (the configured
+    ones: connection id -> campaigns) get a row even when they have no request in the range."""
     day_list = day_range(days, until, now=now)
     return StatusReport(
-        coverage=coverage(engine, day_list, campaigns),
+        coverage=coverage(engine, day_list, accounts or {}),
         answer_rates=tuple(warehouse.answer_rates(engine, day_list)),
         rejects=tuple(latest_rejects(engine, day_list, limit=reject_groups)),
     )
@@ -259,22 +275,22 @@ def _range_bounds(days: Sequence[date]) -> tuple[datetime, datetime]:
     return nightly_window(days[0] - timedelta(days=1))[0], nightly_window(days[-1] + timedelta(days=1))[1]
 
 
-def coverage(engine: Engine, days: Sequence[date], campaigns: Iterable[str] = ()) -> Coverage:
-    """The grid of ``days`` × (``campaigns`` and every campaign with a request in the range)."""
-    by_cell: dict[tuple[str, date], list[RequestSummary]] = {}
+def coverage(engine: Engine, days: Sequence[date], accounts: Mapping[str, Iterable[str]]) -> Coverage:
+    """The grid of ``days`` × (the campaigns of ``accounts`` and every campaign with a request in the
+    range), a row per account's campaign."""
+    by_cell: dict[tuple[SyncTarget, date], list[RequestSummary]] = {}
     for summary in _requests_in(engine, days):
         request = summary.request
-        key = (request.campaign_name, window_day(request.window_start, request.window_end))
-        by_cell.setdefault(key, []).append(summary)
-    names = list(dict.fromkeys(campaigns))
-    names += sorted({campaign for campaign, _ in by_cell} - set(names))
+        target = SyncTarget(request.conn_id, request.campaign_name)
+        by_cell.setdefault((target, request_day(request)), []).append(summary)
+    configured = [SyncTarget(conn_id, campaign) for conn_id, names in accounts.items() for campaign in names]
+    targets = list(dict.fromkeys(configured))
+    targets += sorted({target for target, _ in by_cell} - set(targets), key=lambda t: (t.conn_id, t.campaign))
     cells = {
-        key: Cell(
-            key[0], key[1], tuple(sorted(found, key=lambda s: (s.request.created_at, s.request.attempt)))
-        )
+        key: Cell(*key, tuple(sorted(found, key=lambda s: (s.request.created_at, s.request.attempt))))
         for key, found in by_cell.items()
     }
-    return Coverage(days=tuple(days), campaigns=tuple(names), cells=cells)
+    return Coverage(days=tuple(days), targets=tuple(targets), cells=cells)
 
 
 def _requests_in(engine: Engine, days: Sequence[date]) -> list[RequestSummary]:
@@ -282,7 +298,7 @@ def _requests_in(engine: Engine, days: Sequence[date]) -> list[RequestSummary]:
     requests = [
         request
         for request in landing.requests_overlapping(engine, *_range_bounds(days))
-        if days[0] <= window_day(request.window_start, request.window_end) <= days[-1]
+        if days[0] <= request_day(request) <= days[-1]
     ]
     ids = [request.request_id for request in requests]
     late = landing.late_payload_counts(engine, ids)
@@ -333,14 +349,17 @@ def _loads_json(loads: LoadCounts) -> dict[str, Any]:
 def report_json(report: StatusReport) -> dict[str, Any]:
     """The report as JSON-ready data (what the page's data endpoint answers)."""
     grid = report.coverage
+    single_account = len({rate.account for rate in report.answer_rates}) <= 1
     cells = []
-    for campaign in grid.campaigns:
+    for target in grid.targets:
         for day in grid.days:
-            cell = grid.cell(campaign, day)
+            cell = grid.cell(target, day)
             start, end = cell.window
             cells.append(
                 {
-                    "campaign": campaign,
+                    "account": target.conn_id,
+                    "campaign": target.campaign,
+                    "row": target.label,
                     "day": day.isoformat(),
                     "state": cell.state.value,
                     "label": cell.state.label,
@@ -357,7 +376,8 @@ def report_json(report: StatusReport) -> dict[str, Any]:
     return {
         "generated_at": report.generated_at.isoformat(),
         "days": [day.isoformat() for day in grid.days],
-        "campaigns": list(grid.campaigns),
+        "rows": [{"account": t.conn_id, "campaign": t.campaign, "label": t.label} for t in grid.targets],
+        "accounts": list(dict.fromkeys(target.conn_id for target in grid.targets)),
         "states": {state.value: state.label for state in CellState},
         "cells": cells,
         "missing": len(grid.missing()),
@@ -365,7 +385,8 @@ def report_json(report: StatusReport) -> dict[str, Any]:
             {
                 "first_day": backfill.first_day.isoformat(),
                 "last_day": backfill.last_day.isoformat(),
-                "campaigns": list(backfill.campaigns),
+                "accounts": backfill.accounts,
+                "labels": [target.label for target in backfill.targets],
                 "from_date": backfill.from_date.isoformat(),
                 "to_date": backfill.to_date.isoformat(),
             }
@@ -373,7 +394,9 @@ def report_json(report: StatusReport) -> dict[str, Any]:
         ],
         "answer_rates": [
             {
+                "account": rate.account,
                 "campaign": rate.campaign,
+                "series": rate.campaign if single_account else f"{rate.account}: {rate.campaign}",
                 "day": rate.day.isoformat(),
                 "leads": rate.leads,
                 "answered": rate.answered,
@@ -425,12 +448,12 @@ def format_report(report: StatusReport, backfill_command: BackfillCommand | None
         f"coverage {first} .. {last} (IST days; a day's window is 03:30 IST to 03:30 IST the next day)",
         "",
     ]
-    width = max([len("campaign"), *(len(name) for name in grid.campaigns)])
+    width = max([len("campaign"), *(len(target.label) for target in grid.targets)])
     lines.append("  ".join(["campaign".ljust(width), *(day.strftime("%m-%d") for day in grid.days)]))
-    for campaign in grid.campaigns:
-        marks = [grid.cell(campaign, day).state.mark.ljust(5) for day in grid.days]
-        lines.append("  ".join([campaign.ljust(width), *marks]).rstrip())
-    if not grid.campaigns:
+    for target in grid.targets:
+        marks = [grid.cell(target, day).state.mark.ljust(5) for day in grid.days]
+        lines.append("  ".join([target.label.ljust(width), *marks]).rstrip())
+    if not grid.targets:
         lines.append("(no campaign configured and no export request in these days)")
     lines.append("legend: " + "  ".join(f"{state.mark} {state.label}" for state in CellState))
 
@@ -438,11 +461,11 @@ def format_report(report: StatusReport, backfill_command: BackfillCommand | None
               "rejected", "load s")  # fmt: skip
     rows = []
     for day in grid.days:
-        for campaign in grid.campaigns:
-            cell = grid.cell(campaign, day)
+        for target in grid.targets:
+            cell = grid.cell(target, day)
             loads = cell.loads
             rows.append(
-                (str(day), campaign, cell.state.label, str(len(cell.requests)), str(loads.rows_in),
+                (str(day), target.label, cell.state.label, str(len(cell.requests)), str(loads.rows_in),
                  str(loads.inserted), str(loads.updated), str(loads.unchanged), str(loads.rejected),
                  f"{loads.seconds:.1f}")
             )  # fmt: skip
@@ -453,7 +476,7 @@ def format_report(report: StatusReport, backfill_command: BackfillCommand | None
     for cell in missing:
         start, end = cell.window
         window = f"{start.astimezone(IST):%Y-%m-%d %H:%M} .. {end.astimezone(IST):%Y-%m-%d %H:%M} IST"
-        lines.append(f"  {cell.day}  {cell.campaign}  {cell.state.label}  window {window}")
+        lines.append(f"  {cell.day}  {cell.target.label}  {cell.state.label}  window {window}")
         for request in (summary.request for summary in cell.requests):
             unique_id = request.unique_id or "none"
             lines.append(
@@ -464,7 +487,8 @@ def format_report(report: StatusReport, backfill_command: BackfillCommand | None
     if backfills:
         lines += ["", "to backfill what is missing (expired, failed or never requested):"]
         for backfill in backfills:
-            what = f"{backfill.first_day} .. {backfill.last_day}: {', '.join(backfill.campaigns)}"
+            labels = ", ".join(target.label for target in backfill.targets)
+            what = f"{backfill.first_day} .. {backfill.last_day}: {labels}"
             lines.append(f"  {backfill_command(backfill)}" if backfill_command else f"  {what}")
 
     lines += ["", "rejects by reason:"]

@@ -88,7 +88,7 @@ function cellCounts(cell) {
 }
 
 function cellTitle(cell) {
-  const lines = [`${cell.campaign} · ${cell.day}: ${cell.label}`,
+  const lines = [`${cell.row} · ${cell.day}: ${cell.label}`,
     `window ${ist(cell.window_start)} .. ${ist(cell.window_end)} IST`];
   if (cell.state === "loaded" || cell.loads.loads) {
     const l = cell.loads;
@@ -110,12 +110,19 @@ function renderLegend(states) {
 }
 
 function renderGrid(data) {
-  const byKey = new Map(data.cells.map((c) => [`${c.campaign}\u0000${c.day}`, c]));
+  const byKey = new Map(data.cells.map((c) => [`${c.row}\u0000${c.day}`, c]));
   const head = el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "campaign"),
     data.days.map((day) => el("th", { scope: "col" }, day.slice(5)))));
-  const rows = data.campaigns.map((campaign) => el("tr", {},
-    el("th", { scope: "row" }, campaign),
-    data.days.map((day) => {
+  // With several accounts, each account's campaigns under a row naming its connection.
+  const grouped = data.accounts.length > 1;
+  const rows = data.rows.flatMap((row, index) => [
+    ...(grouped && (index === 0 || data.rows[index - 1].account !== row.account)
+      ? [el("tr", { class: "account", dataset: { account: row.account } },
+        el("th", { scope: "rowgroup", colspan: data.days.length + 1 }, `account ${row.account}`))]
+      : []),
+    rowOf(row.label)]);
+  function rowOf(campaign) {
+    return el("tr", {}, el("th", { scope: "row" }, campaign), data.days.map((day) => {
       const cell = byKey.get(`${campaign}\u0000${day}`);
       const button = el("button", {
         type: "button", title: cellTitle(cell), "aria-label": `${campaign} ${day}: ${cell.label}`,
@@ -124,12 +131,14 @@ function renderGrid(data) {
       }, el("span", { class: "state" }, cell.label),
       cellCounts(cell).map((line) => el("span", { class: "count" }, line)));
       return el("td", { dataset: { state: cell.state, campaign, day } }, button);
-    })));
+    }));
+  }
   const grid = document.getElementById("grid");
   grid.replaceChildren(head, el("tbody", {}, rows));
-  if (!data.campaigns.length) {
+  if (!data.rows.length) {
     grid.replaceChildren(el("tbody", {}, el("tr", {}, el("td", {},
-      "No campaign configured (Variable cloudagent_campaigns) and no export request in these days."))));
+      "No campaign configured (Variable cloudagent_accounts or cloudagent_campaigns) and no export request "
+      + "in these days."))));
   }
 }
 
@@ -137,7 +146,7 @@ function showDetail(data, cell, button) {
   document.querySelectorAll(".grid button.selected").forEach((b) => b.classList.remove("selected"));
   button.classList.add("selected");
   const detail = document.getElementById("detail");
-  const header = el("h3", {}, `${cell.campaign} · ${cell.day} · `,
+  const header = el("h3", {}, `${cell.row} · ${cell.day} · `,
     el("span", { class: "badge", dataset: { state: cell.state } }, cell.label));
   const window_ = el("p", { class: "muted" },
     `window ${ist(cell.window_start)} .. ${ist(cell.window_end)} IST`,
@@ -192,7 +201,7 @@ function renderMissing(data) {
       if (start.dataset.armed !== "1") {
         start.dataset.armed = "1";
         start.classList.add("danger");
-        start.textContent = `Confirm: backfill ${b.campaigns.join(", ")} for ${b.first_day} .. ${b.last_day}`;
+        start.textContent = `Confirm: backfill ${b.labels.join(", ")} for ${b.first_day} .. ${b.last_day}`;
         return;
       }
       start.disabled = true;
@@ -212,7 +221,7 @@ function renderMissing(data) {
       }
     });
     return el("div", { class: "backfill", dataset: { firstDay: b.first_day, lastDay: b.last_day } },
-      el("div", {}, `${b.first_day} .. ${b.last_day}: ${b.campaigns.join(", ")}`),
+      el("div", {}, `${b.first_day} .. ${b.last_day}: ${b.labels.join(", ")}`),
       el("pre", { class: "command" }, b.command), start, result);
   }));
 }
@@ -223,11 +232,11 @@ function renderChart(data) {
     chart.textContent = "The chart library did not load.";
     return;
   }
-  const campaigns = [...new Set(data.answer_rates.map((r) => r.campaign))];
-  const traces = campaigns.map((campaign) => {
-    const points = data.answer_rates.filter((r) => r.campaign === campaign);
+  const series = [...new Set(data.answer_rates.map((r) => r.series))];
+  const traces = series.map((name) => {
+    const points = data.answer_rates.filter((r) => r.series === name);
     return {
-      name: campaign, type: "scatter", mode: "lines+markers",
+      name, type: "scatter", mode: "lines+markers",
       x: points.map((p) => p.day), y: points.map((p) => Math.round(p.answer_rate * 1000) / 10),
       customdata: points.map((p) => [p.answered, p.leads]),
       hovertemplate: "%{x}: %{y}% (%{customdata[0]} of %{customdata[1]} leads)<extra>%{fullData.name}</extra>",
@@ -255,8 +264,8 @@ function renderLoads(data) {
     "load s"]);
   const rows = [...data.cells].sort((a, b) => (a.day === b.day ? 0 : a.day < b.day ? 1 : -1)).map((c) => {
     const last = c.attempts[c.attempts.length - 1];
-    return el("tr", { dataset: { campaign: c.campaign, day: c.day, state: c.state } },
-      el("td", {}, c.day), el("td", {}, c.campaign),
+    return el("tr", { dataset: { campaign: c.row, day: c.day, state: c.state } },
+      el("td", {}, c.day), el("td", {}, c.row),
       el("td", {}, el("span", { class: "badge", dataset: { state: c.state } }, c.label)),
       el("td", { class: "num" }, c.requests), el("td", { class: "num" }, c.loads.loads),
       ["records", "inserted", "updated", "unchanged", "rejected"].map(

@@ -33,18 +33,22 @@ class LandedPayload:
     request_id: str
     content_type: str | None
     timezone: str
+    #: The account (CloudAgent userName) the export was made with: the account of every row it writes.
+    account: str
     #: The campaign the export was requested for: the only one the payload may write.
     campaign_name: str
 
 
 def landed_payload(engine: Engine, payload_id: int) -> LandedPayload:
-    """The payload's request, content type, its export's time zone and campaign; PayloadError if unknown."""
+    """The payload's request, content type, its export's time zone, account and campaign; PayloadError if
+    unknown."""
     with engine.connect() as conn:
         row = conn.execute(
             select(
                 callback_payloads.c.request_id,
                 callback_payloads.c.content_type,
                 export_requests.c.timezone,
+                export_requests.c.account,
                 export_requests.c.campaign_name,
             )
             .join(export_requests, export_requests.c.request_id == callback_payloads.c.request_id)
@@ -52,7 +56,9 @@ def landed_payload(engine: Engine, payload_id: int) -> LandedPayload:
         ).one_or_none()
     if row is None:
         raise PayloadError(f"callback payload {payload_id} does not exist")
-    return LandedPayload(payload_id, row.request_id, row.content_type, row.timezone, row.campaign_name)
+    return LandedPayload(
+        payload_id, row.request_id, row.content_type, row.timezone, row.account, row.campaign_name
+    )
 
 
 def received_payload_ids(engine: Engine, request_id: str) -> list[int]:

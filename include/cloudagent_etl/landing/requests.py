@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, or_, select, update
+from sqlalchemy import Connection, Engine, and_, false, func, or_, select, update
 
 from cloudagent_etl.api.request import ExportFilters
 from cloudagent_etl.databases import database_for
@@ -30,7 +30,7 @@ from cloudagent_etl.landing.schema import (
     now,
 )
 from cloudagent_etl.landing.tokens import token_sha256
-from cloudagent_etl.settings import Secret
+from cloudagent_etl.settings import DEFAULT_CONNECTION, Secret
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class ExportRequest:
     dag_id: str | None
     run_id: str | None
     error: str | None
+    cloudagent_conn_id: str | None
 
     @property
     def export(self) -> Export:
@@ -81,7 +82,13 @@ class ExportRequest:
             ExportFilters.from_params(self.filters),
             self.timezone,
             self.callback_base_url,
+            self.cloudagent_conn_id,
         )
+
+    @property
+    def conn_id(self) -> str:
+        """The Airflow connection of its account (a request made before they were recorded: the default)."""
+        return self.cloudagent_conn_id or DEFAULT_CONNECTION
 
     @property
     def is_loaded(self) -> bool:
@@ -207,6 +214,7 @@ def new_request_row(export: Export, **values: Any) -> tuple[NewExportRequest, di
         "filters": export.filters.as_dict(),
         "timezone": export.timezone,
         "callback_base_url": export.callback_base_url,
+        "cloudagent_conn_id": export.conn_id,
         "request_id": request_id,
         "callback_token_sha256": token_sha256(token),
         "state": RequestState.REQUESTED.value,
@@ -303,8 +311,8 @@ def find_request_by_unique_id(engine: Engine, unique_id: str) -> str | None:
         ).scalar_one_or_none()
 
 
-def latest_requests_of_run(engine: Engine, dag_id: str, run_id: str) -> dict[str, ExportRequest]:
-    """Per campaign, the newest request a DAG run relied on (made by it, reused, or re-requested)."""
+def latest_requests_of_run(engine: Engine, dag_id: str, run_id: str) -> dict[tuple[str, str], ExportRequest]:
+    """Per (connection, campaign), the newest request a DAG run relied on (its own, reused, re-requested)."""
     runs = export_request_runs.c
     used = select(runs.request_id).where(runs.dag_id == dag_id, runs.run_id == run_id)
     made = select(export_requests.c.request_id).where(
@@ -316,7 +324,7 @@ def latest_requests_of_run(engine: Engine, dag_id: str, run_id: str) -> dict[str
             .where(or_(export_requests.c.request_id.in_(used), export_requests.c.request_id.in_(made)))
             .order_by(export_requests.c.created_at)
         ).all()
-    return {row.campaign_name: request_of(row) for row in rows}
+    return {(request.conn_id, request.campaign_name): request for request in map(request_of, rows)}
 
 
 def latest_request_per_campaign(engine: Engine) -> dict[str, ExportRequest]:
@@ -338,17 +346,20 @@ def requests_overlapping(engine: Engine, window_start: datetime, window_end: dat
 
 
 def requests_with_payloads(
-    engine: Engine, campaigns: Iterable[str], window_start: datetime, window_end: datetime
+    engine: Engine, targets: Iterable[tuple[str, str]], window_start: datetime, window_end: datetime
 ) -> list[str]:
-    """Ids of the requests of ``campaigns`` with landed payloads whose window overlaps the given one.
+    """Ids of the requests of ``targets`` ((connection, campaign) pairs) with landed payloads whose window
+    overlaps the given one.
 
     Any state counts, so a late callback of an ``expired`` or ``failed`` request is found too. Oldest
     window first.
     """
+    conn_id = func.coalesce(export_requests.c.cloudagent_conn_id, DEFAULT_CONNECTION)
+    pairs = [and_(conn_id == conn, export_requests.c.campaign_name == campaign) for conn, campaign in targets]
     query = (
         select(export_requests.c.request_id)
         .where(
-            export_requests.c.campaign_name.in_(list(campaigns)),
+            or_(false(), *pairs),
             select(callback_payloads.c.payload_id)
             .where(callback_payloads.c.request_id == export_requests.c.request_id)
             .exists(),

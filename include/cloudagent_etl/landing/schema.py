@@ -136,6 +136,12 @@ export_requests = Table(
         "retry_of", String(36), nullable=True, comment="the expired or failed request this one re-requests"
     ),
     Column("reason", Text, nullable=True, comment="why this export was made"),
+    Column(
+        "cloudagent_conn_id",
+        Text,
+        nullable=True,
+        comment="Airflow connection of the account (NULL: made before accounts had connections of their own)",
+    ),
     CheckConstraint(f"state IN {sql_list(RequestState)}", name="state"),
     Index(None, "campaign_name", "window_start"),
     Index(None, "unique_id"),

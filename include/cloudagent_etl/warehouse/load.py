@@ -58,28 +58,32 @@ from sqlalchemy import Connection, Engine, bindparam, insert, update
 from cloudagent_etl.databases import MergeSpec, database_for
 from cloudagent_etl.normalize import (
     DEFAULT_BATCH_SIZE,
-    KEY_COLUMNS,
-    ROW_COLUMN_KINDS,
-    ROW_COLUMNS,
     VALUE_COLUMNS,
     NormalizedBatch,
     SecretValues,
     normalize_payload,
 )
 from cloudagent_etl.settings import LoadSettings
-from cloudagent_etl.warehouse.tables import LINEAGE_COLUMNS, dial_status_rejects, load_runs
+from cloudagent_etl.warehouse.tables import (
+    LINEAGE_COLUMNS,
+    VERSION_COLUMN_KINDS,
+    WAREHOUSE_KEY,
+    dial_status_rejects,
+    load_runs,
+)
 
-#: What the merge writes, for the database module that writes it.
+#: What the merge writes, for the database module that writes it. A load holds the lock of its account
+#: and campaign: no other load adds a key of theirs between lookup and insert.
 MERGE_SPEC = MergeSpec(
     current="dial_status",
     superseded="dial_status_superseded",
-    key=KEY_COLUMNS,
+    key=WAREHOUSE_KEY,
     version="updated_at",
-    row_columns=ROW_COLUMNS,
+    row_columns=tuple(VERSION_COLUMN_KINDS),
     value_columns=VALUE_COLUMNS,
     lineage_columns=LINEAGE_COLUMNS,
-    column_kinds=ROW_COLUMN_KINDS,
-    lock_columns=("campaign_name",),
+    column_kinds=VERSION_COLUMN_KINDS,
+    lock_columns=("account", "campaign_name"),
     stage="dial_status_stage",
 )
 #: Distinct rejects of one payload remembered to count identical ones (16-byte digests: ~15 MB).
@@ -130,6 +134,8 @@ class PayloadToLoad(Protocol):
     @property
     def payload_id(self) -> int: ...
     @property
+    def account(self) -> str: ...
+    @property
     def request_id(self) -> str: ...
     @property
     def content_type(self) -> str | None: ...
@@ -155,15 +161,15 @@ class StagedBatch:
     staged: Any
 
 
-def prepare_batch(batch: NormalizedBatch, stage: Callable[[pd.DataFrame], Any]) -> StagedBatch:
-    """The client-side work of merging ``batch``: key hashes and the database's staged form of the rows
-    (``stage``: :meth:`WarehouseMerge.stage`)."""
+def prepare_batch(batch: NormalizedBatch, stage: Callable[[pd.DataFrame], Any], account: str) -> StagedBatch:
+    """The client-side work of merging ``batch``: the rows under ``account``, their key hashes (within one
+    account) and the database's staged form of them (``stage``: :meth:`WarehouseMerge.stage`)."""
     if batch.rows.empty:
         return StagedBatch(batch.rows, batch.rejects, batch.records_in, 0, None, None)
-    keys = batch.rows[list(MERGE_SPEC.key)]
-    hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy()
-    latest = int(batch.rows["is_latest"].sum())
-    return StagedBatch(batch.rows, batch.rejects, batch.records_in, latest, hashes, stage(batch.rows))
+    rows = batch.rows.assign(account=account)
+    hashes = pd.util.hash_pandas_object(batch.rows[["campaign_name", "record_key"]], index=False).to_numpy()
+    latest = int(rows["is_latest"].sum())
+    return StagedBatch(rows, batch.rejects, batch.records_in, latest, hashes, stage(rows))
 
 
 @dataclass
@@ -223,6 +229,7 @@ class _Merger:
             {
                 "payload_id": self.lineage["payload_id"],
                 "position": position,
+                "account": self.lineage["account"],
                 "request_id": self.lineage["request_id"],
                 "load_run_id": self.lineage["load_run_id"],
                 "reason": reason,
@@ -283,14 +290,15 @@ def merge_batches(
 ) -> LoadCounts:
     """Merge ``batches`` (one payload) inside ``conn``'s transaction; parsing overlaps the merge.
 
-    ``lineage`` holds ``request_id``, ``payload_id``, ``load_run_id`` and ``loaded_at`` (aware UTC).
+    ``lineage`` holds ``account``, ``request_id``, ``payload_id``, ``load_run_id`` and ``loaded_at`` (aware
+    UTC); ``account`` is written into every row and reject.
     The worker thread is the only user of ``conn`` until every batch is merged.
     """
     merger = _Merger(conn, lineage)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge") as pool:
         pending: Future[None] | None = None
         for batch in batches:
-            staged = prepare_batch(batch, merger.merge_rows.stage)
+            staged = prepare_batch(batch, merger.merge_rows.stage, lineage["account"])
             if pending is not None:
                 pending.result()
             pending = pool.submit(merger.merge, staged)
@@ -342,6 +350,7 @@ def merge_payload(
             batch_size=batch_size,
         )
         lineage = {
+            "account": payload.account,
             "request_id": payload.request_id,
             "payload_id": payload.payload_id,
             "load_run_id": load_run_id,
@@ -368,6 +377,7 @@ def record_failed_load(
 def _start_run(conn: Connection, payload: PayloadToLoad, started: datetime) -> int:
     counts = dict.fromkeys(("rows_in", "inserted", "updated", "unchanged", "duplicates", "rejected"), 0)
     values = {
+        "account": payload.account,
         "request_id": payload.request_id,
         "payload_id": payload.payload_id,
         "started_at": started,

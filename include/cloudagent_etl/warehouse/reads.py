@@ -95,8 +95,10 @@ def reject_counts(engine: Engine, request_ids: Iterable[str]) -> list[RejectCoun
 
 @dataclass(frozen=True)
 class DayRate:
-    """Leads and answered leads of a campaign on an IST day of ``updated_at`` (the daily summary view)."""
+    """Leads and answered leads of an account's campaign on an IST day of ``updated_at`` (the daily summary
+    view)."""
 
+    account: str
     campaign: str
     day: date
     leads: int
@@ -110,13 +112,13 @@ class DayRate:
 def answer_rates(engine: Engine, days: Sequence[date]) -> list[DayRate]:
     """Leads and answered leads per campaign and IST day of ``updated_at``, from the warehouse's view."""
     query = (
-        "SELECT campaign_name, day_ist, leads, answered FROM dial_status_daily_summary "
-        "WHERE day_ist >= :first AND day_ist <= :last ORDER BY day_ist, campaign_name"
+        "SELECT account, campaign_name, day_ist, leads, answered FROM dial_status_daily_summary "
+        "WHERE day_ist >= :first AND day_ist <= :last ORDER BY day_ist, account, campaign_name"
     )
     with engine.connect() as conn:
         rows = conn.execute(text(query), {"first": days[0], "last": days[-1]}).all()
     return [
-        DayRate(row.campaign_name, _as_date(row.day_ist), int(row.leads), int(row.answered or 0))
+        DayRate(row.account, row.campaign_name, _as_date(row.day_ist), int(row.leads), int(row.answered or 0))
         for row in rows
     ]
 

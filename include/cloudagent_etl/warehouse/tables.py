@@ -29,6 +29,7 @@ from cloudagent_etl.normalize import KEY_COLUMNS, ROW_COLUMN_KINDS
 from cloudagent_etl.sqltypes import BigIntId, JsonDocument, UtcDateTime, metadata
 
 _VERSION_COLUMNS_DOC = {
+    "account": "CloudAgent account (its userName) the export was made with; part of the key",
     "campaign_name": "CloudAgent campaign (CampaignName); part of the key",
     "record_key": "the lead id (DataUniqueId or alias) or, without one, 'sha256:' + hash of campaign, "
     "canonical phone and UTC created time; part of the key",
@@ -69,6 +70,7 @@ DATA_DICTIONARY: dict[str, dict[str, str]] = {
     "dial_status_superseded": _VERSION_COLUMNS_DOC,
     "dial_status_history": _VERSION_COLUMNS_DOC,
     "dial_status_rejects": {
+        "account": "CloudAgent account (its userName) of the export",
         "payload_id": "callback payload the record came from",
         "position": "0-based position of the record in the payload",
         "request_id": "export request of the payload",
@@ -82,6 +84,7 @@ DATA_DICTIONARY: dict[str, dict[str, str]] = {
     },
     "load_runs": {
         "load_run_id": "one row per attempt to load one payload",
+        "account": "CloudAgent account (its userName) of the export",
         "request_id": "export request",
         "payload_id": "callback payload loaded",
         "status": "loaded, or failed (the payload could not be parsed, or the load hit an error; see error)",
@@ -106,6 +109,10 @@ _COLUMN_TYPES: dict[str, TypeEngine[Any] | type[TypeEngine[Any]]] = {
 }
 #: Columns written with every version: where it came from and when.
 LINEAGE_COLUMNS = ("request_id", "payload_id", "load_run_id", "loaded_at")
+#: A lead's key in the warehouse: the account it belongs to, then normalize's key within one account.
+WAREHOUSE_KEY = ("account", *KEY_COLUMNS)
+#: The columns of a stored version before its lineage: the account, then normalize's row columns.
+VERSION_COLUMN_KINDS: dict[str, str] = {"account": "text", **ROW_COLUMN_KINDS}
 
 
 def _documented(table: str, *columns: Column[Any]) -> list[Column[Any]]:
@@ -117,13 +124,13 @@ def _documented(table: str, *columns: Column[Any]) -> list[Column[Any]]:
 def _version_columns(table: str) -> list[Column[Any]]:
     """The columns of one version of a lead, shared by ``dial_status`` and ``dial_status_superseded``.
 
-    The row columns come from normalize; the key is ``KEY_COLUMNS``, plus ``updated_at`` outside
-    ``dial_status`` (where every version of a key is kept).
+    The row columns come from normalize, after the account; the key is :data:`WAREHOUSE_KEY`, plus
+    ``updated_at`` outside ``dial_status`` (where every version of a key is kept).
     """
-    key = (*KEY_COLUMNS, *(("updated_at",) if table != "dial_status" else ()))
+    key = (*WAREHOUSE_KEY, *(("updated_at",) if table != "dial_status" else ()))
     row_columns = [
         Column(name, _COLUMN_TYPES[kind], primary_key=name in key, nullable=name not in (*key, "updated_at"))
-        for name, kind in ROW_COLUMN_KINDS.items()
+        for name, kind in VERSION_COLUMN_KINDS.items()
     ]
     return _documented(
         table,
@@ -140,10 +147,10 @@ dial_status = Table(
     metadata,
     *_version_columns("dial_status"),
     *_documented("dial_status", Column("previous_load_run_id", BigInteger, nullable=True)),
-    Index(None, "campaign_name", "updated_at"),
+    Index(None, "account", "campaign_name", "updated_at"),
     Index(None, "dial_status_last"),
     Index(None, "disposition"),
-    comment="current state: one row per campaign_name + record_key, the newest updated_at wins",
+    comment="current state: one row per account + campaign_name + record_key, the newest updated_at wins",
 )
 
 dial_status_superseded = Table(
@@ -154,7 +161,7 @@ dial_status_superseded = Table(
 )
 
 HISTORY_VIEW_COMMENT = (
-    "view: every distinct version seen, keyed by campaign_name + record_key + updated_at "
+    "view: every distinct version seen, keyed by account + campaign_name + record_key + updated_at "
     "(dial_status_superseded UNION ALL dial_status)"
 )
 
@@ -176,6 +183,7 @@ dial_status_rejects = Table(
         "dial_status_rejects",
         Column("payload_id", BigInteger, primary_key=True),
         Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("account", Text, nullable=False),
         Column("request_id", String(36), nullable=False),
         Column("load_run_id", BigInteger, nullable=False),
         Column("reason", Text, nullable=False),
@@ -194,6 +202,7 @@ load_runs = Table(
     *_documented(
         "load_runs",
         Column("load_run_id", BigIntId, primary_key=True, autoincrement=True),
+        Column("account", Text, nullable=False),
         Column("request_id", String(36), nullable=False),
         Column("payload_id", BigInteger, nullable=False),
         Column("status", String(16), nullable=False),

@@ -7,20 +7,25 @@ import shlex
 from datetime import date
 
 from cloudagent_airflow.backfills import backfill_api_body, backfill_command
+from cloudagent_etl.accounts import SyncTarget
 from cloudagent_etl.cli import _backfill_command
 from cloudagent_etl.status import Backfill
 
-BACKFILL = Backfill(date(2025, 6, 2), date(2025, 6, 3), ("Support", "Renew'als"))
+TARGETS = (SyncTarget("cloudagent_default", "Support"), SyncTarget("acme", "Renew'als"))
+BACKFILL = Backfill(date(2025, 6, 2), date(2025, 6, 3), TARGETS)
+ACCOUNTS = {"cloudagent_default": ["Support"], "acme": ["Renew'als"]}
 
 
-def test_the_command_backfills_the_days_of_the_missing_campaigns_and_reruns_only_failed_days() -> None:
+def test_the_command_backfills_the_days_of_the_missing_campaigns_of_each_account_and_reruns_failed_days() -> (
+    None
+):
     words = shlex.split(backfill_command(BACKFILL))
     assert words[:5] == ["airflow", "backfill", "create", "--dag-id", "cloudagent_dial_status"]
     options = dict(zip(words[5::2], words[6::2], strict=True))
     assert options["--from-date"] == "2025-06-02T03:30:00+05:30"  # the logical date of 06-02's nightly run
     assert options["--to-date"] == "2025-06-03T03:30:00+05:30"
     assert options["--reprocess-behavior"] == "failed"
-    assert json.loads(options["--dag-run-conf"]) == {"campaigns": ["Support", "Renew'als"]}
+    assert json.loads(options["--dag-run-conf"]) == {"accounts": ACCOUNTS}
 
 
 def test_the_rest_body_is_the_same_backfill() -> None:
@@ -29,7 +34,7 @@ def test_the_rest_body_is_the_same_backfill() -> None:
         "from_date": "2025-06-02T03:30:00+05:30",
         "to_date": "2025-06-03T03:30:00+05:30",
         "reprocess_behavior": "failed",
-        "dag_run_conf": {"campaigns": ["Support", "Renew'als"]},
+        "dag_run_conf": {"accounts": ACCOUNTS},
         "max_active_runs": 2,
     }
 

@@ -33,6 +33,7 @@ def wait_for(request_id: str, timeout_minutes: float = 2, re_requests: int = 0):
     return WaitForCallbackOperator(
         task_id="wait_for_callback",
         request_id=request_id,
+        cloudagent_conn_id="cloudagent_default",
         timeout_minutes=timeout_minutes,
         re_requests=re_requests,
     )

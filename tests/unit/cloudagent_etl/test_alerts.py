@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import Engine
 
 from cloudagent_etl import alerts, landing, pipeline, status
+from cloudagent_etl.accounts import SyncTarget
 from cloudagent_etl.errors import ConfigurationError
+from cloudagent_etl.settings import DEFAULT_CONNECTION
 from tests.factories import land, new_request, record
 
 DAY = date(2025, 6, 3)
@@ -56,7 +58,8 @@ def test_a_run_that_ends_with_a_campaign_not_loaded_is_notified_with_campaign_wi
     from cloudagent_airflow.alerts import send_alert
 
     notifier = RecordingNotifier()
-    alert = alerts.unloaded_in_run(engine, **RUN, campaigns=["Sales", "Support", "Renewals"], window=WINDOW)
+    targets = [SyncTarget(DEFAULT_CONNECTION, name) for name in ("Sales", "Support", "Renewals")]
+    alert = alerts.unloaded_in_run(engine, **RUN, targets=targets, window=WINDOW)
 
     assert send_alert(alert, {"run_id": RUN["run_id"]}, notifier=notifier.make) is True
     (sent,) = notifier.sent
@@ -79,7 +82,9 @@ def test_a_run_whose_campaigns_all_loaded_sends_nothing(
     from cloudagent_airflow.alerts import send_alert
 
     notifier = RecordingNotifier()
-    alert = alerts.unloaded_in_run(engine, **RUN, campaigns=["Sales"], window=WINDOW)
+    alert = alerts.unloaded_in_run(
+        engine, **RUN, targets=[SyncTarget(DEFAULT_CONNECTION, "Sales")], window=WINDOW
+    )
 
     assert alert is None
     assert send_alert(alert, {}, notifier=notifier.make) is False
@@ -94,7 +99,11 @@ def test_a_day_still_missing_hours_after_its_window_closed_is_notified_once(
 
     def check(start: datetime) -> alerts.Alert | None:
         return alerts.overdue(
-            engine, campaigns=["Sales", "Support"], hours=6, since=start, until=start + timedelta(hours=1)
+            engine,
+            accounts={DEFAULT_CONNECTION: ["Sales", "Support"]},
+            hours=6,
+            since=start,
+            until=start + timedelta(hours=1),
         )
 
     alert, earlier, later = check(hour), check(hour - timedelta(hours=1)), check(hour + timedelta(hours=1))
@@ -114,7 +123,8 @@ def test_the_channel_is_the_connection_cloudagent_alerts_and_without_it_alerts_a
 
     from cloudagent_airflow.alerts import LogNotifier, notifier_for, send_alert
 
-    alert = alerts.Alert("CloudAgent: test", (alerts.MissingData("Sales", *WINDOW, "expired"),))
+    missing = alerts.MissingData(SyncTarget(DEFAULT_CONNECTION, "Sales"), *WINDOW, "expired")
+    alert = alerts.Alert("CloudAgent: test", (missing,))
     monkeypatch.delenv("AIRFLOW_CONN_CLOUDAGENT_ALERTS", raising=False)
     assert isinstance(notifier_for(alert), LogNotifier)
     with caplog.at_level("WARNING", logger="cloudagent_airflow.alerts"):
@@ -138,3 +148,22 @@ def test_the_channel_is_the_connection_cloudagent_alerts_and_without_it_alerts_a
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_ALERTS", json.dumps({"conn_type": "http", "host": "x"}))
     with pytest.raises(ConfigurationError, match="use smtp or slackwebhook"):
         notifier_for(alert)
+
+
+def test_an_alert_about_another_account_names_its_connection(engine: Engine) -> None:
+    """Two accounts with the same campaign name: each line says which account's campaign is missing."""
+    acme = new_request(engine, "Sales", unique_id="U-acme", window=WINDOW, **RUN, cloudagent_conn_id="acme")
+    landing.mark_expired(engine, acme.request_id, "no callback within 60 minutes (attempt 1)")
+    default = new_request(engine, "Sales", unique_id="U-default", window=WINDOW, **RUN)
+    land(engine, default.request_id, [record("S-1", f"{DAY} 10:00:00")])
+    pipeline.load_request(engine, default.request_id)
+    targets = [SyncTarget(DEFAULT_CONNECTION, "Sales"), SyncTarget("acme", "Sales")]
+
+    alert = alerts.unloaded_in_run(engine, **RUN, targets=targets, window=WINDOW)
+
+    assert alert is not None
+    assert alert.connections == ("acme",)
+    assert [item.line() for item in alert.missing] == [
+        "Sales (connection acme): window 2025-06-03 03:30 .. 2025-06-04 03:30 IST: expired (attempt 1, "
+        "uniqueId U-acme): no callback within 60 minutes (attempt 1)"
+    ]

@@ -201,22 +201,26 @@ def test_requests_of_a_run_and_requests_with_payloads(engine: Engine) -> None:
     landing.mark_expired(engine, late, "no callback")
     assert landing.store_callback(engine, late, landing.CallbackBody.from_bytes(b"[1]")).late
 
-    assert {c: r.request_id for c, r in landing.latest_requests_of_run(engine, "d", "r").items()} == {
-        "Sales": latest
+    other_account = new_request(engine, "Sales", dag_id="d", run_id="r", cloudagent_conn_id="acme").request_id
+    land(engine, other_account, b"[]")
+
+    assert {k: r.request_id for k, r in landing.latest_requests_of_run(engine, "d", "r").items()} == {
+        ("cloudagent_default", "Sales"): latest,
+        ("acme", "Sales"): other_account,
     }
     assert landing.latest_request_per_campaign(engine)["Support"].request_id == other_run
-    assert landing.requests_with_payloads(engine, ["Sales"], *WINDOW) == [first, late]
+    default_sales = [("cloudagent_default", "Sales")]
+    assert landing.requests_with_payloads(engine, default_sales, *WINDOW) == [first, late]
+    assert landing.requests_with_payloads(engine, [("acme", "Sales")], *WINDOW) == [other_account]
     day_after = (WINDOW[1], WINDOW[1] + timedelta(days=1))
-    assert landing.requests_with_payloads(engine, ["Sales", "Support"], *day_after) == []
+    both = [("cloudagent_default", "Sales"), ("cloudagent_default", "Support")]
+    assert landing.requests_with_payloads(engine, both, *day_after) == []
     around_start = (WINDOW[0] - timedelta(hours=1), WINDOW[0] + timedelta(hours=1))
-    assert set(landing.requests_with_payloads(engine, ["Sales", "Support"], *around_start)) == {
-        first,
-        other_run,
-        late,
-    }
+    assert set(landing.requests_with_payloads(engine, both, *around_start)) == {first, other_run, late}
+    assert landing.requests_with_payloads(engine, [], *WINDOW) == []
 
 
-def test_landed_payload_knows_the_request_and_the_time_zone_and_campaign_of_its_export(
+def test_landed_payload_knows_the_request_and_the_time_zone_account_and_campaign_of_its_export(
     engine: Engine,
 ) -> None:
     new = new_request(engine, "Support", timezone="Asia/Dubai")
@@ -225,7 +229,7 @@ def test_landed_payload_knows_the_request_and_the_time_zone_and_campaign_of_its_
     with pytest.raises(PayloadError, match="does not exist"):
         landing.landed_payload(engine, 999_999)
     assert payload == landing.LandedPayload(
-        payload_id, new.request_id, "application/json; charset=utf-8", "Asia/Dubai", "Support"
+        payload_id, new.request_id, "application/json; charset=utf-8", "Asia/Dubai", "test_user", "Support"
     )
 
 

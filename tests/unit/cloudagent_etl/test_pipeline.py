@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from cloudagent_etl import landing, pipeline
+from cloudagent_etl.accounts import SyncTarget, parse_campaigns
 from cloudagent_etl.api.limiter import api_call_log
 from cloudagent_etl.api.request import ExportFilters
 from cloudagent_etl.errors import (
@@ -21,13 +22,18 @@ from cloudagent_etl.errors import (
 )
 from cloudagent_etl.exports import Export
 from cloudagent_etl.landing import CallbackStatus, RequestState, export_requests
-from cloudagent_etl.settings import ApiSettings, Secret
+from cloudagent_etl.settings import DEFAULT_CONNECTION, ApiSettings, Secret
 from tests.factories import land
 
 API_KEY = "k3y-never-shown-0123456789"
 CALLBACK_BASE = "http://127.0.0.1:9/hooks"
 WINDOW = (datetime(2025, 6, 1, 22, 0, tzinfo=UTC), datetime(2025, 6, 2, 22, 0, tzinfo=UTC))
 FILTERS = ExportFilters()
+
+
+def targets(*campaigns: str) -> list[SyncTarget]:
+    """The campaigns of the one account of these tests."""
+    return [SyncTarget(DEFAULT_CONNECTION, campaign) for campaign in campaigns]
 
 
 def export_of(campaign: str, filters: ExportFilters = FILTERS) -> Export:
@@ -62,13 +68,13 @@ def answering(body: dict, seen: list[httpx.Request] | None = None) -> httpx.Mock
     ],
 )
 def test_parse_campaigns_accepts_lists_json_and_commas(value: object, expected: list[str]) -> None:
-    assert pipeline.parse_campaigns(value) == expected
+    assert parse_campaigns(value) == expected
 
 
 @pytest.mark.parametrize("value", [None, [], "", " , ", "[1, 2]", "[oops", 42])
 def test_parse_campaigns_refuses_nothing_to_sync_and_non_text(value: object) -> None:
     with pytest.raises(ConfigurationError):
-        pipeline.parse_campaigns(value)
+        parse_campaigns(value)
 
 
 def test_export_window_starts_lookback_minutes_early() -> None:
@@ -317,14 +323,16 @@ def test_quality_checks_list_every_campaign_that_did_not_load(engine, api_settin
     land(engine, loaded, b"[]")
     pipeline.load_request(engine, loaded)
 
-    problems = pipeline.quality_checks(engine, campaigns=["Sales", "Nope", "Never"], dag_id="d", run_id="r")
+    problems = pipeline.quality_checks(
+        engine, targets=targets("Sales", "Nope", "Never"), dag_id="d", run_id="r"
+    )
 
     assert len(problems) == 2
-    assert "'Nope'" in problems[0]
+    assert "campaign 'Nope' of connection cloudagent_default" in problems[0]
     assert "campaignName is invalid" in problems[0]
     assert "'Never'" in problems[1]
     assert "no export request" in problems[1]
-    assert pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="r") == []
+    assert pipeline.quality_checks(engine, targets=targets("Sales"), dag_id="d", run_id="r") == []
 
 
 # ------------------------------------------------------------------------------------------ sweep
@@ -382,10 +390,10 @@ def test_quality_checks_fail_a_loaded_request_with_payloads_that_landed_after_it
     )
     land(engine, request_id, [])
     pipeline.load_request(engine, request_id)
-    assert pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="r") == []
+    assert pipeline.quality_checks(engine, targets=targets("Sales"), dag_id="d", run_id="r") == []
     land(engine, request_id, b"[1]")  # part 2 of 2, after the load
 
-    [problem] = pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="r")
+    [problem] = pipeline.quality_checks(engine, targets=targets("Sales"), dag_id="d", run_id="r")
 
     assert "1 of its payloads landed after the load" in problem
 
@@ -413,7 +421,7 @@ def test_a_run_reusing_another_runs_live_export_is_checked_on_that_export(engine
     land(engine, first, [])
     pipeline.load_request(engine, first)
 
-    assert pipeline.quality_checks(engine, campaigns=["Sales"], dag_id="d", run_id="manual") == []
+    assert pipeline.quality_checks(engine, targets=targets("Sales"), dag_id="d", run_id="manual") == []
 
 
 @pytest.mark.parametrize(

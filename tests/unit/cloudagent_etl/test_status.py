@@ -11,12 +11,16 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from cloudagent_etl import landing, pipeline, status
+from cloudagent_etl.accounts import SyncTarget
 from cloudagent_etl.cli import main
+from cloudagent_etl.settings import DEFAULT_CONNECTION
 from cloudagent_etl.warehouse.tables import dial_status, load_runs
 from tests.factories import land, new_request, record
 
 DAYS = [date(2025, 6, 2), date(2025, 6, 3), date(2025, 6, 4)]
 CAMPAIGNS = ["Sales", "Support", "Renewals"]
+ACCOUNTS = {DEFAULT_CONNECTION: CAMPAIGNS}
+TARGETS = [SyncTarget(DEFAULT_CONNECTION, campaign) for campaign in CAMPAIGNS]
 
 
 def window_of(day: date) -> tuple[datetime, datetime]:
@@ -60,12 +64,12 @@ def synced(engine: Engine) -> dict[str, str]:
 def test_each_cell_has_the_state_of_its_best_request_and_configured_campaigns_get_a_row(
     engine: Engine, synced: dict[str, str]
 ) -> None:
-    report = status.status_report(engine, days=3, until=DAYS[-1], campaigns=CAMPAIGNS)
+    report = status.status_report(engine, days=3, until=DAYS[-1], accounts=ACCOUNTS)
     grid = report.coverage
 
     assert grid.days == tuple(DAYS)
-    assert grid.campaigns == tuple(CAMPAIGNS)
-    states = {(c, d): grid.cell(c, d).state.value for c in CAMPAIGNS for d in DAYS}
+    assert grid.targets == tuple(TARGETS)
+    states = {(t.campaign, d): grid.cell(t, d).state.value for t in TARGETS for d in DAYS}
     assert states == {
         **{("Sales", d): "loaded" for d in DAYS},
         ("Support", DAYS[0]): "never_requested",
@@ -73,7 +77,7 @@ def test_each_cell_has_the_state_of_its_best_request_and_configured_campaigns_ge
         ("Support", DAYS[2]): "received",
         **{("Renewals", d): "never_requested" for d in DAYS},
     }
-    support = grid.cell("Support", DAYS[1])
+    support = grid.cell(TARGETS[1], DAYS[1])
     assert [(s.request.unique_id, s.request.state.value, s.request.error) for s in support.requests] == [
         ("U-support-expired", "expired", "no callback within 60 minutes (attempt 1)"),
         ("U-support-failed", "failed", "CloudAgentError: campaign is not active"),
@@ -82,7 +86,7 @@ def test_each_cell_has_the_state_of_its_best_request_and_configured_campaigns_ge
 
 
 def test_the_numbers_of_a_cell_are_those_of_its_load_runs(engine: Engine, synced: dict[str, str]) -> None:
-    cell = status.status_report(engine, days=3, until=DAYS[-1]).coverage.cell("Sales", DAYS[1])
+    cell = status.status_report(engine, days=3, until=DAYS[-1]).coverage.cell(TARGETS[0], DAYS[1])
 
     with engine.connect() as conn:
         runs = conn.execute(
@@ -123,7 +127,10 @@ def test_status_prints_the_grid_the_missing_days_their_backfill_and_the_rejects(
     assert "  2025-06-03  Support  failed  window 2025-06-03 03:15 .. 2025-06-04 03:30 IST" in out
     assert f"    attempt 1: expired, uniqueId U-support-expired, request {synced['expired']}" in out
     commands = [line.strip() for line in lines if line.strip().startswith("airflow backfill")]
-    assert [[*shlex.split(c)[6:11:2], json.loads(shlex.split(c)[-1])["campaigns"]] for c in commands] == [
+    assert [
+        [*shlex.split(c)[6:11:2], json.loads(shlex.split(c)[-1])["accounts"][DEFAULT_CONNECTION]]
+        for c in commands
+    ] == [
         ["2025-06-02T03:30:00+05:30", "2025-06-03T03:30:00+05:30", "failed", ["Support", "Renewals"]],
         ["2025-06-04T03:30:00+05:30", "2025-06-04T03:30:00+05:30", "failed", ["Renewals"]],
     ]  # Support failed or never requested on 06-02..03; on 06-04 its callback landed: on its way
@@ -135,7 +142,7 @@ def test_status_prints_the_grid_the_missing_days_their_backfill_and_the_rejects(
 def test_the_json_of_the_page_carries_no_secret_and_the_warehouse_answer_rates(
     engine: Engine, synced: dict[str, str]
 ) -> None:
-    data = status.report_json(status.status_report(engine, days=3, until=DAYS[-1], campaigns=CAMPAIGNS))
+    data = status.report_json(status.status_report(engine, days=3, until=DAYS[-1], accounts=ACCOUNTS))
 
     text = json.dumps(data)
     assert "secret-api-key" not in text
@@ -154,13 +161,17 @@ def test_the_json_of_the_page_carries_no_secret_and_the_warehouse_answer_rates(
     rates = data["answer_rates"]
     assert sum(r["leads"] for r in rates if r["campaign"] == "Sales") == leads["Sales"] == 12
     assert {(r["day"], r["answered"], r["leads"]) for r in rates} == {(str(d), 3, 4) for d in DAYS}
+    assert {(r["account"], r["series"]) for r in rates} == {("test_user", "Sales")}
     assert data["backfills"][0] == {
         "first_day": "2025-06-02",
         "last_day": "2025-06-03",
-        "campaigns": ["Support", "Renewals"],
+        "accounts": {DEFAULT_CONNECTION: ["Support", "Renewals"]},
+        "labels": ["Support", "Renewals"],
         "from_date": "2025-06-02T03:30:00+05:30",
         "to_date": "2025-06-03T03:30:00+05:30",
     }
+    assert [row["label"] for row in data["rows"]] == CAMPAIGNS
+    assert data["accounts"] == [DEFAULT_CONNECTION]
 
 
 def test_the_default_range_ends_with_the_last_day_whose_window_has_closed() -> None:

@@ -1,0 +1,49 @@
+"""The accounts a deployment syncs, read from Airflow when a task runs (never when a DAG file is parsed).
+
+The Variable ``cloudagent_accounts`` (connection id -> campaigns), else the connection ``cloudagent_default``
+with the Variable ``cloudagent_campaigns``: see :mod:`cloudagent_etl.accounts`. A run's ``accounts`` and
+``campaigns`` params narrow it.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Variable
+
+from cloudagent_etl.accounts import (
+    ACCOUNTS_VARIABLE,
+    CAMPAIGNS_VARIABLE,
+    accounts_of_run,
+    parse_accounts,
+    parse_campaigns,
+)
+from cloudagent_etl.settings import DEFAULT_CONNECTION
+
+
+def configured_accounts() -> tuple[dict[str, list[str]], str]:
+    """Connection id -> campaigns as configured, and the setting it came from (for messages)."""
+    value = Variable.get(ACCOUNTS_VARIABLE, default=None)
+    if value is not None:
+        return parse_accounts(value), f"Variable {ACCOUNTS_VARIABLE}"
+    setting = f"Variable {CAMPAIGNS_VARIABLE}"
+    campaigns = Variable.get(CAMPAIGNS_VARIABLE, default=None)
+    if campaigns is None:
+        return {DEFAULT_CONNECTION: []}, setting
+    return {DEFAULT_CONNECTION: parse_campaigns(campaigns)}, setting
+
+
+def run_accounts(params: dict) -> dict[str, list[str]]:
+    """What a run syncs: its ``accounts`` param, else the configuration (its ``campaigns`` param as the
+    campaign list of a one-account deployment). Raises ``ConfigurationError`` naming the setting."""
+    from cloudagent_etl.errors import ConfigurationError
+
+    if params.get("accounts"):
+        return accounts_of_run(params["accounts"], None, {})
+    configured, setting = configured_accounts()
+    accounts = accounts_of_run(None, params.get("campaigns"), configured)
+    empty = [conn_id for conn_id, campaigns in accounts.items() if not campaigns]
+    if empty:
+        raise ConfigurationError(
+            f"no campaigns to sync for connection {', '.join(empty)}: set the {setting} (a JSON list) or the "
+            "run's campaigns param"
+        )
+    return accounts
