@@ -125,9 +125,8 @@ def test_what_the_page_reads_back_are_the_load_runs_and_rejects_of_each_request(
 
 def test_key_problems_name_empty_keys(engine: Engine) -> None:
     row = {
-        "account": "acme", "campaign_name": "Sales", "record_key": "", "updated_at": STARTED, "request_id": "r",
-        "payload_id": 1,
-        "load_run_id": 1, "loaded_at": STARTED,
+        "account": "acme", "campaign_name": "Sales", "record_key": "", "updated_at": STARTED,
+        "request_id": "r", "payload_id": 1, "load_run_id": 1, "loaded_at": STARTED,
     }  # fmt: skip
     with engine.begin() as conn:
         conn.execute(insert(dial_status).values(row))
