@@ -11,15 +11,8 @@ import argparse
 import logging
 from typing import Any
 
-from cloudagent_etl.simulator.server import (
-    DEFAULT_SEED,
-    DEFAULT_TIMEZONE,
-    DELIVERY_STYLES,
-    Behaviour,
-    SimulatedAccount,
-    SimulatorSettings,
-    create_app,
-)
+from cloudagent_etl.simulator.accounts import DEFAULT_SEED, DEFAULT_TIMEZONE, SimulatedAccount
+from cloudagent_etl.simulator.server import DELIVERY_STYLES, Behaviour, SimulatorSettings, create_app
 
 ACCOUNT_SYNTAX = "USER:APIKEY[:CAMPAIGNS[:TIMEZONE]]"
 DEFAULT_USER = "demo_user"

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -60,13 +59,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 from urllib.parse import urlencode, urlsplit, urlunsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from cloudagent_etl.simulator import contract
+from cloudagent_etl.simulator.accounts import DEFAULT_SEED, SimulatedAccount
 from cloudagent_etl.simulator.data import DISPOSITIONS, MAX_RECORDS_PER_DAY, generate_records
 
 logger = logging.getLogger(__name__)
@@ -75,9 +74,6 @@ DeliveryStyle = Literal["json-array", "json-object", "form"]
 DELIVERY_STYLES: tuple[str, ...] = get_args(DeliveryStyle)
 RATE_WINDOW_S = 60.0
 DELIVERY_TIMEOUT_S = 30.0
-DEFAULT_TIMEZONE = "Asia/Kolkata"
-#: The seed of the one account given as ``user``/``api_key``/``campaigns`` (``--user`` ...) by default.
-DEFAULT_SEED = 42
 
 
 @dataclass(frozen=True)
@@ -138,53 +134,6 @@ class Behaviour:
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
                 raise ValueError(f"{name} has the wrong type: {value!r}")
         return dataclasses.replace(self, **changes)
-
-
-def seed_for(user: str) -> int:
-    """The data seed of an account that names none: derived from its user name, the same in every process."""
-    return int.from_bytes(hashlib.sha256(f"cloudagent-simulator|{user}".encode()).digest()[:8], "big")
-
-
-@dataclass(frozen=True)
-class SimulatedAccount:
-    """One CloudAgent account: its credentials, campaigns, data seed and time zone.
-
-    ``seed`` None means :func:`seed_for` the user name, so accounts differ without being told to.
-    ``timezone`` (an IANA name) is the zone of its fromDate/toDate and of every time in its records.
-    Error messages name the user, never the key.
-    """
-
-    user: str
-    api_key: str = field(repr=False)
-    campaigns: tuple[str, ...]
-    seed: int | None = None
-    timezone: str = DEFAULT_TIMEZONE
-
-    def __post_init__(self) -> None:
-        if not self.user.strip() or not self.api_key.strip():
-            raise ValueError("the user and the api key must not be empty")
-        if isinstance(self.campaigns, str):
-            raise ValueError(f"account {self.user!r}: campaigns must be a sequence of names, not one string")
-        object.__setattr__(self, "campaigns", tuple(self.campaigns))
-        if not self.campaigns:
-            raise ValueError(f"account {self.user!r}: at least one campaign is needed")
-        if not all(isinstance(name, str) and name.strip() for name in self.campaigns):
-            raise ValueError(f"account {self.user!r}: a campaign name is empty")
-        if len(set(self.campaigns)) != len(self.campaigns):
-            raise ValueError(f"account {self.user!r}: a campaign is named twice")
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"account {self.user!r}: unknown time zone {self.timezone!r}") from None
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-    @property
-    def data_seed(self) -> int:
-        """The seed its records are generated from."""
-        return seed_for(self.user) if self.seed is None else self.seed
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,8 +7,9 @@ import logging
 import pytest
 
 from cloudagent_etl.cli import build_parser, main
+from cloudagent_etl.simulator.accounts import SimulatedAccount, seed_for
 from cloudagent_etl.simulator.cli import parse_account, settings_from_args
-from cloudagent_etl.simulator.server import SimulatedAccount, SimulatorSettings, seed_for
+from cloudagent_etl.simulator.server import SimulatorSettings
 
 
 def settings(*flags: str) -> SimulatorSettings:

@@ -11,16 +11,15 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cloudagent_etl.simulator import contract
+from cloudagent_etl.simulator.accounts import SimulatedAccount, seed_for
 from cloudagent_etl.simulator.data import DISPOSITIONS
 from cloudagent_etl.simulator.server import (
     Behaviour,
-    SimulatedAccount,
     SimulatorSettings,
     SimulatorState,
     callback_body,
     export_records,
     mask_callback_url,
-    seed_for,
 )
 
 RECORDS = [{"CampaignName": "Alpha", "UCID": "9007199254740993"}]
