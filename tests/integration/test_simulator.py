@@ -12,12 +12,17 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+
+from cloudagent_etl.simulator.accounts import SimulatedAccount, seed_for
+from cloudagent_etl.simulator.data import generate_records
 
 CALLBACK_TOKEN = "tok-SECRET-9f2c"
 CALLBACK_BASE_PATH = "/callbacks/dial-status/req-1"
@@ -322,3 +327,105 @@ def test_config_rejects_unknown_settings_and_reset_restores_the_start(fresh_simu
     fresh_simulator.reset()
     assert fresh_simulator.configure() == fresh_simulator.startup_behaviour
     assert fresh_simulator.startup_behaviour["callback_delay_s"] == 0.2
+
+
+# Several accounts in one process (the ``two_account_simulator`` fixture): client_a in IST, client_b in
+# Dubai time, both with campaigns Alpha and Beta.
+
+
+def send_as(
+    simulator, account: SimulatedAccount, callback_url: str = "http://127.0.0.1:9/cb/x", **changes: Any
+) -> dict:
+    """A request of ``account`` (its user, its key in the header); the answer's body."""
+    body = valid_body(account, callback_url, **changes)  # valid_body reads only ``.user``
+    return httpx.post(
+        simulator.endpoint_url, json=body, headers={"apiKey": account.api_key}, timeout=10
+    ).json()
+
+
+def test_two_accounts_get_their_own_records_for_the_same_campaign_at_their_own_callbacks(
+    two_account_simulator, callback_sink
+):
+    """One BPO, two clients, both with a campaign "Alpha": each export carries only its account's data."""
+    client_a, client_b = two_account_simulator.accounts
+    assert (client_a.timezone, client_b.timezone) == ("Asia/Kolkata", "Asia/Dubai")
+    urls = {
+        a.user: f"{callback_sink.base_url}/callbacks/dial-status/{a.user}/{CALLBACK_TOKEN}"
+        for a in (client_a, client_b)
+    }
+    answers = {a.user: send_as(two_account_simulator, a, urls[a.user]) for a in (client_a, client_b)}
+    assert {answer["status"] for answer in answers.values()} == {"queued"}
+
+    received = {delivery.path.split("/")[3]: delivery for delivery in callback_sink.wait_for(2)}
+    assert set(received) == {"client_a", "client_b"}
+    truth = {}
+    for account in (client_a, client_b):
+        unique_id = answers[account.user]["uniqueId"]
+        truth[account.user] = two_account_simulator.ground_truth(unique_id)
+        assert json.loads(received[account.user].body) == truth[account.user]
+        # The same records the generator gives for this account's seed, with the window on its wall clock.
+        zone = ZoneInfo(account.timezone)
+        expected = generate_records(
+            "Alpha", datetime(2025, 3, 1, tzinfo=zone), datetime(2025, 3, 2, tzinfo=zone),
+            seed=seed_for(account.user), records_per_day=200, sortby="2", timezone=zone,
+        )  # fmt: skip
+        assert truth[account.user] == [
+            {**r, "UserName": account.user, "Apikey": account.api_key} for r in expected
+        ]
+        [export] = two_account_simulator.exports(account=account.user)
+        assert (export["unique_id"], export["campaign_name"], export["timezone"]) == (
+            unique_id,
+            "Alpha",
+            account.timezone,
+        )
+        assert (export["from_date"], export["records"]) == ("2025-03-01 00:00:00", len(expected))
+        [attempt] = two_account_simulator.wait_for_deliveries(unique_id)
+        assert two_account_simulator.deliveries(account=account.user) == [attempt]
+        assert attempt["account"] == account.user
+        assert [e["unique_id"] for e in two_account_simulator.requests_log(account=account.user)] == [
+            unique_id
+        ]
+
+    phones = [{r["PhoneNumber"] for r in truth[user]} for user in ("client_a", "client_b")]
+    assert phones[0].isdisjoint(phones[1])
+    log = two_account_simulator.log()
+    assert [secret for secret in (client_a.api_key, client_b.api_key, CALLBACK_TOKEN) if secret in log] == []
+
+
+def test_each_account_is_authenticated_and_judged_by_its_own_settings(two_account_simulator):
+    """The other client's key, or the other client's campaign, is refused as CloudAgent would."""
+    client_a, client_b = two_account_simulator.accounts
+    a_with_b_key = valid_body(client_a)
+    answer = httpx.post(
+        two_account_simulator.endpoint_url,
+        json=a_with_b_key,
+        headers={"apiKey": client_b.api_key},
+        timeout=10,
+    )
+    assert answer.json() == error("Authentication failed")
+    assert send_as(two_account_simulator, client_a, campaignName="Delta") == error("campaignName is invalid")
+    assert send_as(two_account_simulator, client_b, campaignName="Gamma") == error("campaignName is invalid")
+    assert send_as(two_account_simulator, client_b, campaignName="Delta")["status"] == "queued"
+
+
+def test_each_account_has_its_own_10_requests_per_60_s(two_account_simulator):
+    """One client's backfill using up its limit must not refuse the other client's requests."""
+    two_account_simulator.configure(never_deliver=True, records_per_day=5)
+    client_a, client_b = two_account_simulator.accounts
+    limited = {"status": "error", "message": "Max limit exceeded"}
+    # Valid and invalid requests alike count against the account.
+    a_answers = [
+        send_as(two_account_simulator, client_a, campaignName=name) for name in ["Alpha", "Nope"] * 5
+    ]
+    assert limited not in a_answers
+    assert send_as(two_account_simulator, client_a) == limited
+    b_answers = [send_as(two_account_simulator, client_b, campaignName=name) for name in ["Beta", "Nope"] * 5]
+    assert limited not in b_answers
+    assert sum(answer["status"] == "queued" for answer in b_answers) == 5
+    assert send_as(two_account_simulator, client_b) == limited
+    assert send_as(two_account_simulator, client_a) == limited
+
+    for account, refused in ((client_a, 2), (client_b, 1)):
+        outcomes = [entry["message"] for entry in two_account_simulator.requests_log(account=account.user)]
+        assert outcomes[10:] == ["Max limit exceeded"] * refused
+        assert "Max limit exceeded" not in outcomes[:10]

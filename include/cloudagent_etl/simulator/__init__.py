@@ -1,5 +1,6 @@
 """A local CloudAgent stand-in: the Campaign Dial Status export API, its callbacks, and seeded data.
 
 ``contract`` holds its own copy of the documented contract (it imports nothing from ``cloudagent_etl.api``),
-``data`` the deterministic records, ``server`` the HTTP app, ``cli`` the ``cloudagent-etl simulate`` command.
+``accounts`` the simulated accounts (several side by side), ``data`` the deterministic records, ``server``
+the HTTP app, ``cli`` the ``cloudagent-etl simulate`` command.
 """

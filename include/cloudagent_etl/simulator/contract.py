@@ -9,11 +9,14 @@ Check order (the first failing check answers; every answer is HTTP 200):
 1. ``apiKey`` (header ``apiKey``, else body field ``apiKey``) missing, misspelt or empty
    -> ``apiKey is invalid``
 2. ``userName`` key missing/misspelt or value empty -> ``userName is invalid``
-3. ``apiKey`` or ``userName`` value wrong -> ``Authentication failed``
-4. ``campaignName`` missing, empty, not text or not a configured campaign -> ``campaignName is invalid``
+3. ``apiKey`` or ``userName`` value wrong -> ``Authentication failed``: the (userName, apiKey) pair is not
+   one of the configured accounts (the right key of another account is as wrong as any other)
+4. ``campaignName`` missing, empty, not text or not one of *that account's* campaigns
+   -> ``campaignName is invalid``
 5. ``callBackUrl`` missing, empty, not text or not containing ``http``/``https`` -> the callBackUrl message
 6. The parameters the documentation gives no error body for (our choice, same shape):
-   ``fromDate``/``toDate`` missing or not ``YYYY-MM-DD HH:MM:SS`` -> ``fromDate is invalid`` /
+   ``fromDate``/``toDate`` missing or not ``YYYY-MM-DD HH:MM:SS`` (wall clock in the account's time zone)
+   -> ``fromDate is invalid`` /
    ``toDate is invalid``; ``fromDate`` later than ``toDate`` -> ``fromDate must not be later than toDate``;
    ``sortby`` not "0"/"1"/"2" -> ``sortby is invalid`` (absent means "0", all data);
    ``status``, ``dialstatus``, ``dispositions`` missing or not an allowed value -> ``status is invalid``,
@@ -22,14 +25,15 @@ Check order (the first failing check answers; every answer is HTTP 200):
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 ENDPOINT = "/endpoint/dailer/data/preview/download"
-#: fromDate/toDate and every time in a record are IST wall-clock times without an offset.
+#: fromDate/toDate and every time in a record are wall-clock times of the account's zone, without an
+#: offset; this is the zone of an account that names none (CloudAgent India: IST).
 TIMEZONE = ZoneInfo("Asia/Kolkata")
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -62,15 +66,39 @@ def accepted_body(unique_id: str) -> dict[str, str]:
     return {"status": "queued", "message": ACCEPTED_MESSAGE, "uniqueId": unique_id}
 
 
+class Account(Protocol):
+    """What the checks need to know of a configured account."""
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def api_key(self) -> str: ...
+
+    @property
+    def campaigns(self) -> Collection[str]: ...
+
+    @property
+    def zone(self) -> tzinfo: ...
+
+
+@dataclass(frozen=True)
+class _OneAccount:
+    user: str
+    api_key: str = field(repr=False)
+    campaigns: Collection[str]
+    zone: tzinfo = TIMEZONE
+
+
 @dataclass(frozen=True)
 class ExportRequest:
-    """A request that passed every check: the campaign, the IST window and the filters."""
+    """A request that passed every check: the account, the campaign, the window and the filters."""
 
     user_name: str
     campaign_name: str
     callback_url: str
-    window_start: datetime  # aware, IST
-    window_end: datetime  # aware, IST
+    window_start: datetime  # aware, in the account's zone
+    window_end: datetime  # aware, in the account's zone
     sortby: str
     status: str
     dialstatus: str
@@ -91,9 +119,9 @@ def _text(body: Mapping[str, Any], key: str) -> str:
     return value if isinstance(value, str) and value.strip() else ""
 
 
-def _parse_date(body: Mapping[str, Any], key: str) -> datetime:
+def _parse_date(body: Mapping[str, Any], key: str, zone: tzinfo) -> datetime:
     try:
-        return datetime.strptime(_text(body, key), DATE_FORMAT).replace(tzinfo=TIMEZONE)
+        return datetime.strptime(_text(body, key), DATE_FORMAT).replace(tzinfo=zone)
     except ValueError:
         raise InvalidRequest(f"{key} is invalid") from None
 
@@ -107,24 +135,41 @@ def validate_export_request(
     campaigns: Collection[str],
     dispositions: Collection[str],
 ) -> ExportRequest:
-    """Check a request body (and the ``apiKey`` header) in the documented order; raise InvalidRequest."""
+    """The checks for one account in IST (see :func:`validate_for_accounts`); raise InvalidRequest."""
+    account = _OneAccount(user_name, api_key, campaigns)
+    return validate_for_accounts(body, header_api_key, accounts=(account,), dispositions=dispositions)
+
+
+def validate_for_accounts(
+    body: Mapping[str, Any],
+    header_api_key: str | None,
+    *,
+    accounts: Iterable[Account],
+    dispositions: Collection[str],
+) -> ExportRequest:
+    """Check a request body (and the ``apiKey`` header) in the documented order; raise InvalidRequest.
+
+    Authentication matches the (userName, apiKey) pair against ``accounts``; the campaign and the window
+    are then judged by the account it names: its campaigns, its time zone.
+    """
     given_key = header_api_key if header_api_key is not None else _text(body, "apiKey")
     if not given_key.strip():
         raise InvalidRequest(API_KEY_INVALID)
     given_user = _text(body, "userName")
     if not given_user:
         raise InvalidRequest(USER_NAME_INVALID)
-    if given_key != api_key or given_user != user_name:
+    account = next((a for a in accounts if a.user == given_user and a.api_key == given_key), None)
+    if account is None:
         raise InvalidRequest(AUTHENTICATION_FAILED)
     campaign = _text(body, "campaignName")
-    if campaign not in campaigns:
+    if campaign not in account.campaigns:
         raise InvalidRequest(CAMPAIGN_NAME_INVALID)
     callback_url = _text(body, "callBackUrl")
     if "http" not in callback_url:  # the documented rule: non-empty and containing http or https
         raise InvalidRequest(CALLBACK_URL_INVALID)
 
-    window_start = _parse_date(body, "fromDate")
-    window_end = _parse_date(body, "toDate")
+    window_start = _parse_date(body, "fromDate", account.zone)
+    window_end = _parse_date(body, "toDate", account.zone)
     if window_start > window_end:
         raise InvalidRequest(FROM_AFTER_TO)
     sortby = body.get("sortby", "0")

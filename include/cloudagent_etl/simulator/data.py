@@ -1,10 +1,14 @@
 """Deterministic dial-status records, shaped like CloudAgent's (docs/cloudagent-contract.md).
 
-A campaign's data is a set of leads per IST calendar day: lead ``index`` of ``day`` is created on that
-day (``CreatedDate``), dialled up to three times and last touched (``UpdatedDate``) up to ~2 days later.
-``random.Random`` is seeded from (seed, campaign, day) and the day's leads are drawn in index order, so
-every record is a pure function of (seed, campaign, day, index): re-requesting a window gives identical
-records, ``records_per_day`` only truncates a day, and consecutive windows partition the data.
+A campaign's data is a set of leads per calendar day of the account's time zone (IST unless told
+otherwise): lead ``index`` of ``day`` is created on that day (``CreatedDate``), dialled up to three times
+and last touched (``UpdatedDate``) up to ~2 days later. Every time in a record is a wall-clock time of that
+zone, without an offset. ``random.Random`` is seeded from (seed, campaign, day) and the day's leads are
+drawn in index order, so every record is a pure function of (seed, campaign, day, index): re-requesting a
+window gives identical records, ``records_per_day`` only truncates a day, and consecutive windows
+partition the data. Two accounts differ by their seeds, not by their zones: the zone only says which
+instants a wall-clock time stands for. (In a zone with daylight saving time the repeated hour is compared
+on the wall clock, so windows across it are as ambiguous as CloudAgent's own wall-clock parameters.)
 
 Window rule: ``window_start <= date < window_end`` on the ``sortby`` date — ``"1"`` CreatedDate, ``"2"``
 UpdatedDate, ``"0"`` ("all data") either of the two (so ``"0"`` windows overlap; they do not partition).
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 
 from cloudagent_etl.simulator.contract import (
     ALL_DISPOSITIONS,
@@ -63,7 +67,7 @@ def _duration(seconds: int) -> str:
 def _make_record(
     rng: random.Random, campaign: str, day: date, index: int
 ) -> tuple[datetime, datetime, dict[str, str]]:
-    """The next lead of ``day`` drawn from ``rng``: (created, updated, record), times naive IST."""
+    """The next lead of ``day`` drawn from ``rng``: (created, updated, record), times naive wall clock."""
     created = datetime.combine(day, time()) + timedelta(seconds=rng.randrange(86_400))
     attempts = rng.choices(range(_MAX_ATTEMPTS + 1), weights=(1, 5, 3, 2))[0]
     legs = rng.choices(_DIAL_OUTCOMES, weights=_DIAL_WEIGHTS, k=attempts)
@@ -126,10 +130,10 @@ def day_records(
         yield _make_record(rng, campaign, day, index)
 
 
-def _to_ist_naive(value: datetime, name: str) -> datetime:
+def _to_wall_clock(value: datetime, name: str, zone: tzinfo) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware")
-    return value.astimezone(TIMEZONE).replace(tzinfo=None)
+    return value.astimezone(zone).replace(tzinfo=None)
 
 
 def generate_records(
@@ -143,8 +147,12 @@ def generate_records(
     status: str = "All",
     dialstatus: str = "ALL",
     dispositions: str = ALL_DISPOSITIONS,
+    timezone: tzinfo = TIMEZONE,
 ) -> list[dict[str, str]]:
-    """The campaign's records whose ``sortby`` date lies in [window_start, window_end), filtered."""
+    """The campaign's records whose ``sortby`` date lies in [window_start, window_end), filtered.
+
+    ``timezone`` is the account's: its calendar days hold the leads, and record times are its wall clock.
+    """
     if sortby not in SORTBY_VALUES:
         raise ValueError(f"sortby must be one of {SORTBY_VALUES}, not {sortby!r}")
     if status not in LEAD_STATUSES:
@@ -158,7 +166,8 @@ def generate_records(
         raise ValueError(f"dispositions must be ALL or a comma-separated subset of {DISPOSITIONS}")
     if not 0 <= records_per_day <= MAX_RECORDS_PER_DAY:
         raise ValueError(f"records_per_day must be between 0 and {MAX_RECORDS_PER_DAY}")
-    start, end = _to_ist_naive(window_start, "window_start"), _to_ist_naive(window_end, "window_end")
+    start = _to_wall_clock(window_start, "window_start", timezone)
+    end = _to_wall_clock(window_end, "window_end", timezone)
     if start >= end:
         return []
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ast
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -98,3 +99,72 @@ def test_the_simulator_imports_nothing_from_the_client():
                 imported.update(alias.name for alias in node.names)
     assert "cloudagent_etl.simulator.contract" in imported
     assert not any(name.startswith("cloudagent_etl.api") for name in imported)
+
+
+IST, DUBAI = ZoneInfo("Asia/Kolkata"), ZoneInfo("Asia/Dubai")
+
+
+@dataclass(frozen=True)
+class Account:
+    user: str
+    api_key: str
+    campaigns: tuple[str, ...]
+    zone: ZoneInfo = IST
+
+
+# Two accounts with a campaign of the same name, as BPOs have; B keeps Dubai time.
+CLIENT_A = Account("client_a", "key-a", ("Alpha", "Beta"))
+CLIENT_B = Account("client_b", "key-b", ("Alpha", "Delta"), DUBAI)
+
+
+def validate_two(body: dict, header: str | None = None) -> contract.ExportRequest:
+    return contract.validate_for_accounts(
+        body, header, accounts=(CLIENT_A, CLIENT_B), dispositions=DISPOSITIONS
+    )
+
+
+def message_two(body: dict, header: str | None = None) -> str:
+    with pytest.raises(contract.InvalidRequest) as caught:
+        validate_two(body, header)
+    return caught.value.message
+
+
+def as_account(account: Account, **changes: str) -> dict:
+    return {**VALID, "userName": account.user, "apiKey": account.api_key, **changes}
+
+
+def test_each_account_authenticates_with_its_own_pair_only():
+    """A key is only right for its own user: another account's key fails like any wrong key."""
+    assert validate_two(as_account(CLIENT_A)).user_name == "client_a"
+    assert validate_two(as_account(CLIENT_B)).user_name == "client_b"
+    assert message_two(as_account(CLIENT_A, apiKey="key-b")) == "Authentication failed"
+    assert message_two(as_account(CLIENT_B), header="key-a") == "Authentication failed"
+    assert message_two(as_account(CLIENT_A, userName="client_c")) == "Authentication failed"
+
+
+def test_campaign_is_judged_against_the_requesting_account():
+    assert validate_two(as_account(CLIENT_A, campaignName="Alpha")).campaign_name == "Alpha"
+    assert validate_two(as_account(CLIENT_B, campaignName="Alpha")).campaign_name == "Alpha"
+    assert message_two(as_account(CLIENT_A, campaignName="Delta")) == "campaignName is invalid"
+    assert message_two(as_account(CLIENT_B, campaignName="Beta")) == "campaignName is invalid"
+
+
+def test_the_order_of_checks_is_the_same_with_two_accounts():
+    """Authentication is still judged before the campaign, the campaign before the callback URL."""
+    wrong = {"campaignName": "Beta", "callBackUrl": "", "fromDate": "x"}
+    assert message_two(as_account(CLIENT_B, apiKey="key-a", **wrong)) == "Authentication failed"
+    assert message_two(as_account(CLIENT_B, **wrong)) == "campaignName is invalid"
+    assert message_two(as_account(CLIENT_B, **{**wrong, "campaignName": "Delta"})) == (
+        contract.CALLBACK_URL_INVALID
+    )
+
+
+def test_an_account_in_another_zone_gets_its_dates_read_in_that_zone():
+    """CloudAgent's fromDate/toDate are the account's wall clock: 00:00 in Dubai is 01:30 in IST."""
+    in_dubai = validate_two(as_account(CLIENT_B))
+    assert in_dubai.window_start == datetime(2025, 3, 1, tzinfo=DUBAI)
+    assert in_dubai.window_start.astimezone(ZoneInfo("UTC")) == datetime(
+        2025, 2, 28, 20, tzinfo=ZoneInfo("UTC")
+    )
+    in_india = validate_two(as_account(CLIENT_A))
+    assert in_dubai.window_start - in_india.window_start == timedelta(hours=1, minutes=30)

@@ -149,3 +149,20 @@ def test_unknown_filter_values_are_refused(bad):
 def test_naive_window_is_refused():
     with pytest.raises(ValueError, match="timezone-aware"):
         generate_records("Alpha", datetime(2025, 3, 1), datetime(2025, 3, 2), seed=1, records_per_day=5)
+
+
+def test_an_account_in_another_zone_gets_wall_clock_times_of_its_zone():
+    """Each account has its own zone: its day runs from its midnight, and record times are its wall clock."""
+    dubai = ZoneInfo("Asia/Dubai")
+    day_in_dubai = datetime(2025, 3, 10, tzinfo=dubai)
+    # The window arrives as UTC instants; the records still read as Dubai wall-clock times.
+    window = (day_in_dubai.astimezone(UTC), (day_in_dubai + timedelta(days=1)).astimezone(UTC))
+    in_dubai = records(*window, timezone=dubai)
+    assert in_dubai
+    assert all("2025-03-10 00:00:00" <= r["UpdatedDate"] < "2025-03-11 00:00:00" for r in in_dubai)
+    # The same instants read in IST are 1.5 hours later on the wall clock: other records.
+    in_ist = records(*window)
+    assert in_ist != in_dubai
+    assert all("2025-03-10 01:30:00" <= r["UpdatedDate"] < "2025-03-11 01:30:00" for r in in_ist)
+    # The zone only maps instants to the wall clock: the same wall-clock day gives the same records.
+    assert in_dubai == records(DAY, DAY + timedelta(days=1))
