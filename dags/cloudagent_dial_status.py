@@ -119,7 +119,7 @@ def cloudagent_dial_status() -> None:
         context = get_current_context()
         context["label"] = label  # type: ignore[typeddict-unknown-key]  # names the mapped instance
         params, dag_id, run_id = context["params"], context["dag"].dag_id, context["run_id"]
-        with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
+        with terminal_errors_fail_fast(f"connection {conn_id}"), CloudAgentDbHook().engine() as engine:
             api = CloudAgentHook(conn_id).get_settings()
             window = (datetime.fromisoformat(window_start), datetime.fromisoformat(window_end))
             filters = ExportFilters.from_params(params)

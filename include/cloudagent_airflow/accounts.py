@@ -16,34 +16,45 @@ from cloudagent_etl.accounts import (
     parse_accounts,
     parse_campaigns,
 )
+from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.settings import DEFAULT_CONNECTION
 
 
-def configured_accounts() -> tuple[dict[str, list[str]], str]:
-    """Connection id -> campaigns as configured, and the setting it came from (for messages)."""
+def configured_accounts() -> dict[str, list[str]]:
+    """Connection id -> campaigns as configured (a connection without campaigns: none configured yet)."""
+    accounts, _setting = _configuration()
+    return accounts
+
+
+def _configuration() -> tuple[dict[str, list[str]], str]:
+    """The configured accounts and the setting they came from (for messages)."""
     value = Variable.get(ACCOUNTS_VARIABLE, default=None)
     if value is not None:
         return parse_accounts(value), f"Variable {ACCOUNTS_VARIABLE}"
     setting = f"Variable {CAMPAIGNS_VARIABLE}"
     campaigns = Variable.get(CAMPAIGNS_VARIABLE, default=None)
-    if campaigns is None:
-        return {DEFAULT_CONNECTION: []}, setting
-    return {DEFAULT_CONNECTION: parse_campaigns(campaigns)}, setting
+    try:
+        return {DEFAULT_CONNECTION: [] if campaigns is None else parse_campaigns(campaigns)}, setting
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{setting}: {exc}") from None
 
 
 def run_accounts(params: dict) -> dict[str, list[str]]:
     """What a run syncs: its ``accounts`` param, else the configuration (its ``campaigns`` param as the
     campaign list of a one-account deployment). Raises ``ConfigurationError`` naming the setting."""
-    from cloudagent_etl.errors import ConfigurationError
-
     if params.get("accounts"):
         return accounts_of_run(params["accounts"], None, {})
-    configured, setting = configured_accounts()
+    try:
+        configured, setting = _configuration()
+    except ConfigurationError:
+        if not params.get("campaigns"):
+            raise
+        configured, setting = {DEFAULT_CONNECTION: []}, "the run's campaigns param"
     accounts = accounts_of_run(None, params.get("campaigns"), configured)
     empty = [conn_id for conn_id, campaigns in accounts.items() if not campaigns]
     if empty:
         raise ConfigurationError(
-            f"no campaigns to sync for connection {', '.join(empty)}: set the {setting} (a JSON list) or the "
-            "run's campaigns param"
+            f"{setting}: no campaigns to sync for connection {', '.join(empty)}: set {setting} (a JSON list) "
+            "or the run's campaigns param"
         )
     return accounts

@@ -83,7 +83,7 @@ def _configured_accounts() -> dict[str, list[str]]:
     from cloudagent_etl.errors import ConfigurationError
 
     try:
-        return configured_accounts()[0]
+        return configured_accounts()
     except ConfigurationError:
         return {}
 

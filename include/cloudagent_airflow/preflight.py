@@ -49,15 +49,14 @@ def run_preflight(params: dict, *, callback: bool = True) -> list[Check]:
     from cloudagent_etl.errors import ConfigurationError
 
     checks: list[Check] = []
-    setting = "the run's accounts param" if params.get("accounts") else "the accounts to sync"
     try:
         accounts = run_accounts(params)
     except ConfigurationError as exc:
-        checks.append(preflight.Check(setting, str(exc)))
+        checks.append(preflight.Check("the accounts and campaigns to sync", str(exc)))
         accounts = {}
     else:
         listed = "; ".join(f"{conn_id}: {', '.join(names)}" for conn_id, names in accounts.items())
-        checks.append(preflight.Check(setting, found=listed))
+        checks.append(preflight.Check("the accounts and campaigns to sync", found=listed))
     user_names = {}
     for conn_id in accounts:
         check, user_name = _api_connection_check(conn_id)

@@ -36,9 +36,30 @@ def _broken(monkeypatch: pytest.MonkeyPatch, sync: Sync, case: str, tmp_path) ->
     if case == "campaigns not a list":
         monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", '["Alpha", "Beta"')
         return "Variable cloudagent_campaigns: campaigns is not a valid JSON list"
-    assert case == "empty Variable"
-    monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", "")
-    return "Variable cloudagent_campaigns: no campaigns to sync"
+    if case == "empty Variable":
+        monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", "")
+        return "Variable cloudagent_campaigns: no campaigns to sync"
+    account = {"conn_type": "cloudagent", "host": sync.simulator.base_url, "login": sync.simulator.user,
+               "password": sync.simulator.api_key}  # fmt: skip
+    if case == "accounts not an object":
+        monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS", '["Alpha"]')
+        return "Variable cloudagent_accounts must be a JSON object mapping connection ids to campaign lists"
+    accounts = {"cloudagent_default": ["Alpha"], "cloudagent_second": ["Beta"]}
+    monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS", json.dumps(accounts))
+    if case == "unknown connection":
+        return "connection cloudagent_second: not defined (add it, or set AIRFLOW_CONN_CLOUDAGENT_SECOND)"
+    if case == "connection of another type":
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_SECOND", json.dumps({**account, "conn_type": "http"}))
+        return "connection cloudagent_second: is of type 'http': a CloudAgent account is a connection of type"
+    assert case == "one account under two connections"
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_SECOND", json.dumps(account))
+    monkeypatch.setenv(
+        "AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS", json.dumps({**accounts, "cloudagent_second": ["Alpha"]})
+    )
+    return (
+        "campaign 'Alpha' is listed under connections cloudagent_default and cloudagent_second, which are "
+        f"both the account {sync.simulator.user!r}"
+    )
 
 
 @pytest.mark.parametrize("db_kind", ["sqlite"])
@@ -51,6 +72,10 @@ def _broken(monkeypatch: pytest.MonkeyPatch, sync: Sync, case: str, tmp_path) ->
         "incomplete connection",
         "campaigns not a list",
         "empty Variable",
+        "accounts not an object",
+        "unknown connection",
+        "connection of another type",
+        "one account under two connections",
     ],
 )
 def test_a_wrong_setting_fails_the_run_at_preflight_naming_it(

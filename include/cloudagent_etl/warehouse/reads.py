@@ -14,7 +14,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, and_, case, func, or_, select, text
 
 from cloudagent_etl.warehouse.load import LoadCounts
-from cloudagent_etl.warehouse.tables import dial_status, dial_status_rejects, load_runs
+from cloudagent_etl.warehouse.tables import WAREHOUSE_KEY, dial_status, dial_status_rejects, load_runs
 
 #: Ids in one ``IN (...)`` list: SQLite binds each as a parameter (at most 32766 in a statement).
 IDS_PER_QUERY = 1000
@@ -129,12 +129,14 @@ def _as_date(value: object) -> date:
 
 
 def key_problems(engine: Engine, campaigns: Sequence[str]) -> list[str]:
-    """Keys of ``campaigns`` in ``dial_status`` that are duplicated (at most 10 named) or empty."""
+    """Keys of ``campaigns`` (of any account) in ``dial_status`` that are duplicated (at most 10 named) or
+    empty."""
+    key = [dial_status.c[name] for name in WAREHOUSE_KEY]
     with engine.connect() as conn:
         duplicates = conn.execute(
-            select(dial_status.c.campaign_name, dial_status.c.record_key, func.count().label("n"))
+            select(*key, func.count().label("n"))
             .where(dial_status.c.campaign_name.in_(campaigns))
-            .group_by(dial_status.c.campaign_name, dial_status.c.record_key)
+            .group_by(*key)
             .having(func.count() > 1)
             .limit(10)
         ).all()
@@ -143,6 +145,7 @@ def key_problems(engine: Engine, campaigns: Sequence[str]) -> list[str]:
             .select_from(dial_status)
             .where(
                 or_(
+                    dial_status.c.account.is_(None),
                     dial_status.c.campaign_name.is_(None),
                     dial_status.c.record_key.is_(None),
                     and_(dial_status.c.campaign_name.in_(campaigns), dial_status.c.record_key == ""),
@@ -150,9 +153,12 @@ def key_problems(engine: Engine, campaigns: Sequence[str]) -> list[str]:
             )
         ).scalar_one()
     problems = [
-        f"campaign {row.campaign_name!r}: record_key {row.record_key!r} is in dial_status {row.n} times"
+        f"account {row.account!r}, campaign {row.campaign_name!r}: record_key {row.record_key!r} is in "
+        f"dial_status {row.n} times"
         for row in duplicates
     ]
     if empty_keys:
-        problems.append(f"dial_status has {empty_keys} rows with an empty campaign_name or record_key")
+        problems.append(
+            f"dial_status has {empty_keys} rows with an empty account, campaign_name or record_key"
+        )
     return problems

@@ -131,7 +131,7 @@ def test_key_problems_name_empty_keys(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(insert(dial_status).values(row))
     assert warehouse.key_problems(engine, ["Sales"]) == [
-        "dial_status has 1 rows with an empty campaign_name or record_key"
+        "dial_status has 1 rows with an empty account, campaign_name or record_key"
     ]
 
 
