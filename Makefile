@@ -58,9 +58,10 @@ demo: install
 # elsewhere and the command that stops each (exit codes: `python -m cloudagent_dev.localstack --help`).
 # `make airflow EXECUTOR=celery WORKERS=3`: CeleryExecutor with N workers (Redis as broker, PostgreSQL
 # metadata required: CLOUDAGENT_AIRFLOW_DB_URL); see "Scaling out" in the README.
+# `make airflow ACCOUNTS=2`: two simulated CloudAgent accounts side by side (CLOUDAGENT_LOCALSTACK_ACCOUNTS).
 airflow: install
 	$(if $(EXECUTOR),CLOUDAGENT_EXECUTOR=$(EXECUTOR)) $(if $(WORKERS),CLOUDAGENT_WORKERS=$(WORKERS)) \
-		$(PY) -m cloudagent_dev.localstack start
+		$(if $(ACCOUNTS),CLOUDAGENT_LOCALSTACK_ACCOUNTS=$(ACCOUNTS)) $(PY) -m cloudagent_dev.localstack start
 
 airflow-stop:
 	$(PY) -m cloudagent_dev.localstack stop

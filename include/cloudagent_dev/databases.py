@@ -54,12 +54,15 @@ def drop_pg_database(admin: Engine, name: str) -> None:
 
 
 @contextmanager
-def scratch_database(kind: str, folder: Path, prefix: str = "cloudagent_scratch") -> Iterator[str]:
-    """A fresh migrated database URL (``kind`` ``sqlite`` or ``postgres``), removed afterwards."""
+def scratch_database(
+    kind: str, folder: Path, prefix: str = "cloudagent_scratch", *, revision: str = "head"
+) -> Iterator[str]:
+    """A fresh database URL (``kind`` ``sqlite`` or ``postgres``) migrated to ``revision``, removed
+    afterwards."""
     if kind == "sqlite":
         path = folder / f"{prefix}-{uuid.uuid4().hex[:8]}.db"
         url = f"sqlite:///{path}"
-        migrate(url)
+        migrate(url, revision)
         try:
             yield url
         finally:
@@ -71,7 +74,7 @@ def scratch_database(kind: str, folder: Path, prefix: str = "cloudagent_scratch"
     name = create_pg_database(admin, prefix)
     try:
         url = database_url(server, name)
-        migrate(url)
+        migrate(url, revision)
         yield url
     finally:
         drop_pg_database(admin, name)

@@ -83,7 +83,7 @@ from cloudagent_dev.servers import start_server
 from cloudagent_etl.accounts import parse_campaigns
 from cloudagent_etl.db import migrate
 from cloudagent_etl.errors import ConfigurationError
-from cloudagent_etl.settings import API_ENV_VARIABLES
+from cloudagent_etl.settings import API_ENV_VARIABLES, DEFAULT_CONNECTION
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -91,7 +91,14 @@ DAG_ID = "cloudagent_dial_status"
 DEMO_USER = "demo_user"
 DEMO_API_KEY = "demo-api-key"
 DEMO_CAMPAIGNS = ("Sales", "Support", "Renewals")
-POOL = ("cloudagent_api", "1", "CloudAgent API: one export request at a time")
+#: ``CLOUDAGENT_LOCALSTACK_ACCOUNTS=2``: a second simulated account (a BPO's second client) beside the demo
+#: one, with the same campaign names and records of its own, synced through the connection below.
+SECOND_CONNECTION = "cloudagent_second"
+SECOND_USER = "demo_user_2"
+SECOND_API_KEY = "demo-api-key-2"
+MAX_ACCOUNTS = 2
+#: The pool of ``request_export``: one slot per account (each account's calls one at a time).
+POOL_NAME = "cloudagent_api"
 EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 DEFAULT_WORKERS = 2
 MAX_WORKERS = 16
@@ -173,10 +180,13 @@ def airflow_env(
     api_connection: Mapping[str, str],
     callback_base_url: str,
     campaigns: Sequence[str] | None,
+    second_account: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment every Airflow process of ours runs with: home, this repo's DAGs, the
     metadata DB, the connections ``cloudagent_default``/``cloudagent_db``, the campaign Variable, the
     receiver's URL, and the venv's ``bin`` first on PATH (Airflow starts ``airflow`` sub-commands by name).
+    With ``second_account``, its connection ``cloudagent_second`` and the Variable ``cloudagent_accounts``
+    listing both accounts with ``campaigns``.
     """
     env = {
         **os.environ,
@@ -191,6 +201,12 @@ def airflow_env(
     }
     if campaigns:
         env["AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS"] = json.dumps(list(campaigns))
+    if second_account is not None:
+        env[f"AIRFLOW_CONN_{SECOND_CONNECTION.upper()}"] = json.dumps(
+            {"conn_type": "cloudagent", **second_account}
+        )
+        accounts = {DEFAULT_CONNECTION: list(campaigns or ()), SECOND_CONNECTION: list(campaigns or ())}
+        env["AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS"] = json.dumps(accounts)
     return env
 
 
@@ -230,11 +246,19 @@ def run_airflow(
     return time.perf_counter() - started
 
 
-def prepare_airflow_metadata(env: Mapping[str, str], log_path: Path, progress: Progress) -> None:
-    """Migrate Airflow's metadata DB and set the ``cloudagent_api`` pool, each step reported as it ends."""
+def prepare_airflow_metadata(
+    env: Mapping[str, str], log_path: Path, progress: Progress, accounts: int = 1
+) -> None:
+    """Migrate Airflow's metadata DB and set the ``cloudagent_api`` pool (a slot per account), each step
+    reported as it ends."""
     progress.say("airflow db migrate (a fresh metadata DB takes the longest) ...")
     progress.timed("airflow db migrate", lambda: run_airflow(["db", "migrate"], env, log_path))
-    progress.timed("airflow pools set", lambda: run_airflow(["pools", "set", *POOL], env, log_path))
+    pool = [
+        POOL_NAME,
+        str(accounts),
+        "CloudAgent API: one slot per account (its export requests one at a time)",
+    ]
+    progress.timed("airflow pools set", lambda: run_airflow(["pools", "set", *pool], env, log_path))
 
 
 # --- the local stack ------------------------------------------------------------------------------------
@@ -297,6 +321,19 @@ def real_api_settings(env: Mapping[str, str]) -> dict[str, str] | None:
             "real CloudAgent, or none of them for the simulator"
         )
     return dict(zip(("host", "login", "password"), values.values(), strict=True))
+
+
+def accounts_setting(env: Mapping[str, str], real_api: Mapping[str, str] | None) -> int:
+    """``CLOUDAGENT_LOCALSTACK_ACCOUNTS``: how many simulated accounts (1, or 2 for a BPO's two clients)."""
+    raw = env.get("CLOUDAGENT_LOCALSTACK_ACCOUNTS", "1").strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ACCOUNTS:
+        raise ConfigurationError(f"CLOUDAGENT_LOCALSTACK_ACCOUNTS must be 1 or {MAX_ACCOUNTS}, not {raw!r}")
+    if int(raw) > 1 and real_api is not None:
+        raise ConfigurationError(
+            "CLOUDAGENT_LOCALSTACK_ACCOUNTS=2 simulates a second account: it cannot be used with a real "
+            "CloudAgent (CLOUDAGENT_API_*); configure real accounts as connections and cloudagent_accounts"
+        )
+    return int(raw)
 
 
 def campaigns_setting(env: Mapping[str, str], default: Sequence[str]) -> tuple[str, ...]:
@@ -366,6 +403,7 @@ class StackSettings(StackPaths):
     campaigns: tuple[str, ...]
     executor: str = "local"  # a key of EXECUTORS
     workers: int = 0  # Celery workers (0 with LocalExecutor)
+    accounts: int = 1  # simulated CloudAgent accounts (CLOUDAGENT_LOCALSTACK_ACCOUNTS)
     celery_broker: str | None = None
     receiver_2_port: int = 8082  # the second receiver (Celery only)
 
@@ -394,6 +432,7 @@ class StackSettings(StackPaths):
             workers=workers,
             celery_broker=broker,
             receiver_2_port=int(env.get("CLOUDAGENT_RECEIVER_2_PORT", "8082")),
+            accounts=accounts_setting(env, real_api),
         )
 
     @property
@@ -407,7 +446,8 @@ class StackSettings(StackPaths):
     def cloudagent(self) -> str:
         """Which CloudAgent the stack talks to, for printing (no credentials)."""
         if self.real_api is None:
-            return f"the simulator on http://{LOOPBACK}:{self.simulator_port} (account {DEMO_USER})"
+            users = (DEMO_USER, SECOND_USER)[: self.accounts]
+            return f"the simulator on http://{LOOPBACK}:{self.simulator_port} (account {', '.join(users)})"
         return f"a real CloudAgent at {_without_credentials(self.real_api['host'])}"
 
 
@@ -534,9 +574,12 @@ def stack_airflow_env(
 ) -> dict[str, str]:
     """The environment of every Airflow process of the stack (and of ``localstack airflow ...`` commands);
     a Celery worker's adds its name and its receiver (:func:`worker_env`)."""
+    second_account = None
     if settings.real_api is None:
         assert simulator_url is not None, "the stack runs the simulator when no real CloudAgent is configured"
         api_connection = {"host": simulator_url, "login": DEMO_USER, "password": DEMO_API_KEY}
+        if settings.accounts > 1:
+            second_account = {"host": simulator_url, "login": SECOND_USER, "password": SECOND_API_KEY}
     else:
         api_connection = dict(settings.real_api)
     airflow_url = f"http://{LOOPBACK}:{settings.airflow_port}"
@@ -548,6 +591,7 @@ def stack_airflow_env(
             api_connection=api_connection,
             callback_base_url=settings.callback_base_url or receiver_url,
             campaigns=settings.campaigns,
+            second_account=second_account,
         ),
         "AIRFLOW__CORE__EXECUTOR": EXECUTORS["local"],
         **(celery_env(settings.celery_broker or "", settings.metadata_db_url) if settings.celery else {}),
@@ -561,6 +605,18 @@ def stack_airflow_env(
         # Every component signs and checks task and UI tokens with the same key, kept in the Airflow home.
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(settings.airflow_home),
     }
+
+
+def simulator_args(settings: StackSettings) -> list[str]:
+    """``cloudagent-etl simulate``'s arguments: the demo account, and the second one when asked for."""
+    campaigns = ",".join(settings.campaigns or DEMO_CAMPAIGNS)
+    if settings.accounts == 1:
+        return ["simulate", "--user", DEMO_USER, "--api-key", DEMO_API_KEY, "--campaigns", campaigns]
+    accounts = [(DEMO_USER, DEMO_API_KEY), (SECOND_USER, SECOND_API_KEY)]
+    return [
+        "simulate",
+        *(arg for user, key in accounts for arg in ("--account", f"{user}:{key}:{campaigns}")),
+    ]
 
 
 def worker_env(env: Mapping[str, str], hostname: str, callback_base_url: str) -> dict[str, str]:
@@ -692,16 +748,14 @@ def start_stack(
         if settings.celery:  # a second receiver on the same database: callbacks may land on either
             servers.append(("receiver-2", ["receiver"], settings.receiver_2_port))
         if settings.real_api is None:
-            simulator_args = ["simulate", "--user", DEMO_USER, "--api-key", DEMO_API_KEY]
-            simulator_args += ["--campaigns", ",".join(settings.campaigns or DEMO_CAMPAIGNS)]
-            servers.insert(0, ("simulator", simulator_args, settings.simulator_port))
+            servers.insert(0, ("simulator", simulator_args(settings), settings.simulator_port))
         for name, args, port in servers:
             server = start_server(name, args, port, log_dir / f"{name}.log", server_env)
             started.append(server.started)
             urls[name] = server.base_url
             note(f"{name} ready", f" on {server.base_url} (pid {server.pid})")
         env = stack_airflow_env(settings, urls["receiver"] or "", urls["simulator"])
-        prepare_airflow_metadata(env, log_dir / "airflow-setup.log", progress)
+        prepare_airflow_metadata(env, log_dir / "airflow-setup.log", progress, settings.accounts)
 
         began = time.perf_counter()
         start_airflow("api-server", ["api-server"], env)

@@ -1,10 +1,11 @@
 """``make airflow``, ``make airflow-status`` and ``make airflow-stop`` themselves, on the embedded SQLite
-default.
+default, with two simulated CloudAgent accounts (``ACCOUNTS=2``).
 
 Its own module (and so its own xdist worker): it starts a whole stack of its own, beside the PostgreSQL one.
 One start/stop cycle checks, on the way: the steps are printed as they happen, the scheduler (and the
-dag-processor, triggerer) started only once the api-server answered, and status/stop run for another
-folder name this stack and stop nothing.
+dag-processor, triggerer) started only once the api-server answered, a run under the scheduler syncs both
+accounts (the same campaign names, each account's own rows), and status/stop run for another folder name
+this stack and stop nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def make_airflow(env: dict[str, str]) -> tuple[int, list[tuple[float, str]]]:
     """``make airflow``; its exit code and each output line with the seconds after the start it arrived."""
     began = time.monotonic()
     with subprocess.Popen(
-        ["make", "-s", "-C", str(REPO), "airflow"],
+        ["make", "-s", "-C", str(REPO), "airflow", "ACCOUNTS=2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     ) as process:  # fmt: skip
         assert process.stdout is not None
@@ -69,7 +70,7 @@ def test_make_airflow_then_airflow_stop_on_the_embedded_sqlite_default(tmp_path)
     env["CLOUDAGENT_LOCALSTACK_REGISTRY"] = str(tmp_path / "registry")
     for name in ("AIRFLOW", "RECEIVER", "SIMULATOR"):
         env[f"CLOUDAGENT_{name}_PORT"] = str(free_port())
-    settings = StackSettings.from_env(env)
+    settings = StackSettings.from_env({**env, "CLOUDAGENT_LOCALSTACK_ACCOUNTS": "2"})
     recorded: tuple = ()
     try:
         code, lines = make_airflow(env)
@@ -79,6 +80,7 @@ def test_make_airflow_then_airflow_stop_on_the_embedded_sqlite_default(tmp_path)
         recorded = state.processes
         assert f"login: admin / {state.admin_password()}" in output
         assert f"CloudAgent: the simulator on http://127.0.0.1:{settings.simulator_port}" in output
+        assert "(account demo_user, demo_user_2)" in output
         health = httpx.get(f"{state.airflow_url}/api/v2/monitor/health", timeout=10).json()
         assert health["metadatabase"]["status"] == "healthy"
         assert (tmp_path / "airflow" / "airflow.db").exists()
@@ -102,6 +104,9 @@ def test_make_airflow_then_airflow_stop_on_the_embedded_sqlite_default(tmp_path)
         for name in ("scheduler", "dag-processor", "triggerer"):
             # The OS's start time: psutil counts it from a boot time in whole seconds (up to 1 s early).
             assert by_name[name].created > ready_at - 1.0, (name, by_name[name].created, ready_at)
+
+        # A run under the scheduler syncs both accounts, each into its own rows.
+        _both_accounts_sync_under_the_scheduler(state, settings)
 
         # Status and stop for another folder name this stack and its stop command, and stop nothing.
         elsewhere = {**env, "CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path / "elsewhere")}
@@ -129,3 +134,43 @@ def test_make_airflow_then_airflow_stop_on_the_embedded_sqlite_default(tmp_path)
     after = make("airflow-status", env)
     assert after.returncode != 0
     assert f"no local stack recorded in {tmp_path}" in after.stdout
+
+
+def _both_accounts_sync_under_the_scheduler(state: StackState, settings: StackSettings) -> None:
+    from sqlalchemy import func, select
+
+    from cloudagent_dev.localstack import DAG_ID, DEMO_CAMPAIGNS, api_token
+    from cloudagent_etl.db import create_db_engine
+    from cloudagent_etl.warehouse.tables import dial_status
+
+    headers = {"Authorization": f"Bearer {api_token(state.airflow_url, state.admin_password() or '')}"}
+    with httpx.Client(base_url=state.airflow_url, headers=headers, timeout=30) as api:
+        pools = api.get("/api/v2/pools/cloudagent_api")
+        assert pools.json()["slots"] == 2, pools.text
+        created = api.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": "2025-06-02T00:00:00Z"})
+        assert created.status_code == 200, created.text
+        run_id = created.json()["dag_run_id"]
+        deadline = time.monotonic() + 300
+        while (run := api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}").json())["state"] not in (
+            "success", "failed"
+        ):  # fmt: skip
+            assert time.monotonic() < deadline, f"the run is still {run['state']} after 300 s"
+            time.sleep(2)
+        instances = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        loads = [ti for ti in instances.json()["task_instances"] if ti["task_id"] == "campaign.load"]
+    assert run["state"] == "success", run
+    labels = sorted(ti["rendered_map_index"] for ti in loads)
+    expected = sorted([*DEMO_CAMPAIGNS, *(f"cloudagent_second/{c}" for c in DEMO_CAMPAIGNS)])
+    assert labels == expected
+    engine = create_db_engine(settings.warehouse_db_url)
+    try:
+        with engine.connect() as conn:
+            per_account = dict(
+                conn.execute(
+                    select(dial_status.c.account, func.count()).group_by(dial_status.c.account)
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    assert set(per_account) == {"demo_user", "demo_user_2"}
+    assert all(rows > 0 for rows in per_account.values()), per_account

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -165,4 +166,46 @@ def test_make_airflow_passes_executor_and_workers_only_when_given(tmp_path: Path
         return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     assert "CLOUDAGENT_EXECUTOR=celery CLOUDAGENT_WORKERS=3 " in dry_run("EXECUTOR=celery", "WORKERS=3")
-    assert "CLOUDAGENT_EXECUTOR" not in dry_run()
+    assert "CLOUDAGENT_LOCALSTACK_ACCOUNTS=2 " in dry_run("ACCOUNTS=2")
+    plain = dry_run()
+    assert "CLOUDAGENT_EXECUTOR" not in plain
+    assert "CLOUDAGENT_LOCALSTACK_ACCOUNTS" not in plain
+
+
+def test_two_accounts_are_two_simulated_accounts_two_connections_and_a_pool_slot_each(tmp_path: Path) -> None:
+    from cloudagent_dev.localstack import SECOND_CONNECTION, simulator_args, stack_airflow_env
+
+    env = {"CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path), "CLOUDAGENT_LOCALSTACK_ACCOUNTS": "2"}
+    settings = StackSettings.from_env(env)
+    assert settings.accounts == 2
+    args = simulator_args(settings)
+    assert args.count("--account") == 2
+    assert all(arg.endswith(":Sales,Support,Renewals") for arg in args if ":" in arg)
+    airflow = stack_airflow_env(settings, "http://127.0.0.1:8081", "http://127.0.0.1:8765")
+    assert json.loads(airflow["AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS"]) == {
+        "cloudagent_default": list(DEMO_CAMPAIGNS),
+        SECOND_CONNECTION: list(DEMO_CAMPAIGNS),
+    }
+    second = json.loads(airflow[f"AIRFLOW_CONN_{SECOND_CONNECTION.upper()}"])
+    assert (second["conn_type"], second["login"]) == ("cloudagent", "demo_user_2")
+    assert "AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS" not in stack_airflow_env(
+        StackSettings.from_env({"CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path)}), "http://r", "http://s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CLOUDAGENT_LOCALSTACK_ACCOUNTS": "3"}, "must be 1 or 2, not '3'"),
+        (
+            {"CLOUDAGENT_LOCALSTACK_ACCOUNTS": "2", "CLOUDAGENT_API_BASE_URL": "https://x",
+             "CLOUDAGENT_API_USER": "u", "CLOUDAGENT_API_KEY": "k"},
+            "cannot be used with a real CloudAgent",
+        ),
+    ],
+)  # fmt: skip
+def test_a_second_account_is_refused_beyond_two_and_with_a_real_cloudagent(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        StackSettings.from_env({"CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path), **env})
