@@ -17,7 +17,7 @@ import httpx
 from sqlalchemy import Engine, text
 
 from cloudagent_etl import identity
-from cloudagent_etl.accounts import parse_campaigns
+from cloudagent_etl.accounts import parse_accounts, parse_campaigns, shared_campaigns
 from cloudagent_etl.databases import database_for
 from cloudagent_etl.errors import ConfigurationError, redact
 from cloudagent_etl.settings import ALLOWED_CONNECTION_EXTRAS, ApiSettings
@@ -175,18 +175,17 @@ def _first_line(exc: BaseException) -> str:
 
 def checks_from_env(env: Mapping[str, str] | None = None, *, database_url: str | None = None) -> list[Check]:
     """``cloudagent-etl doctor``: the checks on the environment's settings (what the CLI, the receiver and
-    a local stack read), in the DAG preflight's order."""
+    a local stack read), in the DAG preflight's order.
+
+    The accounts: with ``AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS``, each connection it lists, as
+    ``AIRFLOW_CONN_<ID>`` gives it (what Airflow processes with this environment read); else the one
+    account of ``CLOUDAGENT_API_*``.
+    """
     from cloudagent_etl import settings
     from cloudagent_etl.db import create_db_engine
 
     env = os.environ if env is None else env
-    checks = [
-        check_api_connection(
-            *settings.api_connection_from_env(env),
-            setting="CloudAgent account (CLOUDAGENT_API_*)",
-            parts=settings.API_ENV_VARIABLES,
-        )
-    ]
+    checks = _account_checks_from_env(env)
     engine = create_db_engine(database_url or settings.database_url(env))
     try:
         checks.append(check_database(engine, setting="database (CLOUDAGENT_DB_URL)"))
@@ -194,6 +193,55 @@ def checks_from_env(env: Mapping[str, str] | None = None, *, database_url: str |
             checks.append(check_callback_url(engine, env.get("CLOUDAGENT_CALLBACK_BASE_URL")))
     finally:
         engine.dispose()
-    if "CLOUDAGENT_CAMPAIGNS" in env:
+    if "CLOUDAGENT_CAMPAIGNS" in env and ACCOUNTS_ENV not in env:
         checks.append(check_campaigns(env["CLOUDAGENT_CAMPAIGNS"], setting="CLOUDAGENT_CAMPAIGNS"))
+    return checks
+
+
+#: The environment form of the Variable ``cloudagent_accounts``.
+ACCOUNTS_ENV = "AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS"
+
+
+def _account_checks_from_env(env: Mapping[str, str]) -> list[Check]:
+    from cloudagent_etl import settings
+
+    if ACCOUNTS_ENV not in env:
+        return [
+            check_api_connection(
+                *settings.api_connection_from_env(env),
+                setting="CloudAgent account (CLOUDAGENT_API_*)",
+                parts=settings.API_ENV_VARIABLES,
+            )
+        ]
+    try:
+        accounts = parse_accounts(env[ACCOUNTS_ENV], setting=ACCOUNTS_ENV)
+    except ConfigurationError as exc:
+        return [Check(ACCOUNTS_ENV, str(exc))]
+    checks = [Check(ACCOUNTS_ENV, found="; ".join(f"{c}: {', '.join(n)}" for c, n in accounts.items()))]
+    user_names = {}
+    for conn_id in accounts:
+        variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+        try:
+            found = settings.airflow_connection_from_env(conn_id, env)
+        except ConfigurationError as exc:
+            checks.append(Check(variable, str(exc)))
+            continue
+        if found is None:
+            checks.append(Check(variable, f"not set: connection {conn_id} is listed in {ACCOUNTS_ENV}"))
+            continue
+        conn_type, host, login, password, extra = found
+        if conn_type != "cloudagent":
+            checks.append(
+                Check(variable, f"is of type {conn_type!r}: a CloudAgent account is of type 'cloudagent'")
+            )
+            continue
+        parts = {
+            "host": "its host",
+            "login": "its login (the userName)",
+            "password": "its password (the apiKey)",
+        }
+        checks.append(check_api_connection(host, login, password, extra, setting=variable, parts=parts))
+        if checks[-1].ok and login:
+            user_names[conn_id] = login
+    checks += [Check(ACCOUNTS_ENV, problem) for problem in shared_campaigns(user_names, accounts)]
     return checks

@@ -6,12 +6,14 @@ Connection extras are read through an allow-list (as Airflow's own providers do)
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cloudagent_etl.errors import ConfigurationError
@@ -138,6 +140,35 @@ def api_connection_from_env(
     }
     host, login, password = (env.get(API_ENV_VARIABLES[part]) for part in ("host", "login", "password"))
     return host, login, password, extras
+
+
+def airflow_connection_from_env(
+    conn_id: str, env: Mapping[str, str] | None = None
+) -> tuple[str | None, str | None, str | None, str | None, dict[str, Any]] | None:
+    """Connection ``conn_id`` as Airflow reads it from ``AIRFLOW_CONN_<ID>`` (its JSON form, or a URI):
+    (type, host, login, password, extras), or None when the variable is not set. For ``cloudagent-etl
+    doctor``, which sees what the Airflow processes of the same environment see, without Airflow."""
+    env = os.environ if env is None else env
+    raw = env.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if raw is None:
+        return None
+    if raw.lstrip().startswith("{"):
+        try:
+            parts = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"AIRFLOW_CONN_{conn_id.upper()} is not valid JSON: {exc}") from None
+        extra = parts.get("extra") or {}
+        extra = json.loads(extra) if isinstance(extra, str) else extra
+        return parts.get("conn_type"), parts.get("host"), parts.get("login"), parts.get("password"), extra
+    url = urlsplit(raw)
+    extra = dict(parse_qsl(url.query))
+    return (
+        url.scheme.replace("-", "_"),
+        unquote(url.hostname or "") or None,
+        url.username,
+        url.password,
+        extra,
+    )
 
 
 def zone(name: str) -> ZoneInfo:

@@ -6,6 +6,7 @@ on another one), the simulator (answers /healthz, but is not a receiver) and a p
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -173,3 +174,40 @@ def test_doctor_prints_every_check_and_exits_non_zero_on_a_problem(
     out = capsys.readouterr().out
     assert "FAIL  CloudAgent account (CLOUDAGENT_API_*): CLOUDAGENT_API_BASE_URL not set" in out
     assert out.splitlines()[-1] == "1 problem(s) found"
+
+
+def test_doctor_checks_each_account_the_airflow_environment_lists(engine: Engine) -> None:
+    """What Airflow processes of this environment read: the Variable and each connection it names."""
+    acme = {"conn_type": "cloudagent", "host": "http://ca.example", "login": "acme", "password": "acme-key"}
+    env = {
+        "AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS": json.dumps(
+            {"cloudagent_acme": ["Sales"], "cloudagent_copy": ["Sales"], "cloudagent_http": ["X"],
+             "cloudagent_gone": ["Y"], "cloudagent_uri": ["Z"]}
+        ),
+        "AIRFLOW_CONN_CLOUDAGENT_ACME": json.dumps(acme),
+        "AIRFLOW_CONN_CLOUDAGENT_COPY": json.dumps(acme),  # the same account: Sales listed twice
+        "AIRFLOW_CONN_CLOUDAGENT_HTTP": json.dumps({**acme, "conn_type": "http"}),
+        "AIRFLOW_CONN_CLOUDAGENT_URI": "cloudagent://globex:globex-key@https%3A%2F%2Fca.example?timezone=UTC",
+        "CLOUDAGENT_DB_URL": str(engine.url.render_as_string(hide_password=False)),
+    }  # fmt: skip
+
+    lines = [check.line() for check in preflight.checks_from_env(env)[:6]]
+
+    assert lines[0].startswith("ok    AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS: cloudagent_acme: Sales; ")
+    assert lines[1] == "ok    AIRFLOW_CONN_CLOUDAGENT_ACME: http://ca.example as acme, time zone Asia/Kolkata"
+    assert lines[2] == "ok    AIRFLOW_CONN_CLOUDAGENT_COPY: http://ca.example as acme, time zone Asia/Kolkata"
+    assert lines[3] == (
+        "FAIL  AIRFLOW_CONN_CLOUDAGENT_HTTP: is of type 'http': a CloudAgent account is of type 'cloudagent'"
+    )
+    assert lines[4] == (
+        "FAIL  AIRFLOW_CONN_CLOUDAGENT_GONE: not set: connection cloudagent_gone is listed in "
+        "AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS"
+    )
+    assert lines[5] == "ok    AIRFLOW_CONN_CLOUDAGENT_URI: https://ca.example as globex, time zone UTC"
+    everything = "\n".join(check.line() for check in preflight.checks_from_env(env))
+    assert "campaign 'Sales' is listed under connections cloudagent_acme and cloudagent_copy" in everything
+    assert "acme-key" not in everything
+    assert "globex-key" not in everything
+    malformed = preflight.checks_from_env({**env, "AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS": "[1]"})
+    assert malformed[0].problem is not None
+    assert "must be a JSON object" in malformed[0].problem
