@@ -25,9 +25,8 @@ from tests.factories import new_request_in as new_request
 from tests.factories import stored_payloads
 from tests.fixtures.early_answers import (
     BIG,
-    Answer,
-    EarlyAnswer,
     JavaClient,
+    assert_every_client_read_its_answers,
     assert_nothing_stored,
     compile_java_client,
     early_answer_receiver,
@@ -65,27 +64,12 @@ def test_every_real_client_reads_every_early_answer(
             "java HttpURLConnection": lambda: java_client("urlconnection", base, cases),
             "java HttpURLConnection streaming": lambda: java_client("urlconnection-streaming", base, cases),
         }
-        read = {client: dict(zip(_names(cases), send(), strict=True)) for client, send in sent_by.items()}
-        expected = {client: {case.name: case.expected for case in cases} for client in sent_by}
-        assert read == expected, _table(read)
+        assert_every_client_read_its_answers(cases, {client: send() for client, send in sent_by.items()})
         assert_nothing_stored(setup)
         assert_still_serves(setup.receiver, *setup.tokens)
         log = setup.receiver.log()
     for status in ("401", "404", "410", "413", "503"):
         assert log.count(f'"status":{status}') == len(sent_by), status
-
-
-def _names(cases: list[EarlyAnswer]) -> list[str]:
-    return [case.name for case in cases]
-
-
-def _table(read: dict[str, dict[str, Answer | str]]) -> str:
-    """What each client read, one line per client and case."""
-    return "\n" + "\n".join(
-        f"{client:<34} {case:<20} {answer}"
-        for client, answers in read.items()
-        for case, answer in answers.items()
-    )
 
 
 # ---------------------------------------------------------------------------------------- keep-alive
