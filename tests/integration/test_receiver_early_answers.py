@@ -34,8 +34,8 @@ from tests.fixtures.early_answers import (
     via_http_client,
     via_httpx,
 )
+from tests.fixtures.hostile import BODY, assert_still_serves, connect, hostile
 from tests.fixtures.receiver import ReceiverHandle, StartReceiver
-from tests.integration.test_receiver_hostile import BODY, assert_still_serves, connect, hostile
 
 MiB = 1024 * 1024
 

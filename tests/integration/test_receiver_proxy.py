@@ -31,9 +31,9 @@ from tests.fixtures.early_answers import (
     via_http_client,
     via_httpx,
 )
+from tests.fixtures.hostile import BODY, assert_not_logged, assert_still_serves
 from tests.fixtures.nginx import SHIPPED, run_nginx
 from tests.fixtures.receiver import ReceiverHandle, StartReceiver
-from tests.integration.test_receiver_hostile import BODY, assert_not_logged, assert_still_serves
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 #: A second loopback address for the senders, so that their address differs from the proxy's (127.0.0.1).
