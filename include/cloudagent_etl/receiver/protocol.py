@@ -321,6 +321,7 @@ class ReceiverProtocol(HttpToolsProtocol):
 
     def _end_drain(self, reason: str) -> None:
         """A drain bound was reached: close; unread bytes may make the kernel reset the connection."""
+        self._cancel_drain_timer()
         client = self.client[0] if self.client else None
         log.info("closing the connection of %s after its answer: %s", client, reason)
         self.transport.close()
@@ -335,7 +336,7 @@ class ReceiverProtocol(HttpToolsProtocol):
         log it as an access line."""
         self._cancel_head_timer()
         self._head_open = False
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.draining:  # already answered: nothing more may be written
             return
         content = orjson.dumps({"error": message})
         head = [
