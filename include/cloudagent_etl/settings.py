@@ -26,6 +26,10 @@ DEFAULT_TIMEZONE = "Asia/Kolkata"
 DEFAULT_RATE_LIMIT_PER_MINUTE = 10
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024
+#: After an answer sent before the body was read, the rest of the body is read and discarded up to this
+#: many bytes, so that the sender reads the answer before the connection closes: the rest of any body up
+#: to twice the size limit (a sender of a body that is too large reads its 413 too).
+DEFAULT_DRAIN_MAX_BYTES = 2 * DEFAULT_MAX_BODY_BYTES
 #: Record times before this are refused by the load (a year-0 or 0001 date is not a CloudAgent time).
 DEFAULT_EARLIEST_RECORD_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 #: Record times more than this after the load's start are refused (9999-12-31 would pin a lead forever).
@@ -220,6 +224,13 @@ RECEIVER_LIMITS: tuple[tuple[str, str, float, str], ...] = (
     ("late_grace_s", "CLOUDAGENT_RECEIVER_LATE_GRACE_S", 7 * 24 * 3600.0, "late callbacks after settling"),
     ("spool_min_free_bytes", "CLOUDAGENT_RECEIVER_SPOOL_MIN_FREE_BYTES", 64 * 1024 * 1024, "spool room"),
     ("unique_id_wait_s", "CLOUDAGENT_RECEIVER_UNIQUE_ID_WAIT_S", 5.0, "fixed URL: unknown uniqueId"),
+    (
+        "drain_max_bytes",
+        "CLOUDAGENT_RECEIVER_DRAIN_MAX_BYTES",
+        DEFAULT_DRAIN_MAX_BYTES,
+        "unread body, early answer",
+    ),
+    ("drain_timeout_s", "CLOUDAGENT_RECEIVER_DRAIN_TIMEOUT_S", 30.0, "graceful close after an early answer"),
 )
 _LIMIT_DEFAULTS = {name: default for name, _variable, default, _meaning in RECEIVER_LIMITS}
 
@@ -256,6 +267,11 @@ class ReceiverSettings:
     spool_dir: Path = field(default_factory=lambda: data_dir() / "spool")
     #: How long the fixed callback URL keeps looking for an unknown ``uniqueId`` before answering 404.
     unique_id_wait_s: float = _LIMIT_DEFAULTS["unique_id_wait_s"]
+    #: After an answer sent before the whole body was read (``Connection: close``), the rest of the body is
+    #: read and discarded up to this many bytes before the connection closes (RFC 9112 §9.6) ...
+    drain_max_bytes: int = int(_LIMIT_DEFAULTS["drain_max_bytes"])
+    #: ... and for at most this long (a sender quiet for ``idle_timeout_s`` meanwhile ends it sooner).
+    drain_timeout_s: float = _LIMIT_DEFAULTS["drain_timeout_s"]
 
     def __post_init__(self) -> None:
         for name, variable, _default, _meaning in RECEIVER_LIMITS:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -34,94 +32,22 @@ from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.normalize import iter_records
 from tests.factories import new_request_in as new_request
 from tests.factories import state_of, stored_payloads
+from tests.fixtures.hostile import (
+    BODY,
+    RECORDS,
+    MiB,
+    assert_not_logged,
+    assert_still_serves,
+    connect,
+    hostile,
+    in_mount_namespace_with_tmpfs,
+)
 from tests.fixtures.receiver import ReceiverHandle, StartReceiver
 
-RECORDS = [{"CampaignName": "A", "DataUniqueId": "D-1", "PhoneNumber": "919800000001"}]
-BODY = json.dumps(RECORDS).encode()
 SHARED = "shared-callback-s3cret"
-MiB = 1024 * 1024
-#: RSS growth allowed while a hostile sender is at work: the receiver's own buffers, not the sender's data.
-RSS_GROWTH_LIMIT = 40 * MiB
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _rss(pid: int) -> int:
-    process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
-
-
-class Watch:
-    """The receiver's peak RSS, sampled every 10 ms, and /healthz latencies on other connections."""
-
-    def __init__(self, receiver: ReceiverHandle, *, poll_healthz: bool) -> None:
-        self.receiver = receiver
-        self.baseline = _rss(receiver.server.pid)
-        self.peak = self.baseline
-        self.healthz: list[tuple[int, float]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._sample)]
-        if poll_healthz:
-            self._threads.append(threading.Thread(target=self._poll))
-        for thread in self._threads:
-            thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            with suppress(psutil.Error):
-                self.peak = max(self.peak, _rss(self.receiver.server.pid))
-
-    def _poll(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while True:
-                started = time.monotonic()
-                status = client.get(f"{self.receiver.base_url}/healthz").status_code
-                self.healthz.append((status, time.monotonic() - started))
-                if self._stop.wait(0.1):
-                    return
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.baseline
-
-
-@contextmanager
-def hostile(
-    receiver: ReceiverHandle, *secrets: str, poll_healthz: bool = True, healthz_within_s: float = 2.0
-) -> Iterator[Watch]:
-    """Around a hostile sender: memory stays bounded, /healthz keeps answering 200 quickly, a real
-    callback is stored afterwards, and none of ``secrets`` (nor the real callback's token) is logged."""
-    watch = Watch(receiver, poll_healthz=poll_healthz)
-    try:
-        yield watch
-    finally:
-        watch.stop()
-    assert watch.growth < RSS_GROWTH_LIMIT, f"RSS grew by {watch.growth / MiB:.0f} MiB"
-    if poll_healthz:
-        assert watch.healthz, "/healthz was never polled"
-        assert {status for status, _ in watch.healthz} == {200}, watch.healthz
-        assert max(seconds for _, seconds in watch.healthz) < healthz_within_s, watch.healthz
-    assert_still_serves(receiver, *secrets)
-
-
-def assert_still_serves(receiver: ReceiverHandle, *secrets: str) -> None:
-    """A real callback is stored, and no token of this test is in the receiver's log."""
-    new = new_request(receiver.db_url)
-    response = httpx.post(receiver.callback_url(new), content=BODY, timeout=30)
-    assert response.status_code == 200, response.text
-    assert_not_logged(receiver, new.token.get(), *secrets)
-
-
-def assert_not_logged(receiver: ReceiverHandle, *secrets: str) -> None:
-    log = receiver.log()
-    leaked = [secret for secret in secrets if secret in log]
-    assert leaked == [], f"{len(leaked)} of {len(secrets)} secrets are in the receiver's log"
-
-
 def stored_for(db_url: str, request_id: str) -> list[dict]:
     return [row for row in stored_payloads(db_url) if row["request_id"] == request_id]
 
@@ -132,11 +58,6 @@ def state(db_url: str, request_id: str) -> str:
         return state_of(engine, request_id).value
     finally:
         engine.dispose()
-
-
-def connect(receiver: ReceiverHandle, timeout: float = 10) -> socket.socket:
-    url = httpx.URL(receiver.base_url)
-    return socket.create_connection((url.host, url.port), timeout=timeout)
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
@@ -639,33 +560,12 @@ def test_an_unreachable_database_answers_503_and_healthz_says_so(
         assert_still_serves(receiver, new.token.get())
 
 
-def _in_mount_namespace_with_tmpfs(folder: Path, size: str) -> list[str]:
-    """A command prefix: run the receiver in its own mount namespace, ``folder`` a tmpfs of ``size``.
-
-    A real full filesystem (ENOSPC from the kernel), seen only by the receiver and gone with it. Needs
-    ``unshare`` with the right to mount (root, as on this project's machines and CI).
-    """
-    probe = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "{folder}"'],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        reason = f"cannot mount a tmpfs in a mount namespace: {probe.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    mount = 'mount -t tmpfs -o size="$1" tmpfs "$0" && shift && exec "$@"'
-    return ["unshare", "--mount", "sh", "-c", mount, str(folder), size]
-
-
 def test_a_full_spool_folder_answers_503_stores_nothing_and_frees_the_space(
     start_receiver: StartReceiver, db_url: str, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    prefix = _in_mount_namespace_with_tmpfs(spool, "4m")
+    prefix = in_mount_namespace_with_tmpfs(spool, "4m")
     with start_receiver(
         db_url,
         command_prefix=prefix,
