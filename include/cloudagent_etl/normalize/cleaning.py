@@ -110,12 +110,27 @@ class Cleaner:
         if depth > MAX_VALUE_DEPTH:
             return f"(nested deeper than {MAX_VALUE_DEPTH} levels: not kept)"
         if isinstance(value, list):
-            return [self.nested(item, depth + 1) for item in value]
+            return self._list(value, depth)
         return {
             self.text(str(key)): self.nested(item, depth + 1)
             for key, item in value.items()
             if not is_secret_field(str(key))
         }
+
+    def _list(self, items: list[Any], depth: int) -> list[Any]:
+        """A list's items clean; an item that follows an API-key name (``["Apikey", "<value>"]``, a
+        name-value pair written as a list) is the key's value: replaced whole, and learned when text."""
+        cleaned: list[Any] = []
+        follows_key_name = False
+        for item in items:
+            if follows_key_name and item is not None:
+                self.secrets.learn([item])
+                self.changes.add("API key value replaced by ***")
+                cleaned.append(REDACTED)
+            else:
+                cleaned.append(self.nested(item, depth + 1))
+            follows_key_name = isinstance(item, str) and is_secret_field(item)
+        return cleaned
 
     def json_text(self, value: Any) -> str:
         """A nested value as JSON text (what a column or ``extra`` keeps of it)."""

@@ -626,6 +626,28 @@ def test_the_api_key_is_removed_at_any_depth_and_its_value_wherever_it_appears()
     assert raws[1] == ["a list record", {}, "***"]
 
 
+def test_a_value_after_an_api_key_name_in_a_list_is_redacted_in_any_shape_unconfigured() -> None:
+    """Name-value pairs written as lists: the item after a key-like name is the key, wherever the list is."""
+    value = "listed-key-0123456789abcdef"
+    records = [
+        ["Apikey", value],
+        ["x", ["api_key", {"nested": value}], "tail"],
+        [[["API-KEY", 12345678901234567890]]],
+        good("1", Pairs=["apiKey", value, "Note", "kept"]),
+        value,
+    ]
+    secrets = normalize.SecretValues()
+    batch = normalize_with_rules(records, secrets=secrets)
+    assert value not in batch.rows.to_json(date_format="iso") + batch.rejects.to_json()
+    assert "12345678901234567890" not in batch.rejects.to_json()
+    raws = [json.loads(raw) for raw in batch.rejects["raw_record"]]
+    assert raws[:3] == [["Apikey", "***"], ["x", ["api_key", "***"], "tail"], [[["API-KEY", "***"]]]]
+    assert raws[3] == "***"  # the bare value, learned from the pairs before it
+    [row] = rows_of(batch)
+    assert json.loads(json.loads(row["extra"])["Pairs"]) == ["apiKey", "***", "Note", "kept"]
+    assert secrets.redact(f"error quoting {value}") == "error quoting ***"
+
+
 def test_a_key_value_found_under_an_api_key_field_is_redacted_elsewhere_even_unconfigured() -> None:
     learned = "learned-key-0123456789"
     records = [good("1", Apikey=learned, Note=f"copy of {learned}"), good("2", Apikey="short", Note="short")]
