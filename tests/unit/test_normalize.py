@@ -701,11 +701,18 @@ def test_a_form_with_too_many_fields_is_a_payload_error() -> None:
 def test_per_record_custom_fields_give_the_same_extra_as_shared_ones() -> None:
     """Above MAX_COLUMNAR_EXTRA_FIELDS distinct names, extra is built record by record: same text."""
     records = [good(str(i), **{f"Own_{i}_{j}": f"v{j}" for j in range(3)}) for i in range(40)]
-    rows = rows_of(normalize_with_rules(records))
-    for i, row in enumerate(rows):
+    assert len({name for record in records for name in record}) > normalize.MAX_COLUMNAR_EXTRA_FIELDS
+    batch = normalize_with_rules(records)
+    rows = rows_of(batch)
+    assert (len(rows), len(batch.rejects)) == (40, 0)
+    assert [row["record_key"] for row in rows] == [str(i) for i in range(40)]
+    for i, (record, row) in enumerate(zip(records, rows, strict=True)):
         expected = {
             "LoanAmount": "250000",
             "UserName": "demo_user",
             **{f"Own_{i}_{j}": f"v{j}" for j in range(3)},
         }
         assert row["extra"] == json.dumps(dict(sorted(expected.items())), separators=(",", ":"))
+        # The same record alone has few enough names for the shared (columnar) path: the same text.
+        (alone,) = rows_of(normalize_with_rules([record]))
+        assert alone["extra"] == row["extra"], i
