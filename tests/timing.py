@@ -1,0 +1,64 @@
+"""How long the tests wait, in one place: ``CLOUDAGENT_TEST_DEADLINE_S`` and ``TIMER_SLACK_S``.
+
+A test that waits for a state (a page loaded, a delivery made, a row written, a process gone) polls for
+that condition and stops as soon as it holds: never a fixed pause, never a library's own default
+(Playwright's 30 s ran out on CI at load average ~14). The one deadline for those waits is
+``CLOUDAGENT_TEST_DEADLINE_S`` (default 120 s): it only bounds how long a real failure takes to be
+reported, so it is generous, and raising it never makes a test weaker.
+
+A bound on how long our own code takes to act (a timeout that must fire, a limiter that must wake) is a
+different thing: it proves behaviour, so it stays tight, and only allows ``TIMER_SLACK_S`` for a busy
+machine running our timer late. Each bound that uses it names the wrong behaviour it rules out, which
+is always further away than that slack.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_DEADLINE_S: Final = 120.0
+
+
+def _deadline_s() -> float:
+    text = os.environ.get("CLOUDAGENT_TEST_DEADLINE_S", "").strip()
+    if not text:
+        return DEFAULT_DEADLINE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"CLOUDAGENT_TEST_DEADLINE_S must be a positive number of seconds, not {text!r}")
+    return value
+
+
+#: The deadline of every wait on a condition (seconds), from ``CLOUDAGENT_TEST_DEADLINE_S``.
+DEADLINE_S: Final = _deadline_s()
+#: The same in milliseconds, as Playwright takes it.
+DEADLINE_MS: Final = DEADLINE_S * 1000
+#: How late a timer of the code under test may fire or be noticed on a busy 2-core machine (a load
+#: average of ~14 was seen on CI). Only for bounds whose wrong behaviour is further off than this.
+TIMER_SLACK_S: Final = 5.0
+
+
+def wait_until(
+    what: str, condition: Callable[[], T], *, timeout_s: float | None = None, interval_s: float = 0.05
+) -> T:
+    """Poll ``condition`` until it returns something true, and return that; fail naming ``what`` once
+    ``timeout_s`` (default: the deadline) has passed without it."""
+    limit = DEADLINE_S if timeout_s is None else timeout_s
+    began = time.monotonic()
+    while True:
+        result = condition()
+        if result:
+            return result
+        waited = time.monotonic() - began
+        if waited > limit:
+            source = "CLOUDAGENT_TEST_DEADLINE_S" if timeout_s is None else "this wait's own limit"
+            raise AssertionError(f"{what}: still not so after {waited:.1f} s ({source}: {limit:g} s)")
+        time.sleep(interval_s)
