@@ -35,6 +35,7 @@ from cloudagent_etl.landing import export_requests
 from cloudagent_etl.warehouse.tables import dial_status, dial_status_history, load_runs
 from tests.checks import Sync, assert_warehouse_matches
 from tests.fixtures.simulator import SimulatorHandle
+from tests.timing import DEADLINE_MS
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -406,9 +407,11 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
     password = stack.state.admin_password()
     assert password
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], timeout=DEADLINE_MS
+        )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = _new_page(browser, viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(stack.state.airflow_url + "/")
@@ -417,13 +420,13 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             page.get_by_role("button", name="Sign in").click()
             # The navigation entry of the plugin (the dashboard lists runs of "cloudagent_dial_status" too).
             page.get_by_test_id("nav-sidebar").get_by_role("link", name="CloudAgent", exact=True).click()
-            page.wait_for_url("**/plugin/cloudagent")
+            page.wait_for_url("**/plugin/cloudagent", timeout=DEADLINE_MS)
             frame = page.frame_locator("iframe")
-            frame.locator("body[data-loaded]").wait_for(timeout=30_000)  # its first load (14 days)
+            frame.locator("body[data-loaded]").wait_for(timeout=DEADLINE_MS)  # its first load (14 days)
             frame.locator("#days").fill("5")
             frame.locator("#until").fill(DROPPED_DAY)
             frame.get_by_role("button", name="Show").click()
-            frame.locator("body[data-loaded='2025-06-01..2025-06-05']").wait_for(timeout=30_000)
+            frame.locator("body[data-loaded='2025-06-01..2025-06-05']").wait_for(timeout=DEADLINE_MS)
 
             states = {
                 (cell.get_attribute("data-campaign"), cell.get_attribute("data-day")): cell.get_attribute(
@@ -458,15 +461,18 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
 
             # The link of the attempt opens its run in the Airflow UI itself (not inside the frame).
             detail.get_by_role("link", name="run").click()
-            page.wait_for_url(f"**/dags/{DAG_ID}/runs/**")
+            page.wait_for_url(f"**/dags/{DAG_ID}/runs/**", timeout=DEADLINE_MS)
             assert errors == []
 
-            direct = browser.new_page(viewport={"width": 1280, "height": 900})
+            direct = _new_page(browser, viewport={"width": 1280, "height": 900})
             direct.context.add_cookies(page.context.cookies())
             direct.goto(f"{stack.state.airflow_url}/cloudagent/?days=5&until={DROPPED_DAY}")
-            direct.locator("body[data-loaded='2025-06-01..2025-06-05']").wait_for(timeout=30_000)
+            direct.locator("body[data-loaded='2025-06-01..2025-06-05']").wait_for(timeout=DEADLINE_MS)
             direct.locator(f"#grid button[data-campaign=Beta][data-day='{DROPPED_DAY}']").click()
-            direct.wait_for_timeout(500)  # the chart's transition
+            direct.locator("#detail:not([hidden])").wait_for(timeout=DEADLINE_MS)
+            # Purely cosmetic, for the README picture: the chart's animation settles. Nothing is asserted
+            # on it, so there is no state to wait for; a slow machine only gives a less tidy picture.
+            direct.wait_for_timeout(500)
             direct.screenshot(path=str(tmp_path / "cloudagent-page.png"), full_page=True)
 
             # The backfill button posts the command's body to Airflow's API (answered here, not run).
@@ -480,7 +486,7 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             start = direct.locator(f".backfill[data-first-day='{DROPPED_DAY}'] button")
             start.click()
             start.click()  # the second click confirms
-            direct.get_by_text("backfill 7 created").wait_for(timeout=10_000)
+            direct.get_by_text("backfill 7 created").wait_for(timeout=DEADLINE_MS)
             assert posted == [
                 {"dag_id": DAG_ID, "from_date": f"{DROPPED_DAY}T03:30:00+05:30",
                  "to_date": f"{DROPPED_DAY}T03:30:00+05:30", "reprocess_behavior": "failed",
@@ -493,6 +499,15 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
         SCREENSHOT.write_bytes((tmp_path / "cloudagent-page.png").read_bytes())
     print(f"\nthe dropped-callback run took {run_seconds:.1f} s, the phase {time.monotonic() - began:.1f} s; "
           f"screenshots in {tmp_path}")  # fmt: skip
+
+
+def _new_page(browser: Any, **options: Any) -> Any:
+    """A page whose every wait (actions, locators, navigations) has the tests' one deadline, not
+    Playwright's 30 s default: on a busy machine a page can take longer to come, never forever."""
+    page = browser.new_page(**options)
+    page.set_default_timeout(DEADLINE_MS)
+    page.set_default_navigation_timeout(DEADLINE_MS)
+    return page
 
 
 def stop_stops_every_recorded_process_and_removes_the_state(stack: Stack) -> None:
