@@ -65,7 +65,7 @@ def test_duplicate_and_late_deliveries_change_nothing_and_reprocess_is_idempoten
 
     assert state == "success"
     unique_id = sync.requests()[0].unique_id
-    sync.simulator.wait_for_deliveries(unique_id, count=3, timeout=20)  # first + duplicate + late
+    sync.simulator.wait_for_deliveries(unique_id, count=3)  # first + duplicate + late
     assert_warehouse_matches(sync)
     before = sync.warehouse()
 
