@@ -15,6 +15,9 @@ is always further away than that slack.
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Final, TypeVar
@@ -63,3 +66,34 @@ def wait_until(
             source = "CLOUDAGENT_TEST_DEADLINE_S" if timeout_s is None else "this wait's own limit"
             raise AssertionError(f"{what}: still not so after {waited:.1f} s ({source}: {limit:g} s)")
         time.sleep(interval_s)
+
+
+#: What a worker process of the tests prints once it is ready, and then waits for on its stdin.
+READY, GO = "ready", "go"
+
+
+def start_together(processes: list[subprocess.Popen[bytes]], what: str) -> float:
+    """A start barrier for worker processes (``tests/integration/*_worker.py``): wait until each has
+    printed ``READY`` (set up, everything imported), then tell them all ``GO`` at once; the wall-clock
+    time of the go. A fixed start time guessed ahead would be missed on a busy machine."""
+    deadline = time.monotonic() + DEADLINE_S
+    for process in processes:
+        assert process.stdout is not None
+        remaining = deadline - time.monotonic()
+        readable, _, _ = select.select([process.stdout], [], [], max(0.0, remaining))
+        line = process.stdout.readline().decode().strip() if readable else ""
+        assert line == READY, f"{what} {process.pid} not ready within {DEADLINE_S:g} s: {line!r}"
+    go_at = time.time()
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(f"{GO}\n".encode())
+        process.stdin.flush()
+    return go_at
+
+
+def wait_for_go() -> None:
+    """In a worker process: say ``READY`` and wait for ``GO`` (see :func:`start_together`)."""
+    print(READY, flush=True)
+    line = sys.stdin.readline().strip()
+    if line != GO:
+        raise SystemExit(f"expected {GO!r} on stdin, got {line!r}")

@@ -18,6 +18,7 @@ from cloudagent_etl.api.limiter import api_call_log, rate_limit_accounts
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.settings import ApiSettings, Secret
+from tests.checks import Pause, assert_each_pause_ends_when_a_call_leaves_the_window
 from tests.timing import DEADLINE_S
 
 # A small budget so that tests take seconds: 3 calls per rolling 1.5 s.
@@ -25,25 +26,11 @@ PER_WINDOW = 3
 WINDOW_S = 1.5
 MARGIN_S = 0.1
 EFFECTIVE_WINDOW_S = WINDOW_S + MARGIN_S
-#: How far past the moment a call leaves the window the limiter may aim its pause (its few ms of wake slack).
-AIM_TOLERANCE_S = 0.05
-
-
-@dataclass(frozen=True)
-class Pause:
-    """One sleep the limiter asked for, with wall-clock times taken by the test around it."""
-
-    attempt_began: (
-        float  # acquire() was called, or the previous pause ended: the limiter read its clock after
-    )
-    asked_at: float  # the limiter called sleep: it had read its clock before
-    seconds: float
 
 
 @dataclass
 class Pauses:
-    """The limiter's ``sleep``: records every pause it asks for, then really sleeps. What the limiter
-    computes is checked exactly; how late the machine wakes a thread is not ours to bound."""
+    """The limiter's ``sleep``: records every pause it asks for, then really sleeps."""
 
     taken: list[Pause] = field(default_factory=list)
     _attempt_began: float = 0.0
@@ -61,13 +48,7 @@ class Pauses:
 def assert_each_pause_ends_when_a_logged_call_leaves_the_window(
     pauses: list[Pause], times: list[float]
 ) -> None:
-    """Every pause was computed to end exactly when a call in the log leaves the (effective) window: the
-    limiter wakes on time, never after a fixed pause, never for a call that was not there. The limiter
-    read its clock between ``attempt_began`` and ``asked_at``, so it aimed between those plus the pause."""
-    for pause in pauses:
-        earliest, latest = pause.attempt_began + pause.seconds, pause.asked_at + pause.seconds
-        leaving = [t + EFFECTIVE_WINDOW_S for t in times]
-        assert any(earliest - AIM_TOLERANCE_S <= moment <= latest for moment in leaving), (pause, leaving)
+    assert_each_pause_ends_when_a_call_leaves_the_window(pauses, times, EFFECTIVE_WINDOW_S)
 
 
 @pytest.fixture
