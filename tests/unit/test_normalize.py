@@ -139,6 +139,8 @@ def test_ids_above_2_53_survive_as_json_numbers_and_as_text() -> None:
     ],
 )
 def test_every_alias_maps_in_every_case_variant(variant: str, transform: Any) -> None:
+    assert {"lead_id", "phone_number_raw", "attempts", "updated_at"} <= set(FIELD_ALIASES), FIELD_ALIASES
+    assert all(FIELD_ALIASES.values()), "a column without any alias: nothing of it would be checked"
     for column, aliases in FIELD_ALIASES.items():
         for alias in aliases:
             record = {"CampaignName": "S", "DataUniqueId": "k1", "UpdatedDate": "2024-05-01 00:00:00"}
