@@ -307,7 +307,8 @@ def test_unfinished_huge_heads_on_many_connections_keep_memory_flat(receiver: Re
         for thread in floods:
             thread.start()
         for thread in floods:
-            thread.join()
+            thread.join(timeout=DEADLINE_S)
+        assert [t.name for t in floods if t.is_alive()] == [], f"floods still sending after {DEADLINE_S:g} s"
     assert len(answers) == 8
     assert all(answer.startswith(b"HTTP/1.1 431") for answer in answers), [a[:40] for a in answers]
 
