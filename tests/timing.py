@@ -19,7 +19,10 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, TypeVar
 
 T = TypeVar("T")
@@ -97,3 +100,43 @@ def wait_for_go() -> None:
     line = sys.stdin.readline().strip()
     if line != GO:
         raise SystemExit(f"expected {GO!r} on stdin, got {line!r}")
+
+
+def seconds_waiting_for_a_cpu() -> float:
+    """How long this thread has been runnable but waiting for a CPU, from the kernel's schedstat (Linux):
+    the machine's business, not the code's. 0 where the kernel does not say (a bound is then on wall time)."""
+    schedstat = Path("/proc/thread-self/schedstat")
+    if not schedstat.exists():
+        return 0.0
+    _on_cpu_ns, waiting_ns, _slices = (int(field) for field in schedstat.read_text().split())
+    return waiting_ns / 1e9
+
+
+@dataclass
+class OwnTime:
+    """Wall time of a block, and the part of it this thread spent waiting for a CPU."""
+
+    wall_s: float = 0.0
+    cpu_wait_s: float = 0.0
+
+    @property
+    def own_s(self) -> float:
+        """The code's own time: its computing and whatever it blocked on (a sleep, a network call), without
+        the queue of a busy machine. A bound on it proves the code's cost, whatever the load."""
+        return self.wall_s - self.cpu_wait_s
+
+    def __str__(self) -> str:
+        waiting = f"{self.cpu_wait_s:.2f} s waiting for a CPU"
+        return f"{self.own_s:.2f} s of its own ({self.wall_s:.2f} s wall, {waiting})"
+
+
+@contextmanager
+def own_time() -> Iterator[OwnTime]:
+    """Measure a block run in this thread: ``with own_time() as took: ...; assert took.own_s < 1.0, took``."""
+    took = OwnTime()
+    waited, started = seconds_waiting_for_a_cpu(), time.perf_counter()
+    try:
+        yield took
+    finally:
+        took.wall_s = time.perf_counter() - started
+        took.cpu_wait_s = seconds_waiting_for_a_cpu() - waited

@@ -44,3 +44,11 @@ def test_wait_until_fails_naming_what_it_waited_for() -> None:
         AssertionError, match=r"the impossible: still not so after 0\.\d s \(this wait's own limit: 0\.2 s\)"
     ):
         tests.timing.wait_until("the impossible", lambda: None, timeout_s=0.2, interval_s=0.01)
+
+
+def test_own_time_counts_blocking_but_not_the_wait_for_a_cpu() -> None:
+    with tests.timing.own_time() as took:
+        time.sleep(0.2)  # blocking, as a top-level network call would be: the code's own time
+    assert 0.0 <= took.cpu_wait_s <= took.wall_s
+    assert took.own_s >= 0.19, took
+    assert str(took).endswith("waiting for a CPU)")
