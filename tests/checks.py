@@ -69,6 +69,34 @@ class Sync:
         return newest
 
 
+@dataclass(frozen=True)
+class Pause:
+    """One sleep a RateLimiter asked for (its ``sleep`` argument), with wall-clock times taken around it."""
+
+    #: acquire() was called, or the previous pause ended: the limiter read its clock after this
+    attempt_began: float
+    #: the limiter called sleep: it had read its clock before this
+    asked_at: float
+    seconds: float
+
+
+#: How far past the moment a call leaves the window the limiter may aim a pause (its few ms of wake slack).
+AIM_TOLERANCE_S = 0.05
+
+
+def assert_each_pause_ends_when_a_call_leaves_the_window(
+    pauses: list[Pause], call_times: list[float], window_s: float
+) -> None:
+    """Every pause was computed to end exactly when a logged call leaves the (effective) window: the
+    limiter wakes on time, never after a fixed pause, never for a call that was not there. It read its
+    clock between ``attempt_began`` and ``asked_at``, so it aimed between those plus the pause. What the
+    limiter computes is checked exactly; how late a busy machine then wakes the sleeper is not ours."""
+    leaving = [t + window_s for t in call_times]
+    for pause in pauses:
+        earliest, latest = pause.attempt_began + pause.seconds, pause.asked_at + pause.seconds
+        assert any(earliest - AIM_TOLERANCE_S <= moment <= latest for moment in leaving), (pause, leaving)
+
+
 def _ist(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=IST).astimezone(UTC)
 

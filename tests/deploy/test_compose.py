@@ -74,7 +74,10 @@ def _depended_on(services: dict[str, Any]) -> dict[str, str]:
 
 
 def test_dependencies_wait_for_health_or_completion(main_services: dict[str, Any]) -> None:
-    for target, condition in _depended_on(main_services).items():
+    depended_on = _depended_on(main_services)
+    # The database every service needs and the one-shot migration job gate the start-up.
+    assert {"postgres", "airflow-init"} <= set(depended_on), f"start-up is not gated: {depended_on}"
+    for target, condition in depended_on.items():
         if condition == "service_completed_successfully":
             assert "restart" not in main_services[target], f"{target} is a one-shot job and must not restart"
         else:
@@ -92,11 +95,13 @@ def test_the_celery_override_gates_on_redis_health_and_runs_workers() -> None:
     assert "test" in services["redis"]["healthcheck"]
     assert services["airflow-worker"]["command"] == "celery worker"
     assert services["airflow-scheduler"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert all(
-        s["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-        for s in services.values()
+    executors = {
+        name: s["environment"]["AIRFLOW__CORE__EXECUTOR"]
+        for name, s in services.items()
         if "environment" in s
-    )
+    }
+    assert {"airflow-scheduler", "airflow-worker"} <= set(executors), executors
+    assert set(executors.values()) == {"CeleryExecutor"}, executors
 
 
 def test_the_project_is_installed_in_the_image_and_only_dags_are_mounted(
@@ -118,12 +123,20 @@ def test_the_project_is_installed_in_the_image_and_only_dags_are_mounted(
     assert '"conn_type": "cloudagent"' in connection  # the provider's type: its form and its hook
 
 
+#: The images each compose file names (the others build or inherit theirs).
+PINNED_IMAGES = {
+    "docker-compose.yaml": ("postgres", "airflow-scheduler", "receiver"),
+    "docker-compose.celery.yaml": ("redis",),
+}
+
+
 @pytest.mark.parametrize("name", COMPOSE_FILES)
 def test_images_are_pinned(name: str) -> None:
-    for service_name, service in load(name)["services"].items():
-        image = service.get("image")
-        if image is None:
-            continue
+    images = {
+        service_name: s["image"] for service_name, s in load(name)["services"].items() if s.get("image")
+    }
+    assert set(PINNED_IMAGES[name]) <= set(images), f"{name}: images expected, found {sorted(images)}"
+    for service_name, image in images.items():
         repository, _, tag = image.rpartition(":")
         assert repository, f"{service_name}: {image} has no tag"
         assert tag != "latest", f"{service_name}: {image} is not pinned"
@@ -145,16 +158,38 @@ def _walk_environment(services: dict[str, Any]):
             yield service_name, key, str(value)
 
 
+#: Settings that carry a secret in each compose file: the check below must have seen them.
+SECRET_SETTINGS = {
+    "docker-compose.yaml": {
+        "POSTGRES_PASSWORD",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW_CONN_CLOUDAGENT_DB",
+        "AIRFLOW_CONN_CLOUDAGENT_DEFAULT",
+        "CLOUDAGENT_CALLBACK_TOKEN",
+    },
+    "docker-compose.celery.yaml": {"AIRFLOW__CELERY__RESULT_BACKEND"},
+}
+
+
 @pytest.mark.parametrize("name", COMPOSE_FILES)
 def test_no_literal_secrets(name: str) -> None:
+    checked: set[str] = set()
     for service_name, key, value in _walk_environment(load(name)["services"]):
         if SECRET_NAME.search(key) and not key.endswith("_FILE"):
             assert value.startswith("${"), f"{service_name}.{key} holds a literal value, not a ${{VAR}}"
-        # Credentials inside URLs (user:password@host) must come from variables too.
-        for credential in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
+            checked.add(key)
+        # Credentials inside URLs (user:password@host) must come from variables too (a ${VAR:?message}
+        # has spaces: read up to its closing brace).
+        for credential in re.findall(r"://[^:/@\s]+:(\$\{[^}]*\}|[^@\s]+)@", value):
             assert credential.startswith("${"), f"{service_name}.{key} embeds a literal password"
+            checked.add(key)
         if key.startswith("AIRFLOW_CONN_") and '"password"' in value:
             assert re.search(r'"password": "\$\{[A-Z_]+\}"', value), f"{service_name}.{key}"
+            checked.add(key)
+    missing = SECRET_SETTINGS[name] - checked
+    assert not missing, f"{name}: secret-bearing settings not found (the check saw none of them): {missing}"
 
 
 # --- the distributed deployment: the local Celery stack, the compose override, the README's Helm values -----

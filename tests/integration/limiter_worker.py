@@ -1,8 +1,10 @@
 """One OS process of the cross-process limiter test: fire ``--calls`` export requests through a RateLimiter.
 
-Run as ``python -m tests.integration.limiter_worker --db-url URL --calls N --start-at UNIX_TIME``; the
-CloudAgent connection comes from ``CLOUDAGENT_API_BASE_URL``/``_USER``/``_KEY`` (ApiSettings.from_env), so
-the key is never on a command line. Prints one JSON line per accepted call.
+Run as ``python -m tests.integration.limiter_worker --db-url URL --calls N``; the CloudAgent connection
+comes from ``CLOUDAGENT_API_BASE_URL``/``_USER``/``_KEY`` (ApiSettings.from_env), so the key is never on a
+command line. Prints ``ready`` once set up and starts when it reads ``go`` (tests.timing.start_together);
+then one JSON line per accepted call, and one per pause the limiter asked for (when it read its clock:
+between ``attempt_began`` and ``asked_at``).
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ from datetime import UTC, datetime
 from cloudagent_etl.api import CloudAgentClient, DialStatusRequest, RateLimiter
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.settings import ApiSettings
+from tests.timing import wait_for_go
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db-url", required=True)
     parser.add_argument("--calls", type=int, required=True)
-    parser.add_argument(
-        "--start-at", type=float, required=True, help="UNIX time at which to fire the first call"
-    )
     parser.add_argument("--name", default="worker")
     parser.add_argument("--campaigns", default="Alpha,Beta,Gamma")
     args = parser.parse_args()
@@ -32,11 +32,21 @@ def main() -> None:
 
     settings = ApiSettings.from_env()
     engine = create_db_engine(args.db_url)
-    limiter = RateLimiter(engine, settings.user_name, settings.rate_limit_per_minute)
+    attempt_began = 0.0
+
+    def pause(seconds: float) -> None:
+        nonlocal attempt_began
+        asked = {"attempt_began": attempt_began, "asked_at": time.time(), "seconds": seconds}
+        print(json.dumps({"worker": args.name, "pause": asked}), flush=True)
+        time.sleep(seconds)
+        attempt_began = time.time()
+
+    limiter = RateLimiter(engine, settings.user_name, settings.rate_limit_per_minute, sleep=pause)
     campaigns = args.campaigns.split(",")
     with CloudAgentClient(settings, limiter=limiter) as client:
-        time.sleep(max(0.0, args.start_at - time.time()))
+        wait_for_go()
         for call in range(args.calls):
+            attempt_began = time.time()
             request = DialStatusRequest(
                 campaign_name=campaigns[call % len(campaigns)],
                 user_name=settings.user_name,

@@ -20,14 +20,24 @@ from cloudagent_dev.databases import connection_uri
 from tests.checks import LOGICAL_DATE
 from tests.fixtures.receiver import ReceiverHandle
 from tests.fixtures.simulator import SimulatorHandle
+from tests.timing import DEADLINE_S
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = Path(sys.executable).with_name("airflow")
+#: What one `airflow` command below takes by itself at most (`dags test` of two campaigns: about a minute on
+#: a quiet machine, more than 300 s at load average ~25); the one deadline is added for a busy machine.
+COMMAND_WORK_S = 300
+
+
+def _text(output: str | bytes | None) -> str:
+    """A subprocess's output as a timeout leaves it: text, bytes or nothing."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 @pytest.mark.parametrize("db_kind", ["sqlite"])
+@pytest.mark.timeout(2 * (COMMAND_WORK_S + DEADLINE_S))  # a backstop: five commands, two of them long
 def test_a_fresh_airflow_home_parses_and_runs_the_dag_with_only_the_documented_settings(
     tmp_path: Path, receiver: ReceiverHandle, fresh_simulator: SimulatorHandle
 ) -> None:
@@ -52,15 +62,19 @@ def test_a_fresh_airflow_home_parses_and_runs_the_dag_with_only_the_documented_s
     }
 
     def airflow(*args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [str(AIRFLOW), *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        try:
+            done = subprocess.run(
+                [str(AIRFLOW), *args],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_WORK_S + DEADLINE_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as late:  # run() has killed it; say where it was
+            output = "\n".join(_text(part)[-3000:] for part in (late.stdout, late.stderr))
+            pytest.fail(f"airflow {' '.join(args)}: not done within {late.timeout:g} s:\n{output}")
         assert done.returncode == 0, (
             f"airflow {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         )

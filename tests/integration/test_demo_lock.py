@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cloudagent_dev.demo import folder_lock
+from tests.timing import DEADLINE_S
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +18,9 @@ def test_a_second_demo_in_the_same_folder_refuses_while_the_first_holds_it(tmp_p
     command = [sys.executable, "-m", "cloudagent_dev.demo"]
     with folder_lock(tmp_path) as ours:
         assert ours
-        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=DEADLINE_S
+        )
 
     assert second.returncode == 2
     assert f"another `make demo` is running in {tmp_path} (pid {os.getpid()})" in second.stderr

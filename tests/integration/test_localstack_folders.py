@@ -18,6 +18,7 @@ import pytest
 
 from cloudagent_dev.localstack import StackPaths, StackState, main
 from cloudagent_dev.processes import StartedProcess, exit_code, start_process, still_running, stop_processes
+from tests.timing import DEADLINE_S
 
 
 @dataclass
@@ -74,7 +75,7 @@ def test_stop_and_status_elsewhere_name_the_running_stack_and_stop_nothing(
         assert f"{process.name:<14} pid {process.pid:<8} alive" in out
 
     os.killpg(stack.processes[1].pid, signal.SIGTERM)
-    exit_code(stack.processes[1], timeout=10)
+    exit_code(stack.processes[1], timeout=DEADLINE_S)
     code, out = run(monkeypatch, capsys, stack.paths.data_dir, "status")
     assert code == 1, out
     assert f"scheduler      pid {stack.processes[1].pid:<8} exited" in out
@@ -102,7 +103,7 @@ def test_a_stack_whose_processes_exited_is_cleaned_up_and_the_running_one_still_
     dead = StackPaths(tmp_path / "dead", stack.paths.registry_path)
     dead.data_dir.mkdir()
     gone = start_process("scheduler", ["true"], os.environ, dead.data_dir / "scheduler.log")
-    exit_code(gone, timeout=10)
+    exit_code(gone, timeout=DEADLINE_S)
     StackState("http://127.0.0.1:3", "", None, str(dead.airflow_home), (gone,)).save(dead.state_path)
     dead.registry.add(dead.state_path)
     forgotten = tmp_path / "removed-by-hand" / "localstack.json"

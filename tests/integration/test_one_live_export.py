@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -13,6 +12,7 @@ from sqlalchemy import select
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.landing import export_requests
 from tests.fixtures.simulator import SimulatorHandle
+from tests.timing import DEADLINE_S, start_together
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,19 +26,19 @@ def test_two_processes_asking_for_the_same_window_at_once_make_one_api_call(
         "CLOUDAGENT_API_USER": fresh_simulator.user,
         "CLOUDAGENT_API_KEY": fresh_simulator.api_key,
     }
-    start_at = time.time() + 4.0  # both processes are up and have imported everything by then
     workers = []
     for index in range(2):
         command = [sys.executable, "-m", "tests.integration.export_worker", "--db-url", db_url]
-        command += ["--start-at", str(start_at)]
         log = (tmp_path / f"worker-{index}.log").open("wb")
+        pipe = subprocess.PIPE
         workers.append(
-            (subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log), log)
+            (subprocess.Popen(command, cwd=REPO, env=env, stdin=pipe, stdout=pipe, stderr=log), log)
         )
     answers = []
     try:
+        start_together([process for process, _ in workers], "export worker")  # both up: ask at once
         for process, log in workers:
-            stdout, _ = process.communicate(timeout=60)
+            stdout, _ = process.communicate(timeout=DEADLINE_S)
             log.close()
             assert process.returncode == 0, Path(log.name).read_text()
             answers.append(stdout.decode().strip())

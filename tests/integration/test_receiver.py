@@ -21,6 +21,7 @@ from cloudagent_etl.db import create_db_engine
 from tests.factories import new_request_in as new_request
 from tests.factories import state_of, stored_payloads
 from tests.fixtures.receiver import ReceiverHandle, StartReceiver
+from tests.timing import DEADLINE_S
 
 RECORDS = [{"CampaignName": "A", "DataUniqueId": "D-1", "PhoneNumber": "919800000001", "Apikey": "k"}]
 SHARED = "shared-callback-s3cret"
@@ -292,8 +293,11 @@ def test_fixed_url_matches_the_request_by_unique_id(start_receiver: StartReceive
         # The callback can arrive before the API's uniqueId is committed: the receiver waits for it.
         racing = new_request(db_url)
         early = json.dumps({"uniqueId": "U-8", "data": RECORDS}).encode()
-        threading.Timer(1.0, _record_unique_id, (db_url, racing.request_id, "U-8")).start()
-        response = httpx.post(fixed, content=early, headers={"X-Callback-Token": SHARED}, timeout=10)
+        recorder = threading.Timer(1.0, _record_unique_id, (db_url, racing.request_id, "U-8"))
+        recorder.start()
+        response = httpx.post(fixed, content=early, headers={"X-Callback-Token": SHARED}, timeout=DEADLINE_S)
+        recorder.join(timeout=DEADLINE_S)
+        assert not recorder.is_alive(), f"the uniqueId was not recorded within {DEADLINE_S:g} s"
         assert response.status_code == 200
         assert state(db_url, racing.request_id) == "received"
         assert SHARED not in receiver.log()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from urllib.parse import parse_qs
 
@@ -18,6 +17,7 @@ from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.landing import callback_payloads
 from tests.fixtures.receiver import ReceiverHandle, StartReceiver
 from tests.fixtures.simulator import SimulatorHandle
+from tests.timing import wait_until
 
 
 def request_export(
@@ -77,7 +77,7 @@ def test_each_delivery_style_with_duplicates_lands_exactly_once(
     fresh_simulator.configure(delivery=style, duplicate_deliveries=2, late_delay_s=0.3)
     engine = create_db_engine(receiver.db_url)
     request_id, unique_id = request_export(fresh_simulator, engine, "Alpha", receiver.base_url)
-    attempts = fresh_simulator.wait_for_deliveries(unique_id, 4, timeout=20)
+    attempts = fresh_simulator.wait_for_deliveries(unique_id, 4)
     assert all(attempt["status_code"] == 200 for attempt in attempts)
     [(body, content_type, carried_id)] = stored_for(engine, request_id)
     assert records_in(body, content_type) == fresh_simulator.ground_truth(unique_id)
@@ -91,16 +91,18 @@ def test_each_delivery_style_with_duplicates_lands_exactly_once(
 def test_deliveries_retried_until_the_receiver_is_up_land_once(
     fresh_simulator: SimulatorHandle, start_receiver: StartReceiver, sqlite_url: str
 ) -> None:
-    fresh_simulator.configure(delivery="json-object", delivery_backoff_s=0.5, delivery_attempts=6)
+    # Attempts 0.5 s apart, doubling: 8 attempts keep trying for 63 s, longer than a receiver can take to
+    # start on a busy machine (6 gave up after 15 s), and the last gap (32 s) is within the deadline.
+    fresh_simulator.configure(delivery="json-object", delivery_backoff_s=0.5, delivery_attempts=8)
     port = free_port()
     engine = create_db_engine(sqlite_url)
     request_id, unique_id = request_export(fresh_simulator, engine, "Beta", f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 10
-    while not [d for d in fresh_simulator.deliveries() if d["unique_id"] == unique_id]:
-        assert time.monotonic() < deadline, "the simulator never tried to deliver"
-        time.sleep(0.05)
+    wait_until(
+        "the simulator tried to deliver",
+        lambda: [d for d in fresh_simulator.deliveries() if d["unique_id"] == unique_id],
+    )
     with start_receiver(sqlite_url, port=port):
-        attempts = fresh_simulator.wait_for_deliveries(unique_id, 1, timeout=30)
+        attempts = fresh_simulator.wait_for_deliveries(unique_id, 1)
     assert attempts[0]["status_code"] is None
     assert attempts[0]["error"]
     [(body, content_type, _)] = stored_for(engine, request_id)

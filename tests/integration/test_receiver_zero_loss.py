@@ -13,6 +13,7 @@ import pytest
 
 from cloudagent_dev.callback_load import check_zero_loss, make_callbacks, post_until_acked
 from tests.fixtures.receiver import StartReceiver
+from tests.timing import DEADLINE_S
 
 
 @pytest.mark.slow
@@ -28,7 +29,9 @@ def test_no_acknowledged_callback_is_lost_when_the_receiver_is_killed(
             first.server.kill(signal.SIGKILL)
             servers.enter_context(start_receiver(db_url, port=port))
 
-        result = asyncio.run(post_until_acked(callbacks, 20, on_halfway=kill_and_restart, deadline_s=120))
+        result = asyncio.run(
+            post_until_acked(callbacks, 20, on_halfway=kill_and_restart, deadline_s=DEADLINE_S)
+        )
     assert first.server.returncode == -signal.SIGKILL
     assert result.failures > 0, "some posts must have hit the dead receiver"
     loss = check_zero_loss(db_url, callbacks, result.acked)

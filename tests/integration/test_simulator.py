@@ -23,6 +23,7 @@ import pytest
 
 from cloudagent_etl.simulator.accounts import SimulatedAccount, seed_for
 from cloudagent_etl.simulator.data import generate_records
+from tests.timing import DEADLINE_S
 
 CALLBACK_TOKEN = "tok-SECRET-9f2c"
 CALLBACK_BASE_PATH = "/callbacks/dial-status/req-1"
@@ -49,7 +50,7 @@ class CallbackSink:
     def callback_url(self) -> str:
         return f"{self.base_url}{CALLBACK_BASE_PATH}/{CALLBACK_TOKEN}"
 
-    def wait_for(self, count: int, timeout: float = 10) -> list[Delivery]:
+    def wait_for(self, count: int, timeout: float = DEADLINE_S) -> list[Delivery]:
         deadline = time.monotonic() + timeout
         while len(self.received) < count:
             if time.monotonic() > deadline:
@@ -83,7 +84,8 @@ def callback_sink() -> Iterator[CallbackSink]:
     yield sink
     server.shutdown()
     server.server_close()
-    thread.join()
+    thread.join(timeout=DEADLINE_S)
+    assert not thread.is_alive(), f"the callback sink's server thread still runs after {DEADLINE_S:g} s"
 
 
 def valid_body(simulator, callback_url: str = "http://127.0.0.1:9/callbacks/x/y", **changes: Any) -> dict:
@@ -286,7 +288,7 @@ def test_delivery_gives_up_after_the_configured_attempts(fresh_simulator, callba
     callback_sink.answers.extend([500] * 5)
     export(fresh_simulator, callback_sink.callback_url)
     callback_sink.wait_for(3)
-    time.sleep(0.5)
+    time.sleep(0.5)  # an absence: nothing to wait for (a busy machine can only hide a 4th, not invent one)
     assert len(callback_sink.received) == 3
     assert [d["status_code"] for d in fresh_simulator.deliveries()] == [500, 500, 500]
 
@@ -313,7 +315,7 @@ def test_late_delivery_repeats_the_body_after_the_delay(fresh_simulator, callbac
 def test_never_deliver_keeps_the_ground_truth_but_posts_nothing(fresh_simulator, callback_sink):
     fresh_simulator.configure(never_deliver=True)
     unique_id = export(fresh_simulator, callback_sink.callback_url)["uniqueId"]
-    time.sleep(1.0)  # five times the callback delay
+    time.sleep(1.0)  # five times the callback delay; an absence, so a pause (it cannot fail spuriously)
     assert callback_sink.received == []
     assert fresh_simulator.deliveries() == []
     assert fresh_simulator.ground_truth(unique_id)

@@ -320,6 +320,7 @@ def test_simulator_ground_truth_equals_dial_status(engine: Engine) -> None:
     from cloudagent_etl.simulator.data import generate_records
 
     truth = generate_records("Sales", *WINDOW, seed=3, records_per_day=60)
+    assert truth, "the simulator generated no record: the comparison below would prove nothing"
     request_id = new_request(engine)
     load_payload(engine, land(engine, request_id, {"uniqueId": "u1", "data": truth}))
     got = {row["record_key"]: row for row in table_rows(engine, dial_status)}

@@ -10,6 +10,7 @@ from cloudagent_dev.databases import connection_uri
 from cloudagent_etl import landing
 from cloudagent_etl.db import create_db_engine
 from tests.factories import land, new_request
+from tests.timing import DEADLINE_S
 
 
 def test_trigger_serializes_to_plain_json_without_the_database_url() -> None:
@@ -46,7 +47,7 @@ def test_trigger_fires_once_the_callback_lands(monkeypatch, db_url) -> None:
         await asyncio.sleep(0.3)
         assert not waiting.done()
         await asyncio.to_thread(land, engine, request_id, b"[]")
-        return await asyncio.wait_for(waiting, 10)
+        return await asyncio.wait_for(waiting, DEADLINE_S)
 
     assert asyncio.run(land_later_and_wait()) == {"request_id": request_id, "status": "received"}
     engine.dispose()

@@ -6,6 +6,7 @@ import multiprocessing
 from pathlib import Path
 
 from cloudagent_dev.registry import StackRegistry, registry_path
+from tests.timing import DEADLINE_S
 
 
 def test_the_registry_is_the_override_or_under_the_xdg_state_home_or_home(tmp_path: Path) -> None:
@@ -44,8 +45,16 @@ def test_concurrent_adds_lose_no_entry(tmp_path: Path) -> None:
     workers = [context.Process(target=_add_many, args=(path, worker)) for worker in range(6)]
     for process in workers:
         process.start()
-    for process in workers:
-        process.join(30)
-        assert process.exitcode == 0
+    try:
+        for process in workers:
+            process.join(DEADLINE_S)
+            assert process.exitcode == 0, (
+                f"worker {process.pid}: exit {process.exitcode} (None: still running)"
+            )
+    finally:
+        for process in workers:
+            if process.is_alive():
+                process.kill()
+                process.join()
 
     assert len(set(StackRegistry(path).state_paths())) == len(StackRegistry(path).state_paths()) == 6 * 25

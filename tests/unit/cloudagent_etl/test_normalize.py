@@ -23,6 +23,7 @@ from cloudagent_etl.normalize import (
     iter_records,
     normalize_payload,
 )
+from cloudagent_etl.normalize.columns import MAX_COLUMNAR_EXTRA_FIELDS
 
 IST = "Asia/Kolkata"
 BIG_ID = "9007199254740993"  # 2^53 + 1: a float would turn it into ...992
@@ -139,6 +140,8 @@ def test_ids_above_2_53_survive_as_json_numbers_and_as_text() -> None:
     ],
 )
 def test_every_alias_maps_in_every_case_variant(variant: str, transform: Any) -> None:
+    assert {"lead_id", "phone_number_raw", "attempts", "updated_at"} <= set(FIELD_ALIASES), FIELD_ALIASES
+    assert all(FIELD_ALIASES.values()), "a column without any alias: nothing of it would be checked"
     for column, aliases in FIELD_ALIASES.items():
         for alias in aliases:
             record = {"CampaignName": "S", "DataUniqueId": "k1", "UpdatedDate": "2024-05-01 00:00:00"}
@@ -723,11 +726,18 @@ def test_a_form_with_too_many_fields_is_a_payload_error() -> None:
 def test_per_record_custom_fields_give_the_same_extra_as_shared_ones() -> None:
     """Above MAX_COLUMNAR_EXTRA_FIELDS distinct names, extra is built record by record: same text."""
     records = [good(str(i), **{f"Own_{i}_{j}": f"v{j}" for j in range(3)}) for i in range(40)]
-    rows = rows_of(normalize_with_rules(records))
-    for i, row in enumerate(rows):
+    assert len({name for record in records for name in record}) > MAX_COLUMNAR_EXTRA_FIELDS
+    batch = normalize_with_rules(records)
+    rows = rows_of(batch)
+    assert (len(rows), len(batch.rejects)) == (40, 0)
+    assert [row["record_key"] for row in rows] == [str(i) for i in range(40)]
+    for i, (record, row) in enumerate(zip(records, rows, strict=True)):
         expected = {
             "LoanAmount": "250000",
             "UserName": "demo_user",
             **{f"Own_{i}_{j}": f"v{j}" for j in range(3)},
         }
         assert row["extra"] == json.dumps(dict(sorted(expected.items())), separators=(",", ":"))
+        # The same record alone has few enough names for the shared (columnar) path: the same text.
+        (alone,) = rows_of(normalize_with_rules([record]))
+        assert alone["extra"] == row["extra"], i

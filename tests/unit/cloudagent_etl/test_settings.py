@@ -99,6 +99,8 @@ def test_receiver_settings_keep_the_shared_token_secret() -> None:
 def test_receiver_limits_come_from_their_variables_and_must_be_positive_numbers() -> None:
     env = {"CLOUDAGENT_DB_URL": "sqlite://"}
     defaults = ReceiverSettings.from_env(env)
+    names = {name for name, *_ in RECEIVER_LIMITS}
+    assert {"max_body_bytes", "idle_timeout_s", "max_connections", "spool_min_free_bytes"} <= names, names
     for name, variable, default, _meaning in RECEIVER_LIMITS:
         assert getattr(defaults, name) == default
         assert getattr(ReceiverSettings.from_env({**env, variable: "7"}), name) == 7

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,17 +18,53 @@ from cloudagent_etl.api.limiter import api_call_log, rate_limit_accounts
 from cloudagent_etl.db import create_db_engine
 from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.settings import ApiSettings, Secret
+from tests.checks import Pause, assert_each_pause_ends_when_a_call_leaves_the_window
+from tests.timing import DEADLINE_S
 
 # A small budget so that tests take seconds: 3 calls per rolling 1.5 s.
 PER_WINDOW = 3
 WINDOW_S = 1.5
 MARGIN_S = 0.1
+EFFECTIVE_WINDOW_S = WINDOW_S + MARGIN_S
+
+
+@dataclass
+class Pauses:
+    """The limiter's ``sleep``: records every pause it asks for, then really sleeps."""
+
+    taken: list[Pause] = field(default_factory=list)
+    _attempt_began: float = 0.0
+
+    def acquire(self, limiter: RateLimiter, purpose: str | None = None) -> float:
+        self._attempt_began = time.time()
+        return limiter.acquire(purpose)
+
+    def __call__(self, seconds: float) -> None:
+        self.taken.append(Pause(self._attempt_began, time.time(), seconds))
+        time.sleep(seconds)
+        self._attempt_began = time.time()
+
+
+def assert_each_pause_ends_when_a_logged_call_leaves_the_window(
+    pauses: list[Pause], times: list[float]
+) -> None:
+    assert_each_pause_ends_when_a_call_leaves_the_window(pauses, times, EFFECTIVE_WINDOW_S)
 
 
 @pytest.fixture
-def limiter(engine: Engine) -> RateLimiter:
+def pauses() -> Pauses:
+    return Pauses()
+
+
+@pytest.fixture
+def limiter(engine: Engine, pauses: Pauses) -> RateLimiter:
     return RateLimiter(
-        engine, "test_user", calls_per_window=PER_WINDOW, window_s=WINDOW_S, safety_margin_s=MARGIN_S
+        engine,
+        "test_user",
+        calls_per_window=PER_WINDOW,
+        window_s=WINDOW_S,
+        safety_margin_s=MARGIN_S,
+        sleep=pauses,
     )
 
 
@@ -44,11 +81,12 @@ def busiest_window(times: list[float], window_s: float) -> int:
     return max((sum(1 for t in times if start <= t < start + window_s) for start in times), default=0)
 
 
-def test_calls_within_budget_are_admitted_at_once(limiter: RateLimiter, engine: Engine) -> None:
-    started = time.monotonic()
-    waits = [limiter.acquire(f"call-{i}") for i in range(PER_WINDOW)]
-    assert time.monotonic() - started < 1.0
-    assert all(wait < 0.5 for wait in waits)
+def test_calls_within_budget_are_admitted_at_once(
+    limiter: RateLimiter, engine: Engine, pauses: Pauses
+) -> None:
+    for i in range(PER_WINDOW):
+        pauses.acquire(limiter, f"call-{i}")
+    assert pauses.taken == []  # at once: the limiter never paused (the time the database took is not ours)
     with engine.connect() as conn:
         rows = conn.execute(select(api_call_log.c.account, api_call_log.c.purpose).order_by("call_id")).all()
         accounts = conn.execute(select(rate_limit_accounts.c.account)).scalars().all()
@@ -57,29 +95,43 @@ def test_calls_within_budget_are_admitted_at_once(limiter: RateLimiter, engine: 
 
 
 def test_call_over_budget_waits_exactly_until_the_oldest_leaves_the_window(
-    limiter: RateLimiter, engine: Engine
+    limiter: RateLimiter, engine: Engine, pauses: Pauses
 ) -> None:
     for _ in range(PER_WINDOW):
-        limiter.acquire()
-    waited = limiter.acquire("fourth")
+        pauses.acquire(limiter)
+    began = time.monotonic()
+    waited = pauses.acquire(limiter, "fourth")
+    took = time.monotonic() - began
     first, *_, fourth = call_times(engine)
-    assert fourth - first >= WINDOW_S + MARGIN_S
-    assert fourth - first < WINDOW_S + MARGIN_S + 0.25  # woke on time, not after a fixed pause
-    assert WINDOW_S - 0.5 < waited < WINDOW_S + MARGIN_S + 0.25
+    assert fourth - first >= EFFECTIVE_WINDOW_S
+    # One pause, computed to end as the first call leaves the window: woke on time, not after a fixed
+    # pause nor by polling (a pause that ended early would be followed by another).
+    (pause,) = pauses.taken
+    assert_each_pause_ends_when_a_logged_call_leaves_the_window([pause], [first])
+    assert pause.seconds <= waited <= took
 
 
-def fire_from_threads(db_url: str, threads_n: int, calls_each: int, **engine_options: Any) -> list[float]:
-    """Run ``threads_n`` threads, each with its own engine and limiter, making ``calls_each`` calls."""
+def fire_from_threads(
+    db_url: str, threads_n: int, calls_each: int, **engine_options: Any
+) -> tuple[list[float], list[Pause]]:
+    """Run ``threads_n`` threads, each with its own engine and limiter, making ``calls_each`` calls; the
+    logged call times and every pause the limiters asked for."""
     errors: list[BaseException] = []
+    recorders = [Pauses() for _ in range(threads_n)]
 
     def worker(index: int) -> None:
         engine = create_db_engine(db_url, **engine_options)
         try:
             limiter = RateLimiter(
-                engine, "test_user", calls_per_window=PER_WINDOW, window_s=WINDOW_S, safety_margin_s=MARGIN_S
+                engine,
+                "test_user",
+                calls_per_window=PER_WINDOW,
+                window_s=WINDOW_S,
+                safety_margin_s=MARGIN_S,
+                sleep=recorders[index],
             )
             for call in range(calls_each):
-                limiter.acquire(f"thread-{index}-{call}")
+                recorders[index].acquire(limiter, f"thread-{index}-{call}")
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -89,29 +141,33 @@ def fire_from_threads(db_url: str, threads_n: int, calls_each: int, **engine_opt
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=DEADLINE_S)
+    running = [thread.name for thread in threads if thread.is_alive()]
+    assert running == [], f"limiter threads still running after {DEADLINE_S:g} s: {running}"
     assert errors == []
     engine = create_db_engine(db_url)
     times = call_times(engine)
     engine.dispose()
-    return times
+    return times, [pause for recorder in recorders for pause in recorder.taken]
 
 
 def test_concurrent_threads_with_their_own_engines_never_exceed_the_window(db_url: str) -> None:
-    started = time.time()
-    times = fire_from_threads(db_url, 3, 3)  # 9 calls: 3 at once, 3 after one window, 3 after two
+    times, pauses = fire_from_threads(db_url, 3, 3)  # 9 calls: 3 at once, 3 after one window, 3 after two
     assert len(times) == 9
-    assert busiest_window(times, WINDOW_S + MARGIN_S) == PER_WINDOW
-    ideal_s = 2 * (WINDOW_S + MARGIN_S)
-    assert ideal_s <= times[-1] - times[0] < ideal_s + 0.5
-    assert times[0] - started < 1.0
+    assert busiest_window(times, EFFECTIVE_WINDOW_S) == PER_WINDOW
+    assert times[-1] - times[0] >= 2 * EFFECTIVE_WINDOW_S
+    # Waiting for no longer than needed: every pause ends exactly when a logged call leaves the window (a
+    # thread that lost the race to another computes anew). Threads start together, so some must pause.
+    assert pauses, "no call paused: the check below would prove nothing"
+    assert_each_pause_ends_when_a_logged_call_leaves_the_window(pauses, times)
 
 
 @pytest.mark.postgres
 def test_postgres_engine_defaulting_to_repeatable_read_still_sees_every_call(pg_url: str) -> None:
-    times = fire_from_threads(pg_url, 3, 2, isolation_level="REPEATABLE READ")
+    times, pauses = fire_from_threads(pg_url, 3, 2, isolation_level="REPEATABLE READ")
     assert len(times) == 6
-    assert busiest_window(times, WINDOW_S + MARGIN_S) == PER_WINDOW
+    assert busiest_window(times, EFFECTIVE_WINDOW_S) == PER_WINDOW
+    assert_each_pause_ends_when_a_logged_call_leaves_the_window(pauses, times)
 
 
 def test_accounts_have_separate_budgets(engine: Engine) -> None:
