@@ -129,7 +129,9 @@ class Cleaner:
                 cleaned.append(REDACTED)
             else:
                 cleaned.append(self.nested(item, depth + 1))
-            follows_key_name = isinstance(item, str) and is_secret_field(item)
+            # A name, not a key that happens to spell "apikey": a known key value is redacted, not followed.
+            is_name = isinstance(item, str) and is_secret_field(item)
+            follows_key_name = is_name and self.secrets.redact(item) == item
         return cleaned
 
     def json_text(self, value: Any) -> str:
