@@ -92,7 +92,10 @@ def test_a_viewer_gets_the_page_and_its_data_with_the_uis_cookie_or_a_bearer_tok
     assert data.status_code == 200, data.text
     body = data.json()
     assert body["days"] == [str(DAY - timedelta(days=1)), str(DAY)]
-    assert body["campaigns"] == ["Sales", "Support"]
+    assert [(row["account"], row["campaign"]) for row in body["rows"]] == [
+        ("cloudagent_default", "Sales"),
+        ("cloudagent_default", "Support"),
+    ]
     cells = {(c["campaign"], c["day"]): c for c in body["cells"]}
     assert cells[("Support", str(DAY))]["state"] == "expired"
     assert cells[("Support", str(DAY))]["attempts"][0]["unique_id"] == "U-expired"

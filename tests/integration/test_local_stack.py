@@ -466,7 +466,7 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
                 assert shown == counts, (campaign, day)
             backfill = frame.locator(f".backfill[data-first-day='{DROPPED_DAY}'] pre").inner_text()
             assert f"--from-date {DROPPED_DAY}T03:30:00+05:30" in backfill
-            assert '"campaigns": ["Alpha", "Beta"]' in backfill
+            assert '"accounts": {"cloudagent_default": ["Alpha", "Beta"]}' in backfill
             page.screenshot(path=str(tmp_path / "cloudagent-in-airflow.png"))
 
             # The link of the attempt opens its run in the Airflow UI itself (not inside the frame).
@@ -500,7 +500,8 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             assert posted == [
                 {"dag_id": DAG_ID, "from_date": f"{DROPPED_DAY}T03:30:00+05:30",
                  "to_date": f"{DROPPED_DAY}T03:30:00+05:30", "reprocess_behavior": "failed",
-                 "dag_run_conf": {"campaigns": ["Alpha", "Beta"]}, "max_active_runs": 2}
+                 "dag_run_conf": {"accounts": {"cloudagent_default": ["Alpha", "Beta"]}},
+                 "max_active_runs": 2}
             ]  # fmt: skip
         finally:
             browser.close()
