@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
+.PHONY: install lock dbt-venv lock-dbt dbt-docs dbt-build test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
 
 install: $(STAMP)
 
@@ -28,13 +28,35 @@ $(STAMP): requirements.txt pyproject.toml
 lock:
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
 
+# dbt (the analyst models in dbt/) lives in its own venv: its dependencies never meet Airflow's pins.
+# Idempotent and fast like `make install`: rebuilt only when requirements-dbt.txt changes.
+DBT_VENV  = .venv-dbt
+DBT_STAMP = $(DBT_VENV)/.installed
+dbt-venv: $(DBT_STAMP)
+
+$(DBT_STAMP): requirements-dbt.txt $(STAMP)
+	test -x $(DBT_VENV)/bin/python || $(BIN)/uv venv -q --python $(PY) $(DBT_VENV)
+	$(BIN)/uv pip install -q --python $(DBT_VENV)/bin/python -r requirements-dbt.txt
+	touch $(DBT_STAMP)
+
+lock-dbt: install
+	$(BIN)/uv pip compile requirements-dbt.in -o requirements-dbt.txt --python-version 3.11
+
+# Rewrite dbt/'s generated files (sources, staging columns, doc blocks) from the data dictionary.
+dbt-docs: install
+	$(PY) -m cloudagent_etl.cli dbt-docs --write
+
+# Build the models and run their tests on the warehouse of CLOUDAGENT_DATABASE_URL (PostgreSQL).
+dbt-build: install dbt-venv
+	$(PY) -m cloudagent_etl.cli dbt build
+
 # Tests run in parallel: most of the suite waits on servers, callbacks and the limiter, so more workers
 # than cores pay. Slow tests start first and each worker takes one test at a time (the longest never
 # start last); the ten slowest are listed at the end.
 # The distributed test (a backfill on CeleryExecutor, several minutes of rate limit) runs alone:
 # `make test-distributed`.
 TEST_WORKERS ?= 4
-test: install
+test: install dbt-venv
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 1 --durations=10 -m "not distributed"
 
 test-distributed: install
@@ -85,4 +107,4 @@ bench-receiver: install
 	$(PY) -m benchmarks.bench_receiver
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) $(DBT_VENV) dbt/target dbt/logs data .pytest_cache .mypy_cache .ruff_cache

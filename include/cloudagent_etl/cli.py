@@ -1,4 +1,5 @@
-"""The ``cloudagent-etl`` command: migrate, doctor, sweep, status, data-dictionary, receiver, simulate.
+"""The ``cloudagent-etl`` command: migrate, doctor, sweep, status, data-dictionary, dbt-docs, dbt, receiver,
+simulate.
 
 Each sub-command imports its implementation lazily so that ``--help`` stays fast.
 """
@@ -115,6 +116,32 @@ def _cmd_data_dictionary(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dbt_docs(args: argparse.Namespace) -> int:
+    from cloudagent_etl import analytics
+
+    project = analytics.project_dir()
+    if args.write:
+        written = analytics.write_generated_files(project)
+        print("\n".join(f"wrote {project / name}" for name in written) or "already up to date")
+        return 0
+    drifted = analytics.drifted_files(project)
+    for name in drifted:
+        print(f"{project / name} differs from the data dictionary: run `make dbt-docs`")
+    return 1 if drifted else 0
+
+
+def _cmd_dbt(args: argparse.Namespace) -> int:
+    from cloudagent_etl import analytics
+
+    try:
+        done = analytics.run_dbt(args.dbt_args, args.database_url or settings.database_url())
+    except analytics.DbtError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(done.stdout, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudagent-etl", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -163,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     dictionary = commands.add_parser("data-dictionary", help="print the warehouse data dictionary (markdown)")
     dictionary.set_defaults(handler=_cmd_data_dictionary)
+
+    dbt_docs = commands.add_parser(
+        "dbt-docs",
+        help="check (default) or --write the dbt project's files generated from the data dictionary",
+    )
+    dbt_docs.add_argument("--write", action="store_true", help="rewrite the files that differ")
+    dbt_docs.set_defaults(handler=_cmd_dbt_docs)
+
+    dbt = commands.add_parser(
+        "dbt",
+        help="run dbt (its own venv: make dbt-venv) on the PostgreSQL warehouse: `cloudagent-etl dbt build`",
+    )
+    dbt.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL")
+    dbt.add_argument("dbt_args", nargs=argparse.REMAINDER, help="dbt's own command and options")
+    dbt.set_defaults(handler=_cmd_dbt)
 
     from cloudagent_etl.receiver.cli import add_receiver_command
     from cloudagent_etl.simulator.cli import add_simulate_command
