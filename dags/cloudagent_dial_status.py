@@ -27,7 +27,9 @@ connection unless it is `cloudagent_default`):
    a multi-part export); then the export is `expired` and requested again, up to `re_requests` times,
    before the task fails naming campaign, window and uniqueId (at most `(1 + re_requests) x
    callback_timeout_minutes` in all).
-4. `load`: normalizes and merges the landed payloads under the account (idempotent, newer wins).
+4. `load`: normalizes and merges the landed payloads under the account (idempotent, newer wins), and
+   reports its lineage to OpenLineage (the export read, the warehouse tables written) when the
+   OpenLineage provider is configured.
 
 The `accounts` param (connection id -> campaigns), when not empty, replaces the configuration for this
 run: a backfill of one account names only that one. The `campaigns` param replaces the campaign list of a
@@ -48,7 +50,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
 from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, api_key_of
-from cloudagent_airflow.operators import WaitForCallbackOperator, WaitForWindowOperator
+from cloudagent_airflow.operators import LoadExportOperator, WaitForCallbackOperator, WaitForWindowOperator
 from cloudagent_airflow.preflight import preflight_or_fail
 from cloudagent_etl.api.request import DIALSTATUS_VALUES, SORTBY_VALUES, STATUS_VALUES, ExportFilters
 
@@ -129,15 +131,6 @@ def cloudagent_dial_status() -> None:
                 engine, api, export, callback_timeout=timeout, dag_id=dag_id, run_id=run_id
             )
 
-    @task(map_index_template="{{ label }}")
-    def load(request_id: str, conn_id: str, label: str) -> dict:
-        from cloudagent_etl import pipeline
-
-        get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
-        with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
-            api_key = CloudAgentHook(conn_id).get_settings().api_key  # redacted wherever a payload carries it
-            return pipeline.load_request(engine, request_id, api_key=api_key)
-
     @task_group(group_id="campaign")
     def sync_campaign(conn_id: str, campaign: str, label: str, window_start: str, window_end: str) -> None:
         window_closed = WaitForWindowOperator(
@@ -157,7 +150,13 @@ def cloudagent_dial_status() -> None:
             map_index_template="{{ task.campaign_name }}",
         )
         window_closed >> requested
-        load(waited.output, conn_id, label)
+        LoadExportOperator(
+            task_id="load",
+            request_id=waited.output,
+            cloudagent_conn_id=conn_id,
+            export_label=label,
+            map_index_template="{{ task.export_label }}",
+        )
 
     @task(trigger_rule="all_done", outlets=[DIAL_STATUS])
     def quality_checks(exports: list[dict] | None) -> None:

@@ -146,3 +146,92 @@ class WaitForCallbackOperator(BaseOperator):
             ),
             method_name="execute_complete",
         )
+
+
+class LoadExportOperator(BaseOperator):
+    """Normalize and merge the landed payloads of export request ``request_id`` under its account
+    (idempotent, newer wins), and report to OpenLineage what it read and wrote.
+
+    A classic operator, not a @task: Airflow's OpenLineage provider asks an operator for its lineage
+    (:meth:`get_openlineage_facets_on_complete`) after it succeeded. Lineage is best effort: a lineage that
+    cannot be built is logged and reported empty, and never fails the load.
+    """
+
+    template_fields = ("request_id", "cloudagent_conn_id", "export_label")
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        cloudagent_conn_id: str,
+        export_label: str = "",
+        db_conn_id: str = CloudAgentDbHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.request_id = request_id
+        #: The account's connection: its apiKey is redacted wherever a payload carries it.
+        self.cloudagent_conn_id = cloudagent_conn_id
+        self.export_label = export_label
+        self.db_conn_id = db_conn_id
+        self._loaded: dict[str, Any] | None = None
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from cloudagent_etl import pipeline
+
+        with terminal_errors_fail_fast(), CloudAgentDbHook(self.db_conn_id).engine() as engine:
+            api_key = CloudAgentHook(self.cloudagent_conn_id).get_settings().api_key
+            counts = pipeline.load_request(engine, self.request_id, api_key=api_key)
+        self._loaded = counts
+        return counts
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The export read and the tables written, with the load's counts as a run facet."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        try:
+            return self._lineage()
+        except Exception:
+            self.log.warning(
+                "the lineage of the load of %s could not be built; the load itself succeeded",
+                self.request_id,
+                exc_info=True,
+            )
+            return OperatorLineage()
+
+    def _lineage(self) -> Any:
+        from airflow.providers.openlineage.extractors import OperatorLineage
+        from openlineage.client.event_v2 import InputDataset, OutputDataset
+        from openlineage.client.facet_v2 import output_statistics_output_dataset as statistics
+
+        from cloudagent_airflow.lineage import CloudAgentExportDatasetFacet, CloudAgentLoadRunFacet
+        from cloudagent_etl import landing, lineage
+
+        api = CloudAgentHook(self.cloudagent_conn_id).get_settings()
+        with CloudAgentDbHook(self.db_conn_id).engine() as engine:
+            request = landing.require_export_request(engine, self.request_id)
+            written = lineage.warehouse_datasets(engine)
+        export = lineage.export_dataset(request, api.base_url)
+        counts = self._loaded or {}
+        inputs = [
+            InputDataset(
+                namespace=export.namespace,
+                name=export.name,
+                facets={"cloudagent_export": CloudAgentExportDatasetFacet(**export.facets)},
+            )
+        ]
+        outputs = []
+        for table in written:
+            output_facets: dict[str, Any] = {}
+            if table.name.endswith("dial_status") and counts:  # keys new or changed by this load
+                rows = counts["inserted"] + counts["updated"]
+                output_facets["outputStatistics"] = statistics.OutputStatisticsOutputDatasetFacet(
+                    rowCount=rows
+                )
+            outputs.append(
+                OutputDataset(namespace=table.namespace, name=table.name, outputFacets=output_facets)
+            )
+        run_facets = {}
+        if counts:
+            run_facets["cloudagent_load"] = CloudAgentLoadRunFacet.of(request.request_id, counts)
+        return OperatorLineage(inputs=inputs, outputs=outputs, run_facets=run_facets)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -194,6 +194,16 @@ class Database(ABC):
         self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]
     ) -> WarehouseMerge:
         """Start one payload's merge on ``conn`` (session settings, stage)."""
+
+    # ---------------------------------------------------------------------------------------- lineage, dbt
+    @abstractmethod
+    def lineage_names(self, engine: Engine, tables: Sequence[str]) -> tuple[str, list[str]]:
+        """The OpenLineage namespace of this database and the names of ``tables`` in it (its naming spec)."""
+
+    def dbt_profile_env(self, url: str) -> dict[str, str] | None:
+        """The variables ``dbt/profiles.yml`` reads to reach this database; None where the dbt models do not
+        run (their SQL is PostgreSQL's)."""
+        return None
 
 
 def upsert_from_stage_sql(

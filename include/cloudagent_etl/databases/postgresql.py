@@ -9,12 +9,13 @@ small callback is stored in one statement), and a warehouse merge that ``COPY``-
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, Table, create_engine, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import make_url
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
@@ -150,6 +151,25 @@ class PostgreSQL(Database):
         self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]
     ) -> WarehouseMerge:
         return PostgresMerge(conn, spec, lineage)
+
+    def lineage_names(self, engine: Engine, tables: Sequence[str]) -> tuple[str, list[str]]:
+        """``postgres://{host}:{port}`` and ``{database}.{schema}.{table}`` (the schema the load writes)."""
+        with engine.connect() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        url = engine.url
+        namespace = f"postgres://{url.host or 'localhost'}:{url.port or 5432}"
+        return namespace, [f"{url.database}.{schema}.{table}" for table in tables]
+
+    def dbt_profile_env(self, url: str) -> dict[str, str] | None:
+        """Server, port, user, password, database (the password only in the dbt process's environment)."""
+        parsed = make_url(url)
+        return {
+            "CLOUDAGENT_DBT_HOST": parsed.host or "localhost",
+            "CLOUDAGENT_DBT_PORT": str(parsed.port or 5432),
+            "CLOUDAGENT_DBT_USER": parsed.username or "postgres",
+            "CLOUDAGENT_DBT_PASSWORD": parsed.password or "",
+            "CLOUDAGENT_DBT_DATABASE": parsed.database or "",
+        }
 
 
 class PostgresMerge(WarehouseMerge):

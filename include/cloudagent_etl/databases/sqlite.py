@@ -8,7 +8,7 @@ into a ``TEMP`` stage with ``executemany`` and upserts from it (see :class:`SQLi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -107,6 +107,11 @@ class SQLite(Database):
         self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]
     ) -> WarehouseMerge:
         return SQLiteMerge(conn, spec, lineage)
+
+    def lineage_names(self, engine: Engine, tables: Sequence[str]) -> tuple[str, list[str]]:
+        """OpenLineage's naming spec has no SQLite entry; by its general rule (namespace = the data source,
+        name = the dataset): ``sqlite://{absolute file path}`` and the table's name."""
+        return f"sqlite://{Path(engine.url.database or '').resolve()}", list(tables)
 
 
 class SQLiteMerge(WarehouseMerge):

@@ -190,3 +190,61 @@ def test_a_retried_wait_after_a_re_request_waits_for_the_live_re_request_without
 
     assert retried.value.trigger.serialize()[1]["request_id"] == second
     assert len(cloudagent.requests_log()) == 1
+
+
+def load_operator(request_id: str):
+    from cloudagent_airflow.operators import LoadExportOperator
+
+    return LoadExportOperator(task_id="load", request_id=request_id, cloudagent_conn_id="cloudagent_default")
+
+
+@pytest.fixture
+def account(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The API connection the load reads (its apiKey is redacted from payloads; its host names the export)."""
+    api = {"conn_type": "cloudagent", "host": "https://in1-ccaas-api.ozonetel.com", "login": "test_user",
+           "password": "api-key-0000"}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DEFAULT", json.dumps(api))
+    return api["host"]
+
+
+def test_the_load_reports_the_export_it_read_and_the_tables_it_wrote(db: Engine, account: str) -> None:
+    from cloudagent_etl.simulator.data import generate_records
+
+    request_id = new_request(db, "Sales", unique_id="cloudagent-unique-42").request_id
+    land(db, request_id, generate_records("Sales", *WINDOW, seed=3, records_per_day=20))
+    operator = load_operator(request_id)
+    counts = operator.execute(context={})
+
+    lineage = operator.get_openlineage_facets_on_complete(task_instance=None)
+
+    (read,) = lineage.inputs
+    assert read.namespace == "cloudagent://in1-ccaas-api.ozonetel.com"
+    assert read.name == f"test_user/Sales/{WINDOW[0].isoformat()}/{WINDOW[1].isoformat()}"
+    assert (read.facets["cloudagent_export"].uniqueId, read.facets["cloudagent_export"].requestId) == (
+        "cloudagent-unique-42",
+        request_id,
+    )
+    tables = ("dial_status", "dial_status_superseded", "dial_status_rejects", "load_runs")
+    url = db.url
+    if url.drivername.startswith("postgresql"):
+        expected = {
+            (f"postgres://{url.host}:{url.port or 5432}", f"{url.database}.public.{t}") for t in tables
+        }
+    else:
+        expected = {(f"sqlite://{url.database}", t) for t in tables}
+    assert {(output.namespace, output.name) for output in lineage.outputs} == expected
+    (current,) = [output for output in lineage.outputs if output.name.endswith("dial_status")]
+    assert current.outputFacets["outputStatistics"].rowCount == counts["inserted"] + counts["updated"] > 0
+    run_facet = lineage.run_facets["cloudagent_load"]
+    assert (run_facet.requestId, run_facet.rowsIn, run_facet.rejected) == (
+        request_id,
+        counts["rows_in"],
+        counts["rejected"],
+    )
+
+
+def test_a_lineage_that_cannot_be_built_is_reported_empty_and_never_raises(db: Engine, account: str) -> None:
+    """The export request is gone by the time the lineage is asked for: the load's success stands."""
+    lineage = load_operator("no-such-request").get_openlineage_facets_on_complete(task_instance=None)
+
+    assert (lineage.inputs, lineage.outputs, lineage.run_facets) == ([], [], {})
