@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.fixtures.databases",
     "tests.fixtures.simulator",
     "tests.fixtures.receiver",
+    "tests.fixtures.dbt",
 ]
 
 

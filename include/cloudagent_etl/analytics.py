@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy.engine import make_url
 
 from cloudagent_etl.api.request import DIALSTATUS_VALUES, STATUS_VALUES
+from cloudagent_etl.databases import sqlalchemy_url
 from cloudagent_etl.warehouse.tables import DATA_DICTIONARY, LOAD_RUN_STATES, WAREHOUSE_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +63,14 @@ _VERSION_TABLES = ("dial_status", "dial_status_superseded", "dial_status_history
 
 
 class DbtError(RuntimeError):
-    """dbt could not run, or ran and failed: the message says which and ends with dbt's own last lines."""
+    """dbt could not run, or ran and failed: the message says which and ends with dbt's own last lines.
+
+    ``exit_code`` 1 is dbt's "a model or test failed" (running again changes nothing); 2 and others are
+    errors running dbt itself (the database not answering, a broken project); None: dbt did not start."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _column_tests(table: str, column: str) -> list[Any]:
@@ -186,25 +193,26 @@ def dbt_executable(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("CLOUDAGENT_DBT_EXECUTABLE") or REPO / ".venv-dbt" / "bin" / "dbt")
 
 
+def runs_on(database_url: str) -> bool:
+    """Whether the dbt models run on this database (their SQL is PostgreSQL's)."""
+    database, url = sqlalchemy_url(database_url)
+    return database.dbt_profile_env(url) is not None
+
+
 def profile_env(database_url: str) -> dict[str, str]:
-    """The variables ``dbt/profiles.yml`` reads: the warehouse's PostgreSQL server, user and database.
+    """The variables ``dbt/profiles.yml`` reads: the warehouse's server, user and database.
 
     The password travels only in the environment of the dbt process (dbt never prints it)."""
-    url = make_url(database_url)
-    if not url.drivername.startswith("postgres"):
+    database, url = sqlalchemy_url(database_url)
+    env = database.dbt_profile_env(url)
+    if env is None:
         raise DbtError(
-            f"the dbt models run on PostgreSQL only, not {url.drivername!r}: set CLOUDAGENT_DB_URL to the "
+            f"the dbt models run on PostgreSQL only, not {database.name}: set CLOUDAGENT_DB_URL to the "
             "PostgreSQL warehouse (see docs/decisions.md, 'dbt on PostgreSQL only')"
         )
-    if not url.database:
+    if not env["CLOUDAGENT_DBT_DATABASE"]:
         raise DbtError("the warehouse URL names no database")
-    return {
-        "CLOUDAGENT_DBT_HOST": url.host or "localhost",
-        "CLOUDAGENT_DBT_PORT": str(url.port or 5432),
-        "CLOUDAGENT_DBT_USER": url.username or "postgres",
-        "CLOUDAGENT_DBT_PASSWORD": url.password or "",
-        "CLOUDAGENT_DBT_DATABASE": url.database,
-    }
+    return env
 
 
 def run_dbt(
@@ -236,5 +244,5 @@ def run_dbt(
         raise DbtError(f"`dbt {' '.join(args)}` did not finish within {timeout_s:g} s") from exc
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
-        raise DbtError(f"`dbt {' '.join(args)}` failed (exit {done.returncode}):\n{tail}")
+        raise DbtError(f"`dbt {' '.join(args)}` failed (exit {done.returncode}):\n{tail}", done.returncode)
     return done

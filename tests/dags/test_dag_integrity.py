@@ -7,7 +7,12 @@ import pytest
 from tests.fixtures.airflow import DAGS_FOLDER
 from tests.timing import own_time
 
-EXPECTED_DAG_IDS = {"cloudagent_dial_status", "cloudagent_reprocess", "cloudagent_missing_data"}
+EXPECTED_DAG_IDS = {
+    "cloudagent_dial_status",
+    "cloudagent_reprocess",
+    "cloudagent_missing_data",
+    "cloudagent_analytics",
+}
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,12 @@
 green and its marts say what the warehouse says; a seeded bad row fails the build naming the test that
 caught it; ``dbt docs generate`` documents the models from the data dictionary.
 
-dbt runs from its own venv, which the session makes with ``make dbt-venv`` (a no-op once made).
+dbt runs from its own venv, which the ``dbt_venv`` fixture makes with ``make dbt-venv`` (a no-op once made).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import subprocess
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,22 +26,6 @@ WINDOW = (datetime(2025, 6, 1, tzinfo=UTC), datetime(2025, 6, 3, tzinfo=UTC))
 LOADS = (("acme", "Sales", 7), ("acme", "Support", 8), ("globex", "Sales", 9))
 MARTS = ("daily_funnel", "daily_dispositions", "attempts_to_answer", "agent_dispositions", "lead_recency")
 STAGING = "analytics_staging.stg_cloudagent__dial_status"
-
-
-@pytest.fixture(scope="session")
-def dbt_venv(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
-    """dbt's own venv, made by the Makefile target (once per machine; xdist workers take turns)."""
-    run_folder = tmp_path_factory.getbasetemp()
-    shared = run_folder.parent if worker_id != "master" else run_folder
-    with (shared / "dbt-venv.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        made = subprocess.run(
-            ["make", "dbt-venv"], cwd=analytics.REPO, capture_output=True, text=True, timeout=900
-        )
-    assert made.returncode == 0, made.stdout + made.stderr
-    executable = analytics.dbt_executable()
-    assert executable.is_file(), executable
-    return executable
 
 
 @pytest.fixture

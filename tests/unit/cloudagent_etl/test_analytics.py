@@ -87,7 +87,7 @@ def test_dbt_gets_the_warehouse_from_the_url_and_only_postgresql() -> None:
         "CLOUDAGENT_DBT_PASSWORD": "s3cret",
         "CLOUDAGENT_DBT_DATABASE": "warehouse",
     }
-    with pytest.raises(analytics.DbtError, match="PostgreSQL only, not 'sqlite'") as refused:
+    with pytest.raises(analytics.DbtError, match="PostgreSQL only, not sqlite") as refused:
         analytics.profile_env("sqlite:////tmp/warehouse.db")
     assert "s3cret" not in str(refused.value)
 
