@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import Table
 
 from cloudagent_etl.api.request import DIALSTATUS_VALUES, STATUS_VALUES
 from cloudagent_etl.databases import sqlalchemy_url
-from cloudagent_etl.warehouse.tables import DATA_DICTIONARY, LOAD_RUN_STATES, WAREHOUSE_KEY
+from cloudagent_etl.warehouse.tables import DATA_DICTIONARY, LOAD_RUN_STATES, metadata, view_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 #: The source-of-truth sentence every generated file starts with.
@@ -41,25 +42,17 @@ FRESHNESS = {"warn_after": {"count": 30, "period": "hour"}, "error_after": {"cou
 DIAL_STATUS_VALUES = [value for value in DIALSTATUS_VALUES if value != "ALL"]
 LEAD_STATUS_VALUES = [value for value in STATUS_VALUES if value != "All"]
 
-_TABLE_DESCRIPTIONS = {
-    "dial_status": "Current state: one row per account + campaign_name + record_key, the newest updated_at "
-    "wins. Holds the phone number and name in clear: models read it only through the staging model.",
-    "dial_status_superseded": "Versions that are not current: replaced by a newer one, or older than the "
-    "current row.",
-    "dial_status_history": "View: every distinct version seen (dial_status_superseded UNION ALL "
-    "dial_status).",
-    "dial_status_rejects": "Records that broke the contract, with every reason; never silently dropped.",
-    "load_runs": "One row per load of one payload: counts and timings.",
-}
-#: Each table's key, tested unique as a whole and not null column by column.
-_KEYS = {
-    "dial_status": list(WAREHOUSE_KEY),
-    "dial_status_superseded": [*WAREHOUSE_KEY, "updated_at"],
-    "dial_status_history": [*WAREHOUSE_KEY, "updated_at"],
-    "dial_status_rejects": ["payload_id", "position"],
-    "load_runs": ["load_run_id"],
-}
-_VERSION_TABLES = ("dial_status", "dial_status_superseded", "dial_status_history")
+
+def _described_table(name: str) -> Table | None:
+    """The SQLAlchemy description of a warehouse table or view (its comment and key), if there is one."""
+    table = metadata.tables.get(name)
+    return table if table is not None else view_metadata.tables.get(name)
+
+
+def _key(table: str) -> list[str]:
+    """The table's key, tested unique as a whole and not null column by column (none for an unknown one)."""
+    described = _described_table(table)
+    return [str(column.name) for column in described.primary_key] if described is not None else []
 
 
 class DbtError(RuntimeError):
@@ -75,7 +68,7 @@ class DbtError(RuntimeError):
 
 def _column_tests(table: str, column: str) -> list[Any]:
     tests: list[Any] = []
-    key = _KEYS[table]
+    key = _key(table)
     if column in key or column in ("load_run_id", "loaded_at", "account"):
         tests.append("not_null")
     if key == [column]:
@@ -83,21 +76,21 @@ def _column_tests(table: str, column: str) -> list[Any]:
     if column == "load_run_id" and table != "load_runs":
         tests.append({"relationships": {"arguments": {"to": f"source('{SOURCE_NAME}', 'load_runs')",
                                                       "field": "load_run_id"}}})  # fmt: skip
-    if table in _VERSION_TABLES:
-        if column == "lead_status":
-            tests.append({"accepted_values": {"arguments": {"values": LEAD_STATUS_VALUES}}})
-        if column == "dial_status_last":
-            tests.append({"accepted_values": {"arguments": {"values": DIAL_STATUS_VALUES}}})
+    if column == "lead_status":
+        tests.append({"accepted_values": {"arguments": {"values": LEAD_STATUS_VALUES}}})
+    if column == "dial_status_last":
+        tests.append({"accepted_values": {"arguments": {"values": DIAL_STATUS_VALUES}}})
     if (table, column) == ("load_runs", "status"):
         tests.append({"accepted_values": {"arguments": {"values": list(LOAD_RUN_STATES)}}})
     return tests
 
 
 def _source_table(table: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": table, "description": _TABLE_DESCRIPTIONS[table]}
+    described = _described_table(table)
+    entry: dict[str, Any] = {"name": table, "description": described.comment if described is not None else ""}
     tests: list[Any] = []
-    if len(_KEYS[table]) > 1:
-        tests.append({"unique_combination": {"arguments": {"columns": _KEYS[table]}}})
+    if len(_key(table)) > 1:
+        tests.append({"unique_combination": {"arguments": {"columns": _key(table)}}})
     if table == "dial_status":
         entry["config"] = {"loaded_at_field": "loaded_at", "freshness": FRESHNESS}
         tests.append(
@@ -117,10 +110,10 @@ def _source_table(table: str) -> dict[str, Any]:
         entry["data_tests"] = tests
     columns = []
     for column, meaning in DATA_DICTIONARY[table].items():
-        described: dict[str, Any] = {"name": column, "description": meaning}
+        entry_of_column: dict[str, Any] = {"name": column, "description": meaning}
         if column_tests := _column_tests(table, column):
-            described["data_tests"] = column_tests
-        columns.append(described)
+            entry_of_column["data_tests"] = column_tests
+        columns.append(entry_of_column)
     entry["columns"] = columns
     return entry
 

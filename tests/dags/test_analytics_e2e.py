@@ -24,14 +24,16 @@ def queued_for(dag_id: str) -> list[str]:
         return list(session.scalars(query.where(AssetDagRunQueue.target_dag_id == dag_id)))
 
 
-def deploy(dags: dict, unpaused: str) -> None:
+def deploy(unpaused: str) -> None:
     """What the dag processor does (the DAGs and their Asset references in the metadata DB), and unpause."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     from airflow.models import DagModel
     from airflow.utils.session import create_session
 
     from tests.fixtures.airflow import DAGS_FOLDER
 
+    DagBundlesManager().sync_bundles_to_db()  # the bundle "dags-folder" that the DAGs belong to
     sync_bag_to_db(DagBag(dag_folder=str(DAGS_FOLDER)), "dags-folder", None)
     with create_session() as session:
         session.execute(
@@ -39,14 +41,15 @@ def deploy(dags: dict, unpaused: str) -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_kind", ["postgres"])
 def test_a_nightly_run_that_loads_triggers_one_dbt_build_of_the_marts(
     sync: Sync, dbt_venv: Path, monkeypatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("CLOUDAGENT_DATA_DIR", str(tmp_path / "data"))
     analytics_dag = sync.dags["cloudagent_analytics"]
-    assert analytics_dag.timetable.asset_condition == DIAL_STATUS
-    deploy(sync.dags, unpaused="cloudagent_analytics")
+    assert list(analytics_dag.timetable.asset_condition.objects) == [DIAL_STATUS]
+    deploy(unpaused="cloudagent_analytics")
     assert queued_for("cloudagent_analytics") == []
 
     state, _ = sync.run(campaigns=["Alpha"])

@@ -58,6 +58,7 @@ def events_of(path: Path, job_suffix: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("db_kind", ["postgres"])
+@pytest.mark.slow
 @pytest.mark.timeout(RUN_WORK_S + 2 * DEADLINE_S + 120)
 def test_the_load_reports_the_export_it_read_and_the_tables_it_wrote(
     sync: Sync, airflow_home: Path, tmp_path: Path
@@ -106,6 +107,7 @@ def test_the_load_reports_the_export_it_read_and_the_tables_it_wrote(
 
 
 @pytest.mark.parametrize("db_kind", ["sqlite"])
+@pytest.mark.slow
 @pytest.mark.timeout(RUN_WORK_S + 2 * DEADLINE_S + 120)
 def test_a_lineage_backend_that_fails_never_fails_the_load(
     sync: Sync, airflow_home: Path, tmp_path: Path

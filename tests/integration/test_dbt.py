@@ -65,6 +65,7 @@ def rows(engine: Engine, sql: str) -> list[dict]:
         return [dict(row) for row in conn.execute(text(sql)).mappings()]
 
 
+@pytest.mark.slow
 def test_dbt_build_is_green_its_marts_say_what_the_warehouse_says_and_its_docs_generate(
     dbt_venv: Path, warehouse: str, engine: Engine, tmp_path: Path
 ) -> None:
@@ -169,6 +170,7 @@ def assert_no_model_shows_the_phone_number_or_the_name(engine: Engine) -> None:
         assert not any(f'"{name}"' in dumped for name in names), relation
 
 
+@pytest.mark.slow
 def test_a_seeded_bad_row_fails_the_build_naming_the_tests_that_caught_it(
     dbt_venv: Path, warehouse: str, engine: Engine, tmp_path: Path
 ) -> None:

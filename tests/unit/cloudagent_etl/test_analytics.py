@@ -95,3 +95,18 @@ def test_dbt_gets_the_warehouse_from_the_url_and_only_postgresql() -> None:
 def test_a_missing_dbt_says_how_to_install_it(tmp_path: Path) -> None:
     with pytest.raises(analytics.DbtError, match="make dbt-venv"):
         analytics.run_dbt(["build"], "postgresql://u:p@h/db", executable=tmp_path / "no-dbt")
+
+
+def test_a_table_new_to_the_dictionary_gets_its_source_and_the_contracts_tests(monkeypatch) -> None:
+    """A view added to the dictionary (say, an analysts' view of dial_status) needs no change here."""
+    view = {"lead_status": "lead status", "dial_status_last": "last leg", "load_run_id": "load run"}
+    monkeypatch.setitem(DATA_DICTIONARY, "analyst_view", view)
+
+    (source,) = yaml.safe_load(analytics.sources_yaml())["sources"]
+
+    (table,) = [table for table in source["tables"] if table["name"] == "analyst_view"]
+    tests = {column["name"]: column["data_tests"] for column in table["columns"]}
+    assert [next(iter(test)) for test in tests["lead_status"]] == ["accepted_values"]
+    assert [next(iter(test)) for test in tests["dial_status_last"]] == ["accepted_values"]
+    assert tests["load_run_id"][0] == "not_null"
+    assert "relationships" in tests["load_run_id"][1]
