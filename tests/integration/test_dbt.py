@@ -26,6 +26,8 @@ WINDOW = (datetime(2025, 6, 1, tzinfo=UTC), datetime(2025, 6, 3, tzinfo=UTC))
 LOADS = (("acme", "Sales", 7), ("acme", "Support", 8), ("globex", "Sales", 9))
 MARTS = ("daily_funnel", "daily_dispositions", "attempts_to_answer", "agent_dispositions", "lead_recency")
 STAGING = "analytics_staging.stg_cloudagent__dial_status"
+#: The spellings of an answered call in the seeded warehouse.
+ANSWERED = ("answered", "ANSWERED")
 
 
 @pytest.fixture
@@ -33,7 +35,8 @@ def warehouse(pg_url: str, engine: Engine) -> str:
     """The simulator's records of three campaigns of two accounts, loaded as the pipeline loads them.
 
     The simulator names an agent on answered calls only; a real export may name one on a call the lead
-    hung up: a few unanswered leads get one, which the agents' mart must not count."""
+    hung up: a few unanswered leads get one, which the agents' mart must not count. Some dial statuses
+    are spelled otherwise ("ANSWERED", "No Answer"), which the staging model normalizes."""
     for account, campaign, seed in LOADS:
         request_id = new_request(engine, campaign, window=WINDOW, account=account).request_id
         land(engine, request_id, generate_records(campaign, *WINDOW, seed=seed, records_per_day=60))
@@ -46,6 +49,15 @@ def warehouse(pg_url: str, engine: Engine) -> str:
             )
         )
         assert hung_up.rowcount > 0
+        for spelled, status in (("ANSWERED", "answered"), ("No Answer", "NoAnswer")):
+            respelled = conn.execute(
+                text(
+                    "UPDATE dial_status SET dial_status_last = :spelled "
+                    "WHERE dial_status_last = :status AND record_key LIKE '%3'"
+                ),
+                {"spelled": spelled, "status": status},
+            )
+            assert respelled.rowcount > 0
     return pg_url
 
 
@@ -66,6 +78,7 @@ def rows(engine: Engine, sql: str) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three dbt commands: 263 s at load ~14
 def test_dbt_build_is_green_its_marts_say_what_the_warehouse_says_and_its_docs_generate(
     dbt_venv: Path, warehouse: str, engine: Engine, tmp_path: Path
 ) -> None:
@@ -74,7 +87,13 @@ def test_dbt_build_is_green_its_marts_say_what_the_warehouse_says_and_its_docs_g
     results = build(warehouse, target)
 
     statuses = Counter(result["status"] for result in results)
-    assert set(statuses) == {"success", "pass"}, statuses
+    assert set(statuses) == {"success", "pass", "warn"}, statuses
+    warned = [result["unique_id"].split(".")[2] for result in results if result["status"] == "warn"]
+    # The other spellings warn at the source (the table and the history view), and nowhere downstream.
+    assert {name.split("_dial_status_last__")[0] for name in warned} == {
+        "source_accepted_values_warehouse_dial_status",
+        "source_accepted_values_warehouse_dial_status_history",
+    }, warned
     tested = {result["unique_id"].split(".")[2] for result in results if result["status"] == "pass"}
     for expected in ("accepted_values_", "relationships_", "unique_combination_", "not_null_", "unique_"):
         assert any(name.startswith(expected) for name in tested), (expected, sorted(tested))
@@ -90,7 +109,7 @@ def test_dbt_build_is_green_its_marts_say_what_the_warehouse_says_and_its_docs_g
         totals = expected_funnel[(row["account"], row["campaign_name"])]
         totals[0] += 1
         totals[1] += row["attempts"] or 0
-        totals[2] += row["dial_status_last"] == "answered"
+        totals[2] += row["dial_status_last"] in ANSWERED
     funnel = rows(
         engine,
         "SELECT account, campaign, SUM(leads) AS leads, SUM(attempts) AS attempts, "
@@ -108,7 +127,7 @@ def test_dbt_build_is_green_its_marts_say_what_the_warehouse_says_and_its_docs_g
     answered_by_agent = Counter(
         (row["account"], row["campaign_name"], row["agent_id"], row["disposition"] or "(none)")
         for row in current
-        if row["dial_status_last"] == "answered" and row["agent_id"] is not None
+        if row["dial_status_last"] in ANSWERED and row["agent_id"] is not None
     )
     agents = rows(
         engine,
@@ -119,7 +138,7 @@ def test_dbt_build_is_green_its_marts_say_what_the_warehouse_says_and_its_docs_g
         (r["account"], r["campaign"], r["agent_id"], r["disposition"]): r["answered_calls"] for r in agents
     } == (dict(answered_by_agent))
     assert answered_by_agent
-    assert any(r["dial_status_last"] != "answered" and r["agent_id"] for r in current), (
+    assert any(r["dial_status_last"] not in ANSWERED and r["agent_id"] for r in current), (
         "the rule is exercised"
     )
 
@@ -135,6 +154,11 @@ def test_dbt_build_is_green_its_marts_say_what_the_warehouse_says_and_its_docs_g
     for key, attempts in per_campaign.items():
         assert sum(r["answered_leads"] for r in attempts) == expected_funnel[key][2]
         assert float(attempts[-1]["cumulative_share"]) == 1.0
+
+    # One spelling per dial status in the staging model, whatever the source spelled.
+    staged = rows(engine, f"SELECT DISTINCT last_dial_status FROM {STAGING}")
+    normalized = {"answered", "no_answer", "fail", "user_disconnected"}
+    assert {r["last_dial_status"] for r in staged} - {None} == normalized
 
     # Lead recency: one row per lead, days since the last attempt never negative.
     recency = rows(engine, "SELECT days_since_last_attempt FROM analytics_marts.lead_recency")

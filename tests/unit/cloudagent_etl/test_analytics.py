@@ -57,7 +57,12 @@ def test_the_sources_test_keys_relationships_and_the_contracts_values() -> None:
         {"accepted_values": {"arguments": {"values": ["Fail", "Success", "Pending"]}}}
     ]
     assert dial_status["dial_status_last"] == [
-        {"accepted_values": {"arguments": {"values": ["Fail", "NoAnswer", "user_disconnected", "answered"]}}}
+        {
+            "accepted_values": {
+                "arguments": {"values": ["Fail", "NoAnswer", "user_disconnected", "answered"]},
+                "config": {"severity": "warn"},  # other spellings: the staging model normalizes them
+            }
+        }
     ]
     relationship = {
         "relationships": {"arguments": {"to": "source('warehouse', 'load_runs')", "field": "load_run_id"}}
