@@ -1,6 +1,7 @@
 {#- The current state of every lead, typed and renamed, dial statuses in one spelling. The phone number, the
     name and the free-form fields (extra) are left out: no model downstream sees them in clear. -#}
 with source as (
+    -- The one place the models read the table: every model downstream reads this one.
     select * from {{ source('warehouse', 'dial_status') }}
 )
 
