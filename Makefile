@@ -79,6 +79,8 @@ PEER_VENV = .venv-peer
 bench-peer: install
 	test -x $(PEER_VENV)/bin/python || $(BIN)/uv venv -q --python $(PY) $(PEER_VENV)
 	$(BIN)/uv pip install -q --python $(PEER_VENV)/bin/python -e ".[bench,dev]"
+	# As in install: the editable build's metadata in include/ would make the distribution found twice.
+	rm -rf include/cloudagent_etl.egg-info
 	$(PEER_VENV)/bin/python -m benchmarks.bench_load --peer
 
 bench-receiver: install
