@@ -263,7 +263,8 @@ def _merge_sql(spec: MergeSpec) -> str:
     table).
 
     The lookup is a lateral subquery with ``LIMIT 1``: always an index probe per staged row, whatever the
-    planner estimates for the stage (a hash join would scan the whole current table for every batch).
+    planner estimates for the stage (a hash join would scan the whole current table for every batch),
+    and always through the primary key (see ``same_key``).
     """
     key = ", ".join(spec.key)
     version = spec.version
@@ -271,7 +272,17 @@ def _merge_sql(spec: MergeSpec) -> str:
     values = ", ".join((*spec.row_columns, *(f":{name}" for name in spec.lineage_columns)))
     differs = " OR ".join(f"d.{column} IS DISTINCT FROM s.{column}" for column in spec.value_columns)
     selected = ", ".join(f"s.{column}" for column in (*spec.row_columns, "position"))
-    same_key = " AND ".join(f"d.{column} = s.{column}" for column in spec.key)
+    # The row comparison is a condition only the primary key's index can serve: on a table without
+    # statistics (a first load, a new database) the planner otherwise sees a tie with any index that
+    # starts with a prefix of the key, and one that does ((account, campaign_name, updated_at)) would
+    # read every row of the campaign per probe, quadratic within a batch.
+    same_key = " AND ".join(
+        [
+            f"({', '.join(f'd.{column}' for column in spec.key)}) >= "
+            f"({', '.join(f's.{column}' for column in spec.key)})",
+            *(f"d.{column} = s.{column}" for column in spec.key),
+        ]
+    )
     target_key = " AND ".join(f"t.{column} = l.{column}" for column in spec.key)
     probe = spec.key[-1]  # NULL exactly when the lateral lookup found no row
     assignments = ", ".join(
