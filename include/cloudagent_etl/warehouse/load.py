@@ -161,15 +161,23 @@ class StagedBatch:
     staged: Any
 
 
-def prepare_batch(batch: NormalizedBatch, stage: Callable[[pd.DataFrame], Any], account: str) -> StagedBatch:
+def prepare_batch(
+    batch: NormalizedBatch,
+    stage: Callable[[pd.DataFrame, np.ndarray], Any],
+    account: str,
+    lock: Callable[[pd.DataFrame], None] | None = None,
+) -> StagedBatch:
     """The client-side work of merging ``batch``: the rows under ``account``, their key hashes (within one
-    account) and the database's staged form of them (``stage``: :meth:`WarehouseMerge.stage`)."""
+    account) and the database's staged form of them (``stage``: :meth:`WarehouseMerge.stage`), after
+    ``lock`` took the locks of the rows' lock values the load does not hold yet."""
     if batch.rows.empty:
         return StagedBatch(batch.rows, batch.rejects, batch.records_in, 0, None, None)
     rows = batch.rows.assign(account=account)
+    if lock is not None:
+        lock(rows)
     hashes = pd.util.hash_pandas_object(batch.rows[["campaign_name", "record_key"]], index=False).to_numpy()
     latest = int(rows["is_latest"].sum())
-    return StagedBatch(rows, batch.rejects, batch.records_in, latest, hashes, stage(rows))
+    return StagedBatch(rows, batch.rejects, batch.records_in, latest, hashes, stage(rows, hashes))
 
 
 @dataclass
@@ -295,10 +303,22 @@ def merge_batches(
     The worker thread is the only user of ``conn`` until every batch is merged.
     """
     merger = _Merger(conn, lineage)
+    merge_rows = merger.merge_rows
+    pending: Future[None] | None = None
+
+    def lock(rows: pd.DataFrame) -> None:
+        """Take the locks the rows need, on the connection: after the merge in flight (a new lock value
+        is rare after the first batch: one payload is one account's campaign)."""
+        nonlocal pending
+        if unlocked := merge_rows.unlocked(rows):
+            if pending is not None:
+                pending.result()
+                pending = None
+            merge_rows.lock(unlocked)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge") as pool:
-        pending: Future[None] | None = None
         for batch in batches:
-            staged = prepare_batch(batch, merger.merge_rows.stage, lineage["account"])
+            staged = prepare_batch(batch, merge_rows.stage, lineage["account"], lock)
             if pending is not None:
                 pending.result()
             pending = pool.submit(merger.merge, staged)
