@@ -69,9 +69,11 @@ airflow-stop:
 airflow-status:
 	$(PY) -m cloudagent_dev.localstack status
 
+# `make bench LARGE_RECORDS=0` leaves out the 10M-record load of --scaling (~10 GB of disk, ~15 minutes).
+LARGE_RECORDS ?= 10000000
 bench: install
 	$(PY) -m benchmarks.bench_load
-	$(PY) -m benchmarks.bench_load --scaling
+	$(PY) -m benchmarks.bench_load --scaling --large-records $(LARGE_RECORDS)
 
 # The load against its peer, dlt's fastest merge path: dlt (the `bench` extra) goes into its own venv,
 # never into the one CI and the tests use.

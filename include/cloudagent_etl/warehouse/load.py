@@ -33,7 +33,14 @@ producer thread also does each batch's client-side staging work (:func:`prepare_
 the database's staged form, e.g. CSV for ``COPY``), so the merge thread only talks to the database. How
 a batch is staged and merged is the database's (:meth:`Database.warehouse_merge
 <cloudagent_etl.databases.Database.warehouse_merge>`, described by :data:`MERGE_SPEC`); a first load of
-new keys writes ``dial_status`` alone.
+new keys writes ``dial_status`` alone (on PostgreSQL by a ``COPY`` straight into it). The producer takes
+the load's locks (account and campaign) before it stages the first batch that needs them, so that the
+database knows, while staging, which keys cannot exist yet.
+
+Batch boundaries are visible in stored rows: a key with two versions in one batch is inserted once (the
+older version goes to the superseded table), while the same two versions in two batches are an insert
+and an update (``previous_load_run_id`` then names this very load). The batch size is therefore part of
+what a load stores, and is kept at :data:`DEFAULT_BATCH_SIZE` for every batch.
 
 Where the time goes, and the alternatives measured and not adopted: ``docs/benchmarks.md``.
 """
