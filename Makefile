@@ -69,7 +69,7 @@ airflow-stop:
 airflow-status:
 	$(PY) -m cloudagent_dev.localstack status
 
-# `make bench LARGE_RECORDS=0` leaves out the 10M-record load of --scaling (~10 GB of disk, ~15 minutes).
+# `make bench LARGE_RECORDS=0` leaves out the 10M-record loads of --scaling (tens of GB of disk, 30-40 min).
 LARGE_RECORDS ?= 10000000
 bench: install
 	$(PY) -m benchmarks.bench_load

@@ -28,8 +28,9 @@ PostgreSQL from ``CLOUDAGENT_BENCH_PG_URL`` (default the local server).
   under 500 MB (the JSON path's is ~400 MB);
 - 5,000,000 empty records (``[{}, {}, ...]``, 10 MB): every one is rejected for the same reasons, so they
   must make one reject row (``occurrences`` = 5M), not 5M rows;
-- on PostgreSQL, the scenarios above at :data:`LARGE_RECORDS` (10M) records, one run: rows/s against the
-  same-shape reference and peak RSS (``--large-records 0`` skips it: it needs ~10 GB of disk and ~15 minutes).
+- on PostgreSQL, the load benchmark's first load, unchanged reload and 50 % newer at :data:`LARGE_RECORDS`
+  (10M) records, one run: rows/s against the same-shape reference and peak RSS (``--large-records 0``
+  skips it: two 5 GB payloads are written and landed, tens of GB of disk and 30-40 minutes in all).
 """
 
 from __future__ import annotations
@@ -762,6 +763,7 @@ def scaling(
 
 
 def main() -> None:
+    global SETTLE_SECONDS  # one setting of the run, read by every timed load
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--databases", default="postgresql,sqlite")
@@ -771,9 +773,12 @@ def main() -> None:
         "--large-records",
         type=int,
         default=LARGE_RECORDS,
-        help="records of --scaling's large first load on PostgreSQL (0: skip it; it takes ~10 minutes)",
+        help="records of --scaling's large loads on PostgreSQL (0: skip them; 30-40 minutes)",
     )
     parser.add_argument("--repeats", type=int, default=REPEATS, help="runs per scenario (their median)")
+    parser.add_argument(
+        "--settle", type=float, default=SETTLE_SECONDS, help="seconds a load waits for a quiet machine"
+    )
     parser.add_argument("--peer", action="store_true", help="this load against dlt's (make bench-peer)")
     parser.add_argument("--breakdown", action="store_true", help="CPU per 100k records of each step")
     parser.add_argument("--child", nargs=2, metavar=("URL", "PAYLOAD_ID"), help=argparse.SUPPRESS)
@@ -782,6 +787,7 @@ def main() -> None:
     if args.child:
         child_load(args.child[0], int(args.child[1]))
         return
+    SETTLE_SECONDS = args.settle
     if args.child_peer:
         child_peer(*args.child_peer)
         return
