@@ -91,9 +91,11 @@ airflow-stop:
 airflow-status:
 	$(PY) -m cloudagent_dev.localstack status
 
+# `make bench LARGE_RECORDS=0` leaves out the 10M-record loads of --scaling (tens of GB of disk, 30-40 min).
+LARGE_RECORDS ?= 10000000
 bench: install
 	$(PY) -m benchmarks.bench_load
-	$(PY) -m benchmarks.bench_load --scaling
+	$(PY) -m benchmarks.bench_load --scaling --large-records $(LARGE_RECORDS)
 
 # The load against its peer, dlt's fastest merge path: dlt (the `bench` extra) goes into its own venv,
 # never into the one CI and the tests use.
@@ -101,6 +103,8 @@ PEER_VENV = .venv-peer
 bench-peer: install
 	test -x $(PEER_VENV)/bin/python || $(BIN)/uv venv -q --python $(PY) $(PEER_VENV)
 	$(BIN)/uv pip install -q --python $(PEER_VENV)/bin/python -e ".[bench,dev]"
+	# As in install: the editable build's metadata in include/ would make the distribution found twice.
+	rm -rf include/cloudagent_etl.egg-info
 	$(PEER_VENV)/bin/python -m benchmarks.bench_load --peer
 
 bench-receiver: install

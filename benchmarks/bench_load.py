@@ -10,6 +10,12 @@ For each size (100k and 1M synthetic records from the simulator's generator, ~54
    ``COPY``-ed into a new table with the same primary key (and, second figure, with all of
    ``dial_status``'s indexes). On SQLite the reference is ``executemany`` INSERT of the same rows.
 
+Each size runs :data:`REPEATS` times (``--repeats``), each run in a new database with its own reference;
+the table shows each scenario's medians (rows/s, ratios, peak RSS, CPU) and the JSON keeps every run. A
+run that begins while the machine's 1-minute load average is above :data:`COMPARABLE_LOAD_AVERAGE` (others
+are busy; each load first waits up to :data:`SETTLE_SECONDS` for it to fall) is flagged NOT COMPARABLE;
+runs whose warehouse digests differ are flagged too (the same payloads must store the same rows).
+
 Prints a table and writes ``bench-results/load.json``. ``python -m benchmarks.bench_load [--sizes 100000]``;
 PostgreSQL from ``CLOUDAGENT_BENCH_PG_URL`` (default the local server).
 
@@ -21,7 +27,10 @@ PostgreSQL from ``CLOUDAGENT_BENCH_PG_URL`` (default the local server).
 - a form body: ~50 MB of ``uniqueId=...&data=<urlencoded JSON array>``; the load's peak RSS must stay
   under 500 MB (the JSON path's is ~400 MB);
 - 5,000,000 empty records (``[{}, {}, ...]``, 10 MB): every one is rejected for the same reasons, so they
-  must make one reject row (``occurrences`` = 5M), not 5M rows.
+  must make one reject row (``occurrences`` = 5M), not 5M rows;
+- on PostgreSQL, the load benchmark's first load, unchanged reload and 50 % newer at :data:`LARGE_RECORDS`
+  (10M) records, one run: rows/s against the same-shape reference and peak RSS (``--large-records 0``
+  skips it: two 5 GB payloads are written and landed, tens of GB of disk and 30-40 minutes in all).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import hashlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,8 +73,27 @@ FORM_PEAK_RSS_LIMIT_MB = 500
 EMPTY_RECORDS = 5_000_000
 #: The time per record at the largest N may be at most this times that at the smallest: "linear".
 LINEAR_TOLERANCE = 1.5
+#: Runs of each scenario; its figures are their median.
+REPEATS = 3
+#: A run that starts with the machine's 1-minute load average above this is not comparable (2 cores).
+COMPARABLE_LOAD_AVERAGE = 1.5
+#: How long a load waits for the load average to fall to ``COMPARABLE_LOAD_AVERAGE`` before it starts.
+SETTLE_SECONDS = 15
+#: Records of the large first load of ``--scaling`` (PostgreSQL): peak RSS and rows/s at ten times 1M.
+LARGE_RECORDS = 10_000_000
 #: Columns of a stored version compared by ``warehouse_digest`` (``loaded_at`` differs run by run).
 DIGEST_COLUMNS = (*ROW_COLUMNS, "payload_id", "load_run_id")
+
+
+def reused_payload(path: Path, records: Callable[[], Iterable[dict[str, str]]]) -> landing.CallbackBody:
+    """The JSON payload at ``path``, written from ``records()`` unless an earlier run wrote it."""
+    if not path.exists():
+        return write_payload(path, records())
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while data := file.read(8 * 1024 * 1024):
+            digest.update(data)
+    return landing.CallbackBody(path.open("rb"), path.stat().st_size, digest.hexdigest())
 
 
 def write_payload(
@@ -289,13 +318,16 @@ def _canonical(value: Any) -> Any:
 
 
 def bench(database: str, url: str, count: int, workdir: Path) -> list[dict[str, Any]]:
-    """First load, a reload of the same payload (every row unchanged), a payload with 50 % newer rows."""
-    body = write_payload(workdir / f"payload-{count}.json", synthetic_records(count, seed=7))
+    """First load, a reload of the same payload (every row unchanged), a payload with 50 % newer rows.
+
+    One run: each scenario's figures and the reference measured in this run (see :func:`repeated`).
+    """
+    body = reused_payload(workdir / f"payload-{count}.json", lambda: synthetic_records(count, seed=7))
     payload_id = land_payload(url, body, "application/json")
     runs = {"first_load": _timed_load(url, payload_id)}
     reference = pg_reference(url, count) if database == "postgresql" else sqlite_reference(url, count)
     runs["reload_unchanged"] = _timed_load(url, payload_id)
-    newer = write_payload(workdir / f"newer-{count}.json", newer_records(count))
+    newer = reused_payload(workdir / f"newer-{count}.json", lambda: newer_records(count))
     runs["reload_50pct_newer"] = _timed_load(url, land_payload(url, newer, "application/json"))
     digest = warehouse_digest(url)
     rows = []
@@ -317,6 +349,8 @@ def bench(database: str, url: str, count: int, workdir: Path) -> list[dict[str, 
                 "client_cpu_s_per_100k": load["client_cpu_s"] * 100_000 / count,
                 "server_cpu_s_per_100k": load["server_cpu_s"] * 100_000 / count,
                 "load_avg_1m": load["load_avg_1m"],
+                "load_avg_1m_before": load["load_avg_1m_before"],
+                "comparable": load["load_avg_1m_before"] <= COMPARABLE_LOAD_AVERAGE,
                 "cpus": os.cpu_count(),
                 "counts": load["result"],
                 "warehouse_digest": digest,
@@ -326,27 +360,82 @@ def bench(database: str, url: str, count: int, workdir: Path) -> list[dict[str, 
 
 
 def _timed_load(url: str, payload_id: int) -> dict[str, Any]:
-    """``run_load`` with the machine's 1-minute load average around it (the box is shared)."""
+    """``run_load`` with the machine's 1-minute load average around it (the box is shared).
+
+    The load waits up to :data:`SETTLE_SECONDS` for the average to fall to :data:`COMPARABLE_LOAD_AVERAGE`
+    (the previous load's own work still counts in it); the average when it starts is what says whether
+    others were busy (``load_avg_1m_before``); ``load_avg_1m`` is the greater of before and after.
+    """
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while os.getloadavg()[0] > COMPARABLE_LOAD_AVERAGE and time.monotonic() < deadline:
+        time.sleep(1)
     load_before = os.getloadavg()[0]
     load = run_load(url, payload_id)
-    return {**load, "load_avg_1m": max(load_before, os.getloadavg()[0])}
+    return {**load, "load_avg_1m_before": load_before, "load_avg_1m": max(load_before, os.getloadavg()[0])}
+
+
+#: Figures of a repeated scenario summarised by their median (a shared machine's single run is no result).
+MEDIAN_FIGURES = (
+    "seconds",
+    "rows_per_s",
+    "ratio",
+    "ratio_to_same_shape",
+    "peak_rss_mb",
+    "client_cpu_s_per_100k",
+    "server_cpu_s_per_100k",
+    "reference_pk_rows_per_s",
+    "reference_all_indexes_rows_per_s",
+)
+
+
+def repeated(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per scenario from several runs of :func:`bench`: the median of each figure, every run's
+    figures and load average, and whether every run stored the same rows (one digest)."""
+    summary = []
+    for scenario_runs in zip(*runs, strict=True):
+        first = scenario_runs[0]
+        medians = {
+            name: statistics.median(run[name] for run in scenario_runs)
+            for name in MEDIAN_FIGURES
+            if name in first
+        }
+        digests = sorted({run["warehouse_digest"] for run in scenario_runs})
+        summary.append(
+            {
+                **first,
+                **medians,
+                "runs": len(scenario_runs),
+                "not_comparable_runs": sum(not run["comparable"] for run in scenario_runs),
+                "comparable": all(run["comparable"] for run in scenario_runs),
+                "load_avg_1m": max(run["load_avg_1m"] for run in scenario_runs),
+                "load_avg_1m_before": max(run["load_avg_1m_before"] for run in scenario_runs),
+                "warehouse_digest": digests[0] if len(digests) == 1 else digests,
+                "same_rows_every_run": len(digests) == 1,
+                "each_run": [
+                    {
+                        name: run[name]
+                        for name in (*MEDIAN_FIGURES, "load_avg_1m_before", "load_avg_1m", "comparable")
+                        if name in run
+                    }
+                    for run in scenario_runs
+                ],
+            }
+        )
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------- breakdown
 def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, float]:
-    """CPU seconds per 100k records of each step, run one after the other in this process.
+    """CPU seconds per 100k records of each step, run one after the other in this process (no overlap).
 
-    Client: parsing, typing, the stage's CSV and key hashes. Server (``/proc`` of the backend): the stage
-    ``COPY`` and the merge statements, for a first load, a reload of it and a payload with 50 % newer rows,
-    each on a new connection.
+    Client: parsing, typing, staging (key hashes, the CSV of new keys and of the stage). Server (``/proc``
+    of the backend): the ``COPY`` of new keys into the current table, the ``COPY`` into the stage and the
+    merge statements, for a first load, a reload of it and a payload with 50 % newer rows, each on a new
+    connection in a transaction of its own (committed, as the benchmark's loads are).
     """
-    from functools import partial
-
     from cloudagent_etl import normalize
-    from cloudagent_etl.databases.postgresql import PostgresMerge, stage_csv
+    from cloudagent_etl.databases.postgresql import PostgresMerge
     from cloudagent_etl.warehouse import load
-
-    stage = partial(stage_csv, spec=load.MERGE_SPEC)
 
     scale = 100_000 / count
     body = orjson.dumps(list(synthetic_records(count, seed=7)))
@@ -358,41 +447,51 @@ def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, 
     started = client_cpu_seconds()
     first = list(normalize.normalize_payload(body, "application/json", timezone="Asia/Kolkata"))
     figures["client_typing"] = client_cpu_seconds() - started - figures["client_parse"]
-    started = client_cpu_seconds()
-    staged = [load.prepare_batch(batch, stage) for batch in first]
-    figures["client_stage_csv_and_hashes"] = client_cpu_seconds() - started
     reloads = list(normalize.normalize_payload(newer, "application/json", timezone="Asia/Kolkata"))
-    copy_to_stage = PostgresMerge._copy
-    stage_cpu = [0.0]
+    copy = PostgresMerge._copy
+    copy_cpu: dict[str, float] = {}
 
-    def measured_copy(merge: PostgresMerge, csv: bytes) -> None:
-        pid = merge.conn.connection.driver_connection.info.backend_pid
+    def measured_copy(merge: PostgresMerge, table: str, columns: tuple[str, ...], csv: bytes) -> None:
+        pid = merge.conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
         before = process_cpu_seconds(pid)
-        copy_to_stage(merge, csv)
-        stage_cpu[0] += process_cpu_seconds(pid) - before
+        copy(merge, table, columns, csv)
+        copy_cpu[table] = copy_cpu.get(table, 0.0) + process_cpu_seconds(pid) - before
 
     with scratch_database("postgresql", admin, pg_server, Path(), "breakdown") as url:
         migrate(url)
         engine = create_db_engine(url)
-        PostgresMerge._copy = measured_copy  # type: ignore[method-assign]
+        PostgresMerge._copy = measured_copy  # type: ignore[method-assign,assignment]
         try:
-            phases = (("first_load", staged), ("reload_unchanged", staged), ("reload_50pct_newer", None))
+            phases = (("first_load", first), ("reload_unchanged", first), ("reload_50pct_newer", reloads))
             for run, (phase, batches) in enumerate(phases, start=1):
                 engine.dispose()  # each phase on a new connection, as each load of the benchmark
-                batches = batches or [load.prepare_batch(batch, stage) for batch in reloads]
-                stage_cpu[0] = 0.0
-                lineage = {"request_id": "bench", "payload_id": 1, "load_run_id": run}
+                copy_cpu.clear()
+                lineage = {"account": "bench", "request_id": "bench", "payload_id": 1, "load_run_id": run}
+                stage_cpu = 0.0
                 with engine.begin() as conn:
-                    pid = conn.connection.driver_connection.info.backend_pid
+                    pid = conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
                     before = process_cpu_seconds(pid)
                     merger = load._Merger(conn, {**lineage, "loaded_at": datetime.now(UTC)})
+                    merge_rows = merger.merge_rows
                     for batch in batches:
-                        merger.merge(batch)
+                        client_before = client_cpu_seconds()
+                        staged = load.prepare_batch(
+                            batch,
+                            merge_rows.stage,
+                            "bench",
+                            lambda rows, merge=merge_rows: merge.lock(merge.unlocked(rows)),
+                        )
+                        stage_cpu += client_cpu_seconds() - client_before
+                        merger.merge(staged)
+                    merger.finish()
                     total = process_cpu_seconds(pid) - before
-                figures[f"server_{phase}_stage_copy"] = stage_cpu[0]
-                figures[f"server_{phase}_merge"] = total - stage_cpu[0]
+                copies = sum(copy_cpu.values())
+                figures[f"client_{phase}_stage"] = stage_cpu
+                figures[f"server_{phase}_copy_new_keys"] = copy_cpu.get(load.MERGE_SPEC.current, 0.0)
+                figures[f"server_{phase}_copy_stage"] = copy_cpu.get(load.MERGE_SPEC.stage, 0.0)
+                figures[f"server_{phase}_merge"] = total - copies
         finally:
-            PostgresMerge._copy = copy_to_stage  # type: ignore[method-assign]
+            PostgresMerge._copy = copy  # type: ignore[method-assign]
             engine.dispose()
     return {name: value * scale for name, value in figures.items()}
 
@@ -621,7 +720,7 @@ def scratch_database(
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-Scenario = Callable[..., dict[str, Any]]
+Scenario = Callable[..., Any]
 
 
 def scaling(
@@ -664,11 +763,22 @@ def scaling(
 
 
 def main() -> None:
+    global SETTLE_SECONDS  # one setting of the run, read by every timed load
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--databases", default="postgresql,sqlite")
     parser.add_argument("--scaling", action="store_true", help="run the scaling scenarios instead")
     parser.add_argument("--scaling-sizes", default="1000,10000,100000")
+    parser.add_argument(
+        "--large-records",
+        type=int,
+        default=LARGE_RECORDS,
+        help="records of --scaling's large loads on PostgreSQL (0: skip them; 30-40 minutes)",
+    )
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="runs per scenario (their median)")
+    parser.add_argument(
+        "--settle", type=float, default=SETTLE_SECONDS, help="seconds a load waits for a quiet machine"
+    )
     parser.add_argument("--peer", action="store_true", help="this load against dlt's (make bench-peer)")
     parser.add_argument("--breakdown", action="store_true", help="CPU per 100k records of each step")
     parser.add_argument("--child", nargs=2, metavar=("URL", "PAYLOAD_ID"), help=argparse.SUPPRESS)
@@ -677,6 +787,7 @@ def main() -> None:
     if args.child:
         child_load(args.child[0], int(args.child[1]))
         return
+    SETTLE_SECONDS = args.settle
     if args.child_peer:
         child_peer(*args.child_peer)
         return
@@ -692,7 +803,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         workdir = Path(tmp)
 
-        def run(database: str, label: str, scenario: Scenario, option: Any) -> dict[str, Any]:
+        def run(database: str, label: str, scenario: Scenario, option: Any) -> Any:
             with scratch_database(database, admin, pg_server, workdir, label) as url:
                 options = () if option is None else (option,)
                 return scenario(database, url, *options, workdir)
@@ -708,12 +819,17 @@ def main() -> None:
             return
         if args.scaling:
             results = scaling(databases, [int(size) for size in args.scaling_sizes.split(",")], run)
+            if args.large_records and "postgresql" in databases:
+                for row in run("postgresql", "large", bench, args.large_records):
+                    results.append({**row, "scenario": f"large_{row['scenario']}"})
+                    print_row(results[-1])
             target = SCALING_RESULTS
         else:
             results, target = [], RESULTS
             for database in databases:
                 for count in (int(size) for size in args.sizes.split(",")):
-                    for row in run(database, str(count), bench, count):
+                    runs = [run(database, f"{count}-{index}", bench, count) for index in range(args.repeats)]
+                    for row in repeated(runs):
                         results.append(row)
                         print_row(row)
     admin.dispose()
@@ -726,19 +842,29 @@ def main() -> None:
 
 def print_row(row: dict[str, Any]) -> None:
     header = (
-        f"{'database':<11}{'scenario':<20}{'records':>9}{'seconds':>8}{'rows/s':>8}{'ref PK':>8}"
+        f"{'database':<11}{'scenario':<24}{'records':>9}{'seconds':>8}{'rows/s':>8}{'ref PK':>8}"
         f"{'ratio':>6}{'ref same shape':>15}{'ratio':>6}{'RSS MB':>7}{'CPU/100k cl+srv':>16}{'load':>5}"
+        f"{'runs':>5}  (medians; load: the 1-min average, greatest of the runs)"
     )
     if not getattr(print_row, "printed", False):
         print(header)
         print_row.printed = True  # type: ignore[attr-defined]
     same_shape = row.get("reference_all_indexes_rows_per_s")
     cpu = f"{row['client_cpu_s_per_100k']:.2f}+{row['server_cpu_s_per_100k']:.2f}"
+    runs = row.get("runs", 1)
+    flags = (
+        ""
+        if row["comparable"]
+        else f"  NOT COMPARABLE ({row.get('not_comparable_runs', 1)} run(s) began at load "
+        f"> {COMPARABLE_LOAD_AVERAGE})"
+    )
+    if not row.get("same_rows_every_run", True):
+        flags += "  RUNS STORED DIFFERENT ROWS"
     print(
-        f"{row['database']:<11}{row['scenario']:<20}{row['records']:>9}{row['seconds']:>8.1f}"
+        f"{row['database']:<11}{row['scenario']:<24}{row['records']:>9}{row['seconds']:>8.1f}"
         f"{row['rows_per_s']:>8.0f}{row['reference_pk_rows_per_s']:>8.0f}{row['ratio']:>6.2f}"
         f"{(f'{same_shape:.0f}' if same_shape else '-'):>15}{row['ratio_to_same_shape']:>6.2f}"
-        f"{row['peak_rss_mb']:>7.0f}{cpu:>16}{row['load_avg_1m']:>5.1f}",
+        f"{row['peak_rss_mb']:>7.0f}{cpu:>16}{row['load_avg_1m']:>5.1f}{runs:>5}{flags}",
         flush=True,
     )
 

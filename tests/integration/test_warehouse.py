@@ -388,3 +388,25 @@ def test_postgresql_merge_stores_what_the_sqlite_merge_stores(
         finally:
             engine.dispose()
     assert states[0] == states[1]
+
+
+@pytest.mark.postgres
+def test_postgresql_merge_probes_each_staged_key_through_the_primary_key(pg_url: str) -> None:
+    """On a table without statistics the planner sees a tie between the primary key and the index on
+    (account, campaign_name, updated_at); that index would read every row of the campaign per probe."""
+    from cloudagent_etl.databases.postgresql import PostgresMerge
+    from cloudagent_etl.warehouse.load import MERGE_SPEC
+
+    engine = create_db_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            lineage = {"account": "a", "request_id": "r", "payload_id": 1, "load_run_id": 1}
+            merge = PostgresMerge(conn, MERGE_SPEC, {**lineage, "loaded_at": datetime.now(UTC)})
+            plan = "\n".join(
+                row[0] for row in conn.execute(text(f"EXPLAIN {merge.merge_sql.text}"), merge.params)
+            )
+            conn.rollback()
+    finally:
+        engine.dispose()
+    probe = next(line for line in plan.splitlines() if f"on {MERGE_SPEC.current} d" in line)
+    assert "pk_dial_status" in probe, plan

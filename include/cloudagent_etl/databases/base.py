@@ -23,6 +23,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 
@@ -86,8 +87,10 @@ class MergeCounts:
 class WarehouseMerge(ABC):
     """One payload's merge into the warehouse, on one connection, inside the caller's transaction.
 
-    :meth:`stage` is the client-side work of a batch and runs in the load's producer thread (it must not
-    touch the connection); :meth:`merge` runs in the merge thread; :meth:`close` once at the end.
+    :meth:`stage` is the client-side work of a batch and runs in the load's producer thread, batch after
+    batch in payload order (it must not touch the connection); :meth:`merge` runs in the merge thread;
+    :meth:`lock` runs in the producer thread while no merge is in flight, before the first batch with
+    a lock value :meth:`unlocked` names is staged; :meth:`close` once at the end.
     """
 
     def __init__(self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]) -> None:
@@ -95,9 +98,20 @@ class WarehouseMerge(ABC):
         self.spec = spec
         self.lineage = dict(lineage)
 
+    def unlocked(self, rows: pd.DataFrame) -> list[tuple[Any, ...]]:
+        """The lock values (of ``lock_columns``) of ``rows`` whose lock this merge does not hold yet (none
+        where the database has one writer at a time)."""
+        return []
+
+    def lock(self, values: list[tuple[Any, ...]]) -> None:
+        """Take the locks of ``values`` (see :meth:`unlocked`), on the connection."""
+        raise NotImplementedError(f"{type(self).__name__} names locks to take and must take them")
+
     @abstractmethod
-    def stage(self, rows: pd.DataFrame) -> Any:
-        """The rows as this database stages them (e.g. CSV bytes for COPY); never touches the connection."""
+    def stage(self, rows: pd.DataFrame, key_hashes: np.ndarray) -> Any:
+        """The rows as this database stages them (e.g. CSV bytes for COPY); never touches the connection.
+
+        ``key_hashes`` hash each row's key (within its account)."""
 
     @abstractmethod
     def merge(self, rows: pd.DataFrame, staged: Any, latest: int) -> MergeCounts:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -29,7 +31,9 @@ from cloudagent_etl.databases.base import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
 #: Connection extras passed on to the driver; anything else in a connection's extra is ignored.
 ALLOWED_CONNECTION_EXTRAS = ("sslmode", "sslrootcert", "connect_timeout", "application_name")
@@ -43,6 +47,9 @@ UNAVAILABLE_CODES = frozenset({"42501", "25006", "55P03", "55006", "3D000"})
 #: work_mem of a load transaction: a 20k-row batch sorts in ~15 MB.
 SORT_MEMORY = "64MB"
 AUTOCOMMIT = "AUTOCOMMIT"
+#: Bits of the filter of keys already seen in a payload (32 MB): at 10M distinct keys ~0.5 % of the new
+#: ones are taken for seen (they take the stage, which is right for any key, only slower).
+SEEN_FILTER_BITS = 1 << 28
 
 #: Lock the request row, insert the payload (flagged late from the state read under the lock) and its one
 #: chunk, and move the request ``requested -> received``, all in one statement. A duplicate inserts
@@ -172,13 +179,30 @@ class PostgreSQL(Database):
         }
 
 
+@dataclass(frozen=True)
+class StagedRows:
+    """A batch as :class:`PostgresMerge` copies it: CSV for the current table (rows whose key is new) and
+    CSV for the stage (the others), with the row counts the merge needs."""
+
+    new_keys_csv: bytes
+    new_keys: int
+    stage_csv: bytes
+    staged: int
+    staged_latest: int
+
+
 class PostgresMerge(WarehouseMerge):
-    """Per batch: ``COPY`` the rows (CSV written by pyarrow, naive UTC times, the session in UTC) into a
-    ``TEMP`` stage emptied by ``TRUNCATE``; one statement then looks each staged latest version up once (a
-    lateral index probe) and sorts it: a new key is inserted (ordered by key; the load holds its lock
-    columns' advisory lock, so no other load adds the key meanwhile), a changed one is updated through
-    the row found, an identical one is left alone, an older one goes with the batch's earlier versions
-    into the superseded table (a second statement, only when there are any)."""
+    """Per batch: the latest version of each key known to be new is ``COPY``-ed straight into the current
+    table (CSV written by pyarrow, naive UTC times, the session in UTC; ordered by key). A key is known
+    to be new when its lock value (account, campaign) had no row when the load took its lock (the lock
+    keeps every other load out until commit) and no earlier batch of the payload had the key (a filter
+    of the keys seen: a false "seen" only sends a row the slower way, a new key is never missed).
+
+    Every other row is ``COPY``-ed into a ``TEMP`` stage emptied by ``TRUNCATE``; one statement then looks
+    each staged latest version up once (a lateral index probe) and sorts it: a new key is inserted
+    (ordered by key), a changed one is updated through the row found, an identical one is left alone, an
+    older one goes with the batch's earlier versions into the superseded table (a second statement,
+    only when there are any)."""
 
     def __init__(self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]) -> None:
         super().__init__(conn, spec, lineage)
@@ -201,25 +225,91 @@ class PostgresMerge(WarehouseMerge):
             )
         )
         self.locked: set[tuple[Any, ...]] = set()
+        #: Lock values that had no row in the current table when their lock was taken.
+        self.empty_scopes: set[tuple[Any, ...]] = set()
+        self.seen = _SeenKeys(SEEN_FILTER_BITS)
 
-    def stage(self, rows: pd.DataFrame) -> bytes:
-        return stage_csv(rows, self.spec)
+    def unlocked(self, rows: pd.DataFrame) -> list[tuple[Any, ...]]:
+        columns = list(self.spec.lock_columns)
+        values = rows[columns].drop_duplicates().itertuples(index=False, name=None)
+        return [value for value in values if value not in self.locked]
+
+    def lock(self, values: list[tuple[Any, ...]]) -> None:
+        """Hold each lock value's advisory lock until commit (no key of it appears between lookup and
+        insert), and note the values without any row yet: their keys are new until the load adds them."""
+        columns = self.spec.lock_columns
+        in_scope = " AND ".join(f"{column} = :{column}" for column in columns)
+        for value in values:
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.spec.lock_key(value)})
+            self.locked.add(value)
+            bound = dict(zip(columns, value, strict=True))
+            exists = self.conn.execute(
+                text(f"SELECT EXISTS (SELECT FROM {self.spec.current} WHERE {in_scope})"), bound
+            ).scalar_one()
+            if not exists:
+                self.empty_scopes.add(value)
+
+    def stage(self, rows: pd.DataFrame, key_hashes: np.ndarray) -> StagedRows:
+        import numpy as np
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        spec = self.spec
+        table = arrow_rows(rows, spec)
+        first_seen = self.seen.add(key_hashes)  # in payload order: the producer stages batches in order
+        scopes = rows[list(spec.lock_columns)]
+        values = set(scopes.drop_duplicates().itertuples(index=False, name=None))
+        if values <= self.empty_scopes:  # a payload is one account's campaign: the usual answers
+            in_empty_scope = np.ones(len(rows), dtype=bool)
+        elif not values & self.empty_scopes:
+            in_empty_scope = np.zeros(len(rows), dtype=bool)
+        else:
+            in_empty_scope = pd.MultiIndex.from_frame(scopes).isin(list(self.empty_scopes))
+        new_key = rows["is_latest"].to_numpy(dtype=bool) & first_seen & in_empty_scope
+        new_keys = table.filter(pa.array(new_key)).select(list(spec.row_columns))
+        for column in spec.lineage_columns:
+            value = self.lineage[column]
+            if isinstance(value, datetime):
+                value = pa.scalar(value.astimezone(UTC).replace(tzinfo=None), pa.timestamp("us"))
+            new_keys = new_keys.append_column(column, pa.repeat(value, new_keys.num_rows))
+        order = pc.sort_indices(new_keys, sort_keys=[(column, "ascending") for column in spec.key])
+        new_keys = new_keys.take(order)
+        staged = table.filter(pa.array(~new_key))
+        latest = pc.sum(staged.column("is_latest")).as_py() or 0
+        return StagedRows(
+            new_keys_csv=_csv(new_keys),
+            new_keys=new_keys.num_rows,
+            stage_csv=_csv(staged),
+            staged=staged.num_rows,
+            staged_latest=latest,
+        )
 
     def merge(self, rows: pd.DataFrame, staged: Any, latest: int) -> MergeCounts:
-        self._lock(rows)
-        self._copy(staged)
-        # Without nested loops while the trigger moving replaced rows is planned: it joins its transition
-        # tables, and a nested-loop plan made (and cached for the session) for a small batch would be
-        # quadratic on a big one (20k replaced rows: ~70 s). The merge's lookup is lateral: a nested loop
-        # anyway.
-        self.conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
-        inserted, rewritten, updated, changed, older = self.conn.execute(self.merge_sql, self.params).one()
-        self.conn.exec_driver_sql("SET LOCAL enable_nestloop = on")
-        if rewritten != changed:  # a row moved under the load (only loads write the table: a bug)
-            raise RuntimeError(
-                f"{self.spec.current}: {changed} changed keys looked up, {rewritten} rows updated"
-            )
-        if older or latest < len(rows):
+        inserted = updated = 0
+        if staged.new_keys:
+            columns = (*self.spec.row_columns, *self.spec.lineage_columns)
+            self._copy(self.spec.current, columns, staged.new_keys_csv)
+            inserted += staged.new_keys
+        if not staged.staged:
+            return MergeCounts(inserted=inserted, updated=updated)
+        self._copy(self.spec.stage, self.spec.stage_columns, staged.stage_csv)
+        older = None
+        if staged.staged_latest:
+            # Without nested loops while the trigger moving replaced rows is planned: it joins its
+            # transition tables, and a nested-loop plan made (and cached for the session) for a small
+            # batch would be quadratic on a big one (20k replaced rows: ~70 s). The merge's lookup is
+            # lateral: a nested loop anyway.
+            self.conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+            merged = self.conn.execute(self.merge_sql, self.params).one()
+            self.conn.exec_driver_sql("SET LOCAL enable_nestloop = on")
+            stage_inserted, rewritten, updated, changed, older = merged
+            if rewritten != changed:  # a row moved under the load (only loads write the table: a bug)
+                raise RuntimeError(
+                    f"{self.spec.current}: {changed} changed keys looked up, {rewritten} rows updated"
+                )
+            inserted += stage_inserted
+        if older or staged.staged_latest < staged.staged:
             self.conn.execute(self.superseded_sql, {**self.params, "older": older or []})
         self.conn.exec_driver_sql(f"TRUNCATE {self.spec.stage}")
         return MergeCounts(inserted=inserted, updated=updated)
@@ -228,36 +318,53 @@ class PostgresMerge(WarehouseMerge):
         # Dropped on commit anyway; dropped now so that another merge may follow in the same transaction.
         self.conn.exec_driver_sql(f"DROP TABLE {self.spec.stage}")
 
-    def _lock(self, rows: pd.DataFrame) -> None:
-        """Hold each lock value's advisory lock until commit: no key of it appears between lookup and
-        insert."""
-        columns = list(self.spec.lock_columns)
-        for values in rows[columns].drop_duplicates().itertuples(index=False, name=None):
-            if values not in self.locked:
-                self.conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.spec.lock_key(values)}
-                )
-                self.locked.add(values)
-
-    def _copy(self, csv: bytes) -> None:
+    def _copy(self, table: str, columns: tuple[str, ...], csv: bytes) -> None:
         driver_connection: Any = self.conn.connection.driver_connection
         with driver_connection.cursor() as cursor:
-            copy_sql = (
-                f"COPY {self.spec.stage} ({', '.join(self.spec.stage_columns)}) FROM STDIN (FORMAT csv)"
-            )
+            copy_sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT csv)"
             with cursor.copy(copy_sql) as copy:
                 copy.write(csv)
 
 
-def stage_csv(rows: pd.DataFrame, spec: MergeSpec) -> bytes:
-    """The rows as the stage's CSV (written by pyarrow; naive UTC times, the session zone UTC)."""
+class _SeenKeys:
+    """The keys of a payload seen so far, as a filter of two bits per key (hashes of the key): a key
+    never seen is never reported seen; one in ~200 new keys may be (at 10M keys in 2^28 bits)."""
+
+    def __init__(self, bits: int) -> None:
+        import numpy as np
+
+        self.mask = np.uint64(bits - 1)
+        self.bytes = np.zeros(bits // 8, dtype=np.uint8)
+
+    def add(self, key_hashes: np.ndarray) -> np.ndarray:
+        """Add the keys; returns which of them no earlier call added (a key twice in one call: both)."""
+        import numpy as np
+
+        slots = np.stack([key_hashes & self.mask, (key_hashes >> np.uint64(32)) & self.mask])
+        index, bit_number = slots >> np.uint64(3), (slots & np.uint64(7)).astype(np.uint8)
+        present = (self.bytes[index] >> bit_number) & 1 == 1
+        # One bit number at a time: slots sharing a byte then write the same value (np.bitwise_or.at,
+        # which handles any repeat, is ten times slower).
+        index, bit_number = index.ravel(), bit_number.ravel()
+        for number in range(8):
+            chosen = index[bit_number == number]
+            self.bytes[chosen] |= np.uint8(1 << number)
+        return ~(present[0] & present[1])
+
+
+def arrow_rows(rows: pd.DataFrame, spec: MergeSpec) -> pa.Table:
+    """The rows' stage columns as an Arrow table, times naive UTC (the session zone is UTC)."""
     import pyarrow as pa  # the load's dependencies, never the receiver's or the triggerer's
-    import pyarrow.csv as pa_csv
 
     naive = rows.assign(
         **{column: rows[column].dt.tz_convert(None) for column in spec.columns_of_kind("time")}
     )
-    table = pa.Table.from_pandas(naive[list(spec.stage_columns)], preserve_index=False)
+    return pa.Table.from_pandas(naive[list(spec.stage_columns)], preserve_index=False)
+
+
+def _csv(table: pa.Table) -> bytes:
+    import pyarrow.csv as pa_csv
+
     buffer = io.BytesIO()
     pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False))
     return buffer.getvalue()
@@ -283,7 +390,8 @@ def _merge_sql(spec: MergeSpec) -> str:
     table).
 
     The lookup is a lateral subquery with ``LIMIT 1``: always an index probe per staged row, whatever the
-    planner estimates for the stage (a hash join would scan the whole current table for every batch).
+    planner estimates for the stage (a hash join would scan the whole current table for every batch),
+    and always through the primary key (see ``same_key``).
     """
     key = ", ".join(spec.key)
     version = spec.version
@@ -291,7 +399,17 @@ def _merge_sql(spec: MergeSpec) -> str:
     values = ", ".join((*spec.row_columns, *(f":{name}" for name in spec.lineage_columns)))
     differs = " OR ".join(f"d.{column} IS DISTINCT FROM s.{column}" for column in spec.value_columns)
     selected = ", ".join(f"s.{column}" for column in (*spec.row_columns, "position"))
-    same_key = " AND ".join(f"d.{column} = s.{column}" for column in spec.key)
+    # The row comparison is a condition only the primary key's index can serve: on a table without
+    # statistics (a first load, a new database) the planner otherwise sees a tie with any index that
+    # starts with a prefix of the key, and one that does ((account, campaign_name, updated_at)) would
+    # read every row of the campaign per probe, quadratic within a batch.
+    same_key = " AND ".join(
+        [
+            f"({', '.join(f'd.{column}' for column in spec.key)}) >= "
+            f"({', '.join(f's.{column}' for column in spec.key)})",
+            *(f"d.{column} = s.{column}" for column in spec.key),
+        ]
+    )
     target_key = " AND ".join(f"t.{column} = l.{column}" for column in spec.key)
     probe = spec.key[-1]  # NULL exactly when the lateral lookup found no row
     assignments = ", ".join(

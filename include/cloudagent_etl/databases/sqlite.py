@@ -36,6 +36,7 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 UNAVAILABLE_CODES = frozenset({3, 5, 6, 7, 8, 10, 13, 14, 15})
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 
@@ -142,7 +143,7 @@ class SQLiteMerge(WarehouseMerge):
             for every_latest_inserted in (True, False)
         }
 
-    def stage(self, rows: pd.DataFrame) -> pd.DataFrame:
+    def stage(self, rows: pd.DataFrame, key_hashes: np.ndarray) -> pd.DataFrame:
         """The rows as they are: typing them for the driver is cheap next to SQLite's own work."""
         return rows
 

@@ -33,7 +33,14 @@ producer thread also does each batch's client-side staging work (:func:`prepare_
 the database's staged form, e.g. CSV for ``COPY``), so the merge thread only talks to the database. How
 a batch is staged and merged is the database's (:meth:`Database.warehouse_merge
 <cloudagent_etl.databases.Database.warehouse_merge>`, described by :data:`MERGE_SPEC`); a first load of
-new keys writes ``dial_status`` alone.
+new keys writes ``dial_status`` alone (on PostgreSQL by a ``COPY`` straight into it). The producer takes
+the load's locks (account and campaign) before it stages the first batch that needs them, so that the
+database knows, while staging, which keys cannot exist yet.
+
+Batch boundaries are visible in stored rows: a key with two versions in one batch is inserted once (the
+older version goes to the superseded table), while the same two versions in two batches are an insert
+and an update (``previous_load_run_id`` then names this very load). The batch size is therefore part of
+what a load stores, and is kept at :data:`DEFAULT_BATCH_SIZE` for every batch.
 
 Where the time goes, and the alternatives measured and not adopted: ``docs/benchmarks.md``.
 """
@@ -161,15 +168,23 @@ class StagedBatch:
     staged: Any
 
 
-def prepare_batch(batch: NormalizedBatch, stage: Callable[[pd.DataFrame], Any], account: str) -> StagedBatch:
+def prepare_batch(
+    batch: NormalizedBatch,
+    stage: Callable[[pd.DataFrame, np.ndarray], Any],
+    account: str,
+    lock: Callable[[pd.DataFrame], None] | None = None,
+) -> StagedBatch:
     """The client-side work of merging ``batch``: the rows under ``account``, their key hashes (within one
-    account) and the database's staged form of them (``stage``: :meth:`WarehouseMerge.stage`)."""
+    account) and the database's staged form of them (``stage``: :meth:`WarehouseMerge.stage`), after
+    ``lock`` took the locks of the rows' lock values the load does not hold yet."""
     if batch.rows.empty:
         return StagedBatch(batch.rows, batch.rejects, batch.records_in, 0, None, None)
     rows = batch.rows.assign(account=account)
+    if lock is not None:
+        lock(rows)
     hashes = pd.util.hash_pandas_object(batch.rows[["campaign_name", "record_key"]], index=False).to_numpy()
     latest = int(rows["is_latest"].sum())
-    return StagedBatch(rows, batch.rejects, batch.records_in, latest, hashes, stage(rows))
+    return StagedBatch(rows, batch.rejects, batch.records_in, latest, hashes, stage(rows, hashes))
 
 
 @dataclass
@@ -295,10 +310,22 @@ def merge_batches(
     The worker thread is the only user of ``conn`` until every batch is merged.
     """
     merger = _Merger(conn, lineage)
+    merge_rows = merger.merge_rows
+    pending: Future[None] | None = None
+
+    def lock(rows: pd.DataFrame) -> None:
+        """Take the locks the rows need, on the connection: after the merge in flight (a new lock value
+        is rare after the first batch: one payload is one account's campaign)."""
+        nonlocal pending
+        if unlocked := merge_rows.unlocked(rows):
+            if pending is not None:
+                pending.result()
+                pending = None
+            merge_rows.lock(unlocked)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge") as pool:
-        pending: Future[None] | None = None
         for batch in batches:
-            staged = prepare_batch(batch, merger.merge_rows.stage, lineage["account"])
+            staged = prepare_batch(batch, merge_rows.stage, lineage["account"], lock)
             if pending is not None:
                 pending.result()
             pending = pool.submit(merger.merge, staged)
