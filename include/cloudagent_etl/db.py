@@ -56,7 +56,7 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def schema_metadata() -> MetaData:
     """The MetaData holding every table of the project: each owner registers its tables when imported."""
-    from cloudagent_etl import identity, landing  # noqa: F401  (the probe secret; requests, payloads)
+    from cloudagent_etl import identity, landing, targets  # noqa: F401  (probe secret; requests; targets)
     from cloudagent_etl.api import limiter  # noqa: F401  (the call log)
     from cloudagent_etl.sqltypes import metadata
     from cloudagent_etl.warehouse import tables  # noqa: F401  (dial status, rejects, load runs)
