@@ -9,8 +9,12 @@ account (the 24 h ending 03:30 on the run's date, in each account's own time zon
   configuration (the Variable `cloudagent_accounts`, or `cloudagent_campaigns` for the one connection
   `cloudagent_default`), an account's connection is missing, not of type `cloudagent` or incomplete, two
   connections of one account list the same campaign, the database (`cloudagent_db`) does not answer or is
-  not migrated, or the callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this
-  database. Nothing is requested then.
+  not migrated, the callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this
+  database (or, with a real CloudAgent, is a loopback or private address), or CloudAgent refuses an
+  account's apiKey or a campaign. That account check spends no export (a request with an empty
+  callBackUrl, which CloudAgent refuses only after accepting the account and the campaign) and asks only
+  about campaigns that are new, last failed or whose connection changed; `CLOUDAGENT_ACCOUNT_CHECK=off`
+  turns it off. Nothing is requested then.
 - `sweep`: requests past their callback deadline become `expired`; payloads that landed but were never
   loaded (late callbacks, a load that died) are loaded.
 - `exports_to_sync`: every campaign of every account with its window (the accounts taking turns).
@@ -78,8 +82,12 @@ FILTERS = ExportFilters()  # the defaults of the filter params
                               description="ALL or one disposition."),
         "sortby": Param(FILTERS.sortby, enum=list(SORTBY_VALUES),
                         description="0 all data, 1 created date, 2 updated date."),
-        "lookback_minutes": Param(15, type="number", minimum=0, maximum=1440),
-        "callback_timeout_minutes": Param(60, type="number", exclusiveMinimum=0, maximum=1440),
+        "lookback_minutes": Param(15, type="number", minimum=0, maximum=1440,
+                                  description="Minutes each window starts before its data interval, so that "
+                                  "consecutive windows overlap (the merge is idempotent)."),
+        "callback_timeout_minutes": Param(60, type="number", exclusiveMinimum=0, maximum=1440,
+                                          description="Minutes to wait for an export's callback before it "
+                                          "expires and is requested again (re_requests)."),
         "re_requests": Param(2, type="integer", minimum=0, maximum=5,
                              description="Times an export whose callback never came is requested again."),
     },
@@ -87,7 +95,14 @@ FILTERS = ExportFilters()  # the defaults of the filter params
 def cloudagent_dial_status() -> None:
     @task(retries=0)
     def preflight() -> None:
-        preflight_or_fail(get_current_context()["params"])
+        from cloudagent_etl import pipeline, status
+
+        context = get_current_context()
+        window = pipeline.export_window(
+            context.get("data_interval_start"), context.get("data_interval_end"),
+            context["params"]["lookback_minutes"],
+        )  # fmt: skip
+        preflight_or_fail(context["params"], day=status.window_day(*window))
 
     @task
     def sweep() -> dict:

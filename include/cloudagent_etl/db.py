@@ -38,6 +38,16 @@ def create_db_engine(uri: str, *, durable: bool = False, serving: bool = False, 
     return database.create_engine(url, durable=durable, serving=serving, **kwargs)
 
 
+def database_missing(uri: str) -> str | None:
+    """Why there is no database at ``uri`` to read (a SQLite file that does not exist), or None.
+
+    Read-only commands ask first: opening a SQLite URL would create an empty file, and then report an
+    unmigrated database nobody uses.
+    """
+    database, url = databases.sqlalchemy_url(uri)
+    return database.missing(url)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether a database error means it cannot do the work *now* (unreachable, full, read-only, not
     permitted, busy) rather than that the work itself is wrong: the same statement may succeed later.

@@ -39,6 +39,10 @@ from cloudagent_etl.errors import (
 from cloudagent_etl.settings import ApiSettings
 from cloudagent_etl.sqltypes import UtcDateTime, metadata
 
+#: The Variable (``AIRFLOW_VAR_CLOUDAGENT_SYNC_START``; ``CLOUDAGENT_SYNC_START`` for the CLI) that sets the
+#: first IST day coverage counts for every campaign.
+SYNC_START_VARIABLE = "cloudagent_sync_start"
+
 
 class CheckResult(StrEnum):
     """What CloudAgent said of an account × campaign the last time it was asked."""
@@ -180,7 +184,8 @@ def record_check(
     """Store the result of a check (or an export refusal) of ``target``; True when it is news (a rejection
     not recorded before for this configuration): the caller alerts on news only."""
     record_seen(engine, [target], day or current_window_day())
-    key = (sync_targets.c.cloudagent_conn_id == target.conn_id, sync_targets.c.campaign_name == target.campaign)
+    columns = sync_targets.c
+    key = (columns.cloudagent_conn_id == target.conn_id, columns.campaign_name == target.campaign)
     with engine.begin() as conn:
         before = conn.execute(
             select(sync_targets.c.check_result, sync_targets.c.fingerprint).where(*key)
@@ -271,7 +276,7 @@ def parse_sync_start(value: object, *, setting: str) -> date | None:
 
 
 def sync_start_from_env(env: Mapping[str, str]) -> date | None:
-    """``CLOUDAGENT_SYNC_START`` (or the Variable's environment form ``AIRFLOW_VAR_CLOUDAGENT_SYNC_START``)."""
+    """``CLOUDAGENT_SYNC_START``, or the Variable's environment form ``AIRFLOW_VAR_CLOUDAGENT_SYNC_START``."""
     for name in ("CLOUDAGENT_SYNC_START", "AIRFLOW_VAR_CLOUDAGENT_SYNC_START"):
         if env.get(name, "").strip():
             return parse_sync_start(env[name], setting=name)

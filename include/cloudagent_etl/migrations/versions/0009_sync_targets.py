@@ -101,7 +101,8 @@ def _drop_daily_views() -> None:
 def upgrade() -> None:
     op.create_table(
         "sync_targets",
-        sa.Column("cloudagent_conn_id", sa.Text(), nullable=False, comment="Airflow connection of the account"),
+        sa.Column("cloudagent_conn_id", sa.Text(), nullable=False,
+                  comment="Airflow connection of the account"),
         sa.Column("campaign_name", sa.Text(), nullable=False, comment="CloudAgent campaign"),
         sa.Column(
             "first_day",
@@ -113,7 +114,8 @@ def upgrade() -> None:
             "check_result",
             sa.String(32),
             nullable=True,
-            comment="last account check or export refusal: ok, campaign_unknown, apikey_rejected; NULL: never",
+            comment="last account check or export refusal: ok, campaign_unknown, apikey_rejected; "
+            "NULL: never",
         ),
         sa.Column("checked_at", UtcDateTime(), nullable=True,
                   comment="when check_result was recorded (UTC)"),
