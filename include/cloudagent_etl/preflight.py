@@ -21,6 +21,7 @@ from sqlalchemy import Engine, text
 
 from cloudagent_etl import identity
 from cloudagent_etl.accounts import parse_accounts, parse_campaigns, shared_campaigns
+from cloudagent_etl.api.client import RetryPolicy
 from cloudagent_etl.databases import database_for
 from cloudagent_etl.errors import ConfigurationError, redact
 from cloudagent_etl.settings import ALLOWED_CONNECTION_EXTRAS, ApiSettings
@@ -241,7 +242,7 @@ def _account_checks_from_env(env: Mapping[str, str]) -> tuple[list[Check], list[
         )
         accounts = []
         campaigns = _campaigns_from_env(env)
-        if check.ok and campaigns:
+        if check.ok:
             api = ApiSettings.from_env(env)
             accounts.append(AccountToCheck(settings.DEFAULT_CONNECTION, api, campaigns, "CLOUDAGENT_API_*"))
         return [check], accounts
@@ -309,6 +310,11 @@ def account_check_enabled(env: Mapping[str, str] | None = None) -> bool:
     raise ConfigurationError(f"{ACCOUNT_CHECK_SETTING} must be on or off, not {value!r}")
 
 
+#: The account check gives up sooner than an export (a preflight says what is wrong in seconds): three
+#: attempts within 30 s, a rate-limited answer still waited for.
+CHECK_RETRY = RetryPolicy(max_attempts=3, max_total_s=30.0)
+
+
 @dataclass(frozen=True)
 class AccountToCheck:
     """One account as configured: its connection (or environment variables), settings and campaigns."""
@@ -352,6 +358,9 @@ def check_accounts_with_cloudagent(
     news: list[str] = []
     for account in accounts:
         name = f"CloudAgent accepts {account.setting}"
+        if not account.campaigns:
+            checks.append(Check(name, found="no campaign configured: nothing to ask CloudAgent about"))
+            continue
         due = []
         for campaign in account.campaigns:
             record = records.get(SyncTarget(account.conn_id, campaign))
@@ -369,7 +378,7 @@ def check_accounts_with_cloudagent(
             continue
         limiter = RateLimiter(engine, account.api.user_name, account.api.rate_limit_per_minute)
         accepted: list[str] = []
-        with CloudAgentClient(account.api, limiter=limiter, transport=transport) as client:
+        with CloudAgentClient(account.api, limiter=limiter, transport=transport, retry=CHECK_RETRY) as client:
             for campaign, digest in due:
                 target = SyncTarget(account.conn_id, campaign)
                 try:
