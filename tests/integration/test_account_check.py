@@ -1,4 +1,4 @@
-"""The account check against the simulator (which answers it as docs/cloudagent-contract.md documents), through
+"""The account check against the simulator (which answers it as docs/cloudagent-contract.md says), through
 the real CLI: ``doctor`` proves the apiKey, userName and campaigns without creating an export, a typo'd
 campaign is shown by ``status`` as rejected (not missing, no backfill), days before syncing started are not
 missing, and read-only commands never create a database."""
@@ -87,8 +87,8 @@ def test_doctor_asks_cloudagent_once_per_new_or_failed_campaign_and_names_the_se
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert (
-        "ok    CloudAgent accepts CLOUDAGENT_API_*: apiKey, userName and Alpha, Beta accepted (no export made)"
-        in out
+        "ok    CloudAgent accepts CLOUDAGENT_API_*: apiKey, userName and Alpha, Beta accepted "
+        "(no export made)" in out
     )
     assert out.splitlines()[-1] == "every check passed"
     assert len(simulator.requests_log(simulator.user)) == asked + 2
@@ -214,7 +214,8 @@ def test_doctor_reports_a_loopback_callback_url_with_a_real_cloudagent(
         if verdict is None:
             assert public.ok
         else:
-            assert public.problem is not None and verdict in public.problem
+            assert public.problem is not None
+            assert verdict in public.problem
             assert "CloudAgent (https://in1-ccaas-api.ozonetel.com) can never reach" in public.problem
     # The simulator (any other API) is not the internet: a loopback URL is right there.
     simulated = {
