@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
+.PHONY: install lock wheel test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ $(STAMP): requirements.txt pyproject.toml
 # Recompile the full pinned lock from the direct dependencies in requirements.in.
 lock:
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
+
+# The production artifact: dist/cloudagent_etl-<version>-py3-none-any.whl (and the sdist). The build's
+# by-products in the tree (build/, include/*.egg-info) are removed: include/ is on sys.path.
+wheel: install
+	rm -rf dist
+	$(BIN)/uv build -q -o dist .
+	rm -rf build include/*.egg-info
 
 # Tests run in parallel: most of the suite waits on servers, callbacks and the limiter, so more workers
 # than cores pay. Slow tests start first and each worker takes one test at a time (the longest never
@@ -85,4 +92,4 @@ bench-receiver: install
 	$(PY) -m benchmarks.bench_receiver
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) data dist build .pytest_cache .mypy_cache .ruff_cache

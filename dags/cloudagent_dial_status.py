@@ -9,12 +9,13 @@ account (the 24 h ending 03:30 on the run's date, in each account's own time zon
   configuration (the Variable `cloudagent_accounts`, or `cloudagent_campaigns` for the one connection
   `cloudagent_default`), an account's connection is missing, not of type `cloudagent` or incomplete, two
   connections of one account list the same campaign, the database (`cloudagent_db`) does not answer or is
-  not migrated, the callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this
-  database (or, with a real CloudAgent, is a loopback or private address), or CloudAgent refuses an
-  account's apiKey or a campaign. That account check spends no export (a request with an empty
-  callBackUrl, which CloudAgent refuses only after accepting the account and the campaign) and asks only
-  about campaigns that are new, last failed or whose connection changed; `CLOUDAGENT_ACCOUNT_CHECK=off`
-  turns it off. Nothing is requested then.
+  not migrated, or the callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this
+  database (or, with a real CloudAgent, is a loopback or private address). Nothing is requested then.
+  It also asks CloudAgent whether it accepts each account's apiKey and campaigns, spending no export (a
+  request with an empty callBackUrl, which CloudAgent refuses only after accepting the account and the
+  campaign), only about campaigns that are new, last failed or whose connection changed
+  (`CLOUDAGENT_ACCOUNT_CHECK=off` turns it off). A campaign or account CloudAgent refuses is left out of
+  the run, alerted once and shown as rejected on the CloudAgent page; the others are synced.
 - `sweep`: requests past their callback deadline become `expired`; payloads that landed but were never
   loaded (late callbacks, a load that died) are loaded.
 - `exports_to_sync`: every campaign of every account with its window (the accounts taking turns).
@@ -115,11 +116,14 @@ def cloudagent_dial_status() -> None:
     @task
     def exports_to_sync() -> list[dict]:
         from cloudagent_airflow.accounts import run_accounts
-        from cloudagent_etl import pipeline
+        from cloudagent_etl import pipeline, preflight, targets
 
         context = get_current_context()
         with terminal_errors_fail_fast():
             accounts = run_accounts(context["params"])
+            if preflight.account_check_enabled():  # the preflight just asked: leave out what was refused
+                with CloudAgentDbHook().engine() as engine:
+                    accounts = targets.without_rejected(engine, accounts)
             timezones = {conn_id: CloudAgentHook(conn_id).get_settings().timezone for conn_id in accounts}
             return pipeline.plan_exports(
                 accounts, timezones, context.get("data_interval_start"), context.get("data_interval_end"),

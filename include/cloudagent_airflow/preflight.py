@@ -92,7 +92,12 @@ def run_preflight(params: dict, *, callback: bool = True, day: date | None = Non
             found, news = preflight.check_accounts_with_cloudagent(
                 engine, to_check, campaigns_setting=CAMPAIGNS_SETTINGS, day=day
             )
-            checks += found
+            # A rejected account or campaign is left out of the run (exports_to_sync), not a reason to stop
+            # the others: it is logged, shown on the page as rejected and alerted once.
+            for check in found:
+                if check.rejected:
+                    log.warning("rejected, left out of this run: %s", check.problem)
+            checks += [check for check in found if not check.rejected]
             _alert_rejections(news)
     return checks
 

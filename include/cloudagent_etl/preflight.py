@@ -37,6 +37,9 @@ class Check:
     name: str
     problem: str | None = None
     found: str = ""
+    #: CloudAgent refused the account or campaign (recorded in ``sync_targets``): a run leaves it out and
+    #: syncs the rest; ``doctor`` reports it as a problem.
+    rejected: bool = False
 
     @property
     def ok(self) -> bool:
@@ -394,7 +397,7 @@ def check_accounts_with_cloudagent(
                         engine, target, result, message=line, fingerprint=digest, day=day
                     ):
                         news.append(line)
-                    checks.append(Check(name, line))
+                    checks.append(Check(name, line, rejected=True))
                     if result is targets.CheckResult.APIKEY_REJECTED:
                         break
                 except CloudAgentError as exc:

@@ -281,3 +281,23 @@ def sync_start_from_env(env: Mapping[str, str]) -> date | None:
         if env.get(name, "").strip():
             return parse_sync_start(env[name], setting=name)
     return None
+
+
+def without_rejected(engine: Engine, accounts: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """``accounts`` less the campaigns CloudAgent rejected (an account left with none is left out), or a
+    ConfigurationError naming every rejection when nothing is left to sync."""
+    from cloudagent_etl.errors import ConfigurationError
+
+    records = load_records(engine)
+    kept: dict[str, list[str]] = {}
+    refused: list[str] = []
+    for conn_id, campaigns in accounts.items():
+        for campaign in campaigns:
+            record = records.get(SyncTarget(conn_id, campaign))
+            if record is not None and record.rejected:
+                refused.append(record.check_message or f"{SyncTarget(conn_id, campaign).describe()} rejected")
+            else:
+                kept.setdefault(conn_id, []).append(campaign)
+    if not kept and refused:
+        raise ConfigurationError("nothing to sync: " + "; ".join(refused))
+    return kept
