@@ -146,5 +146,5 @@ def test_a_campaign_cloudagent_rejected_is_shown_as_rejected_and_not_offered_for
     assert body["rejected"] == [
         {"account": DEFAULT_CONNECTION, "campaign": "Support", "label": "Support", "message": message}
     ]
-    assert body["missing"] == 0
+    assert body["missing"] == 1  # Sales, requested (on its way): Support is rejected, not missing
     assert body["backfills"] == []
