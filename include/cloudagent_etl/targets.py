@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Column, Date, Engine, String, Table, Text, func, select
+from sqlalchemy import Column, Date, Engine, String, Table, Text, select
 
 from cloudagent_etl.accounts import SyncTarget
 from cloudagent_etl.databases import database_for
@@ -225,17 +225,12 @@ def load_records(engine: Engine) -> dict[SyncTarget, TargetRecord]:
 def first_requested_days(engine: Engine) -> dict[SyncTarget, date]:
     """The IST day of each target's earliest export request (its window's start plus half a day: the day a
     nightly window belongs to)."""
-    from cloudagent_etl.landing import export_requests
-    from cloudagent_etl.settings import DEFAULT_CONNECTION
+    from cloudagent_etl.landing import first_window_starts
 
-    requests = export_requests.c
-    conn_id = func.coalesce(requests.cloudagent_conn_id, DEFAULT_CONNECTION)
-    query = select(conn_id, requests.campaign_name, func.min(requests.window_start)).group_by(
-        conn_id, requests.campaign_name
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return {SyncTarget(row[0], row[1]): _day_of(_as_utc(row[2]) + timedelta(hours=12)) for row in rows}
+    return {
+        SyncTarget(conn_id, campaign): _day_of(_as_utc(start) + timedelta(hours=12))
+        for (conn_id, campaign), start in first_window_starts(engine).items()
+    }
 
 
 def _as_utc(moment: datetime) -> datetime:
