@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install lock dbt-venv lock-dbt dbt-docs dbt-build test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
+.PHONY: install lock wheel dbt-venv lock-dbt dbt-docs dbt-build test test-distributed lint format demo airflow airflow-stop airflow-status bench bench-peer bench-receiver clean
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ $(STAMP): requirements.txt pyproject.toml
 # Recompile the full pinned lock from the direct dependencies in requirements.in.
 lock:
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
+
+# The production artifact: dist/cloudagent_etl-<version>-py3-none-any.whl (and the sdist). The build's
+# by-products in the tree (build/, include/*.egg-info) are removed: include/ is on sys.path.
+wheel: install
+	rm -rf dist
+	$(BIN)/uv build -q -o dist .
+	rm -rf build include/*.egg-info
 
 # dbt (the analyst models in dbt/) lives in its own venv: its dependencies never meet Airflow's pins.
 # Idempotent and fast like `make install`: rebuilt only when requirements-dbt.txt changes.
@@ -111,4 +118,4 @@ bench-receiver: install
 	$(PY) -m benchmarks.bench_receiver
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) $(DBT_VENV) dbt/target dbt/logs data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) $(DBT_VENV) dbt/target dbt/logs data dist build .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,12 @@ account (the 24 h ending 03:30 on the run's date, in each account's own time zon
   `cloudagent_default`), an account's connection is missing, not of type `cloudagent` or incomplete, two
   connections of one account list the same campaign, the database (`cloudagent_db`) does not answer or is
   not migrated, or the callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this
-  database. Nothing is requested then.
+  database (or, with a real CloudAgent, is a loopback or private address). Nothing is requested then.
+  It also asks CloudAgent whether it accepts each account's apiKey and campaigns, spending no export (a
+  request with an empty callBackUrl, which CloudAgent refuses only after accepting the account and the
+  campaign), only about campaigns that are new, last failed or whose connection changed
+  (`CLOUDAGENT_ACCOUNT_CHECK=off` turns it off). A campaign or account CloudAgent refuses is left out of
+  the run, alerted once and shown as rejected on the CloudAgent page; the others are synced.
 - `sweep`: requests past their callback deadline become `expired`; payloads that landed but were never
   loaded (late callbacks, a load that died) are loaded.
 - `exports_to_sync`: every campaign of every account with its window (the accounts taking turns).
@@ -80,8 +85,12 @@ FILTERS = ExportFilters()  # the defaults of the filter params
                               description="ALL or one disposition."),
         "sortby": Param(FILTERS.sortby, enum=list(SORTBY_VALUES),
                         description="0 all data, 1 created date, 2 updated date."),
-        "lookback_minutes": Param(15, type="number", minimum=0, maximum=1440),
-        "callback_timeout_minutes": Param(60, type="number", exclusiveMinimum=0, maximum=1440),
+        "lookback_minutes": Param(15, type="number", minimum=0, maximum=1440,
+                                  description="Minutes each window starts before its data interval, so that "
+                                  "consecutive windows overlap (the merge is idempotent)."),
+        "callback_timeout_minutes": Param(60, type="number", exclusiveMinimum=0, maximum=1440,
+                                          description="Minutes to wait for an export's callback before it "
+                                          "expires and is requested again (re_requests)."),
         "re_requests": Param(2, type="integer", minimum=0, maximum=5,
                              description="Times an export whose callback never came is requested again."),
     },
@@ -89,7 +98,14 @@ FILTERS = ExportFilters()  # the defaults of the filter params
 def cloudagent_dial_status() -> None:
     @task(retries=0)
     def preflight() -> None:
-        preflight_or_fail(get_current_context()["params"])
+        from cloudagent_etl import pipeline, status
+
+        context = get_current_context()
+        window = pipeline.export_window(
+            context.get("data_interval_start"), context.get("data_interval_end"),
+            context["params"]["lookback_minutes"],
+        )  # fmt: skip
+        preflight_or_fail(context["params"], day=status.window_day(*window))
 
     @task
     def sweep() -> dict:
@@ -102,11 +118,14 @@ def cloudagent_dial_status() -> None:
     @task
     def exports_to_sync() -> list[dict]:
         from cloudagent_airflow.accounts import run_accounts
-        from cloudagent_etl import pipeline
+        from cloudagent_etl import pipeline, preflight, targets
 
         context = get_current_context()
         with terminal_errors_fail_fast():
             accounts = run_accounts(context["params"])
+            if preflight.account_check_enabled():  # the preflight just asked: leave out what was refused
+                with CloudAgentDbHook().engine() as engine:
+                    accounts = targets.without_rejected(engine, accounts)
             timezones = {conn_id: CloudAgentHook(conn_id).get_settings().timezone for conn_id in accounts}
             return pipeline.plan_exports(
                 accounts, timezones, context.get("data_interval_start"), context.get("data_interval_end"),

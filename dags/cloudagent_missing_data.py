@@ -5,7 +5,9 @@ Hourly. Each run looks at the campaign × IST days whose nightly window (03:30 I
 day) closed `missing_after_hours` hours before a moment of the run's hour, and alerts on those not
 loaded yet (never requested, requested, received but not loaded, expired or failed), naming campaign,
 window, state and the last attempt's uniqueId and error. Each day is checked in the one hour its
-threshold passes, so an alert is sent once per missing day.
+threshold passes, so an alert is sent once per missing day. Days before a campaign's syncing started (the
+Variable `cloudagent_sync_start`, else the day it was first configured or requested) are not missing, and
+a campaign CloudAgent rejected is not either: the run that found the rejection alerted on it once.
 
 The alert goes through the notifier of the connection `cloudagent_alerts` (`smtp` with extra `to`, or
 `slackwebhook`); without that connection it is only logged. The campaigns are those of the configured
@@ -41,15 +43,20 @@ from cloudagent_airflow.hooks import CloudAgentDbHook
 def cloudagent_missing_data() -> None:
     @task
     def alert_overdue() -> bool:
-        from cloudagent_airflow.accounts import run_accounts
+        from cloudagent_airflow.accounts import run_accounts, sync_start
         from cloudagent_airflow.alerts import send_alert
-        from cloudagent_etl import alerts
+        from cloudagent_etl import alerts, targets
+        from cloudagent_etl.accounts import sync_targets
 
         context = get_current_context()
+        accounts = run_accounts({})
         with CloudAgentDbHook().engine() as engine:
+            # A campaign configured now is synced from the window open now: coverage starts there.
+            targets.record_seen(engine, sync_targets(accounts), targets.current_window_day())
             alert = alerts.overdue(
                 engine,
-                accounts=run_accounts({}),
+                accounts=accounts,
+                sync_start=sync_start(),
                 hours=float(context["params"]["missing_after_hours"]),
                 since=context["data_interval_start"],
                 until=context["data_interval_end"],

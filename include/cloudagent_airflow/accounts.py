@@ -7,6 +7,8 @@ with the Variable ``cloudagent_campaigns``: see :mod:`cloudagent_etl.accounts`. 
 
 from __future__ import annotations
 
+from datetime import date
+
 from airflow.sdk import Variable
 
 from cloudagent_etl.accounts import (
@@ -37,6 +39,16 @@ def _configuration() -> tuple[dict[str, list[str]], str]:
         return {DEFAULT_CONNECTION: [] if campaigns is None else parse_campaigns(campaigns)}, setting
     except ConfigurationError as exc:
         raise ConfigurationError(f"{setting}: {exc}") from None
+
+
+def sync_start() -> date | None:
+    """The Variable ``cloudagent_sync_start``: the first IST day coverage counts for every campaign (None:
+    each campaign's first configured or requested day)."""
+    from cloudagent_etl.targets import SYNC_START_VARIABLE, parse_sync_start
+
+    return parse_sync_start(
+        Variable.get(SYNC_START_VARIABLE, default=None), setting=f"Variable {SYNC_START_VARIABLE}"
+    )
 
 
 def run_accounts(params: dict) -> dict[str, list[str]]:

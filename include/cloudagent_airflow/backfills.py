@@ -8,6 +8,7 @@ No Airflow import: ``cloudagent-etl status`` finds :func:`backfill_command` thro
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +22,23 @@ DIAL_STATUS_DAG_ID = "cloudagent_dial_status"
 REPROCESS_BEHAVIOR = "failed"
 
 
+#: How this installation runs the Airflow CLI (default ``airflow``): the local stack sets its wrapper, which
+#: runs ``airflow`` with the stack's home and metadata database (a bare ``airflow`` would use ``~/airflow``).
+AIRFLOW_COMMAND_SETTING = "CLOUDAGENT_AIRFLOW_COMMAND"
+
+
+def airflow_command() -> list[str]:
+    """The words that run the Airflow CLI here (``CLOUDAGENT_AIRFLOW_COMMAND``, a shell-quoted command)."""
+    return shlex.split(os.environ.get(AIRFLOW_COMMAND_SETTING, "").strip() or "airflow")
+
+
 def backfill_command(backfill: Backfill) -> str:
     """The ``airflow backfill create`` command of ``backfill`` (its days, only the missing campaigns of its
-    accounts)."""
+    accounts), through :func:`airflow_command`."""
     conf = json.dumps({"accounts": backfill.accounts})
     return shlex.join(
         [
-            "airflow", "backfill", "create", "--dag-id", DIAL_STATUS_DAG_ID,
+            *airflow_command(), "backfill", "create", "--dag-id", DIAL_STATUS_DAG_ID,
             "--from-date", backfill.from_date.isoformat(), "--to-date", backfill.to_date.isoformat(),
             "--reprocess-behavior", REPROCESS_BEHAVIOR, "--dag-run-conf", conf,
         ]

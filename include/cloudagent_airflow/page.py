@@ -88,6 +88,18 @@ def _configured_accounts() -> dict[str, list[str]]:
         return {}
 
 
+def _sync_start() -> date | None:
+    """The Variable ``cloudagent_sync_start``, or None when unset or unreadable (then each campaign starts on
+    its first configured or requested day)."""
+    from cloudagent_airflow.accounts import sync_start
+    from cloudagent_etl.errors import ConfigurationError
+
+    try:
+        return sync_start()
+    except ConfigurationError:
+        return None
+
+
 def create_app() -> FastAPI:
     """The app: the page, its data endpoint and its static files, all behind Airflow's authorization."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -123,7 +135,9 @@ def create_app() -> FastAPI:
             ) from None
         from cloudagent_airflow.backfills import backfill_api_body, backfill_command
 
-        report = status.status_report(engine, days=days, until=until, accounts=_configured_accounts())
+        report = status.status_report(
+            engine, days=days, until=until, accounts=_configured_accounts(), sync_start=_sync_start()
+        )
         body: dict[str, Any] = {"dag_id": DIAL_STATUS_DAG_ID, **status.report_json(report)}
         for shown, backfill in zip(body["backfills"], report.coverage.backfills(), strict=True):
             shown.update(command=backfill_command(backfill), api_body=backfill_api_body(backfill))

@@ -128,13 +128,17 @@ class CampaignProgress:
         runs = load_runs
         counts = [
             func.coalesce(func.sum(runs.c[name]), 0)
-            for name in ("rows_in", "inserted", "updated", "rejected")
+            for name in ("rows_in", "inserted", "updated", "unchanged", "rejected")
         ]
         with self.engine.connect() as conn:
-            rows_in, inserted, updated, rejected = conn.execute(
+            rows_in, inserted, updated, unchanged, rejected = conn.execute(
                 select(*counts).where(runs.c.request_id == request_id)
             ).one()
-        return f"{rows_in} rows loaded ({inserted} inserted, {updated} updated, {rejected} rejected)"
+        # A second run loads the same records again: "unchanged" says where they went.
+        return (
+            f"{rows_in} rows loaded ({inserted} inserted, {updated} updated, {unchanged} unchanged, "
+            f"{rejected} rejected)"
+        )
 
 
 def run_demo(data_dir: Path) -> int:

@@ -64,6 +64,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -269,6 +270,13 @@ def _without_credentials(url: str) -> str:
     return str(httpx.URL(url).copy_with(username=None, password=None))
 
 
+def _password_hidden(url: str) -> str:
+    """A database URL with its password (if any) shown as ***: the user and the path stay."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 @dataclass(frozen=True)
 class StackPaths:
     """Where a local stack keeps its files, and the user's registry of stacks: all that ``stop`` and
@@ -468,6 +476,8 @@ class StackState:
     receiver_2_url: str | None = None  # the second receiver (Celery: even workers call back to it)
     #: Celery worker hostname (``worker-N@<host>``, what its tasks report) -> its name in ``processes``.
     workers: dict[str, str] = field(default_factory=dict)
+    #: The warehouse's URL, password hidden: what CLOUDAGENT_DB_URL must be for the CLI to read it.
+    warehouse: str = ""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -604,7 +614,48 @@ def stack_airflow_env(
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         # Every component signs and checks task and UI tokens with the same key, kept in the Airflow home.
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(settings.airflow_home),
+        # The CloudAgent page's backfill commands run the Airflow CLI of this stack, not ~/airflow's.
+        "CLOUDAGENT_AIRFLOW_COMMAND": wrapper_command(settings),
     }
+
+
+def wrapper_command(settings: StackSettings) -> str:
+    """The command that runs the Airflow CLI against this stack (its home and metadata database): what
+    ``CLOUDAGENT_AIRFLOW_COMMAND`` is set to, so that a pasted ``airflow backfill create`` reaches this
+    Airflow. It carries the settings that differ from the defaults and hold no secret (a metadata URL with a
+    password is left out: export ``CLOUDAGENT_AIRFLOW_DB_URL`` before pasting)."""
+    given = {
+        "CLOUDAGENT_LOCALSTACK_DIR": str(settings.data_dir),
+        "CLOUDAGENT_AIRFLOW_PORT": str(settings.airflow_port),
+        "CLOUDAGENT_RECEIVER_PORT": str(settings.receiver_port),
+        "CLOUDAGENT_SIMULATOR_PORT": str(settings.simulator_port),
+    }
+    defaults = {"CLOUDAGENT_AIRFLOW_PORT": "8080", "CLOUDAGENT_RECEIVER_PORT": "8081",
+                "CLOUDAGENT_SIMULATOR_PORT": "8765"}  # fmt: skip
+    words = [f"{name}={value}" for name, value in given.items() if defaults.get(name) != value]
+    default_metadata = f"sqlite:///{settings.data_dir / 'airflow' / 'airflow.db'}"
+    if settings.metadata_db_url != default_metadata and urlsplit(settings.metadata_db_url).password is None:
+        words.append(f"CLOUDAGENT_AIRFLOW_DB_URL={settings.metadata_db_url}")
+    if settings.celery:
+        words += [f"CLOUDAGENT_EXECUTOR={settings.executor}", f"CLOUDAGENT_WORKERS={settings.workers}"]
+    return shlex.join(["env", *words, sys.executable, "-m", "cloudagent_dev.localstack", "airflow"])
+
+
+def callback_warning(settings: StackSettings, receiver_url: str) -> str | None:
+    """A real CloudAgent cannot call back to a loopback or private address: the warning, or None."""
+    from cloudagent_etl.preflight import is_real_cloudagent, unreachable_callback_reason
+
+    if settings.real_api is None or not is_real_cloudagent(settings.real_api["host"]):
+        return None
+    url = settings.callback_base_url or receiver_url
+    reason = unreachable_callback_reason(url)
+    if reason is None:
+        return None
+    return (
+        f"WARNING: the callback URL {url} is not reachable by CloudAgent ({reason}): every export would "
+        "expire. Set CLOUDAGENT_CALLBACK_BASE_URL to the receiver's public URL (a tunnel or a proxy with TLS "
+        "forwarding to it)."
+    )
 
 
 def simulator_args(settings: StackSettings) -> list[str]:
@@ -720,6 +771,7 @@ def start_stack(
             settings.broker(),
             urls["receiver-2"],
             {hostname: hostname.split("@")[0] for hostname in hostnames},
+            warehouse=_password_hidden(settings.warehouse_db_url),
         )
         state.save(settings.state_path)
         return state
@@ -843,6 +895,8 @@ def describe(state: StackState, data_dir: Path) -> str:
             else ""
         ),
         f"CloudAgent      {state.cloudagent or state.simulator_url}",
+        f"warehouse       {state.warehouse} (for cloudagent-etl status and doctor: "
+        f"export CLOUDAGENT_DB_URL={shlex.quote(state.warehouse)})",
         f"Airflow home    {state.airflow_home} (logs in {data_dir / 'logs'})",
         f"executor        {state.executor}"
         + (f", broker {state.broker}, workers {', '.join(state.workers)}" if state.broker else ""),
@@ -854,6 +908,8 @@ def _start(settings: StackSettings) -> int:
     progress = Progress()
     print(f"starting the local Airflow stack in {settings.data_dir} ...", flush=True)
     print(f"CloudAgent: {settings.cloudagent()}", flush=True)
+    if warning := callback_warning(settings, f"http://{LOOPBACK}:{settings.receiver_port}"):
+        print(warning, flush=True)
     campaigns = ", ".join(settings.campaigns) or "none set (set the Variable cloudagent_campaigns in the UI)"
     print(f"campaigns: {campaigns}", flush=True)
     if settings.celery:

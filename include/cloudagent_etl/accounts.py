@@ -24,6 +24,10 @@ from cloudagent_etl.settings import DEFAULT_CONNECTION
 #: The Variables that configure accounts.
 ACCOUNTS_VARIABLE = "cloudagent_accounts"
 CAMPAIGNS_VARIABLE = "cloudagent_campaigns"
+#: Where a run's campaign list comes from, for messages that ask to correct a campaign name.
+CAMPAIGNS_SETTINGS = (
+    f"the Variable {ACCOUNTS_VARIABLE} (or {CAMPAIGNS_VARIABLE}), or the run's accounts param"
+)
 
 
 def parse_campaigns(value: object) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine
 
@@ -45,6 +45,8 @@ class Alert:
 
     subject: str
     missing: tuple[MissingData, ...]
+    #: Lines that are not a missing window (a rejected campaign, and the setting to change).
+    notes: tuple[str, ...] = ()
 
     @property
     def campaigns(self) -> tuple[str, ...]:
@@ -57,7 +59,17 @@ class Alert:
 
     @property
     def message(self) -> str:
-        return "\n".join([self.subject, *(f"- {item.line()}" for item in self.missing)])
+        lines = [*(item.line() for item in self.missing), *self.notes]
+        return "\n".join([self.subject, *(f"- {line}" for line in lines)])
+
+
+def rejection_alert(lines: Iterable[str]) -> Alert | None:
+    """CloudAgent refused accounts or campaigns (news of an account check: each is said once, when first
+    seen with its configuration). None when there is nothing new."""
+    found = tuple(lines)
+    if not found:
+        return None
+    return Alert("CloudAgent rejected configured accounts or campaigns", (), found)
 
 
 def _why(request: landing.ExportRequest) -> str:
@@ -101,17 +113,21 @@ def overdue(
     hours: float,
     since: datetime,
     until: datetime,
+    sync_start: date | None = None,
 ) -> Alert | None:
     """Campaign × IST days of ``accounts`` (connection id -> campaigns) still not loaded ``hours`` after
     their nightly window closed, for the days whose threshold passed in [``since``, ``until``) (an hourly
-    check reports each day once)."""
+    check reports each day once). Days before a campaign's syncing started and campaigns CloudAgent
+    rejected are not missing (:func:`status.coverage`): a rejection is alerted once, by the run that found
+    it (:func:`rejection_alert`)."""
     delay, instant = timedelta(hours=hours), timedelta(microseconds=1)
     first = status.last_complete_day(since - delay - instant) + timedelta(days=1)
     last = status.last_complete_day(until - delay - instant)
     if last < first:
         return None
     configured = {SyncTarget(conn_id, campaign) for conn_id, names in accounts.items() for campaign in names}
-    grid = status.coverage(engine, status.day_range((last - first).days + 1, last), accounts)
+    days = status.day_range((last - first).days + 1, last)
+    grid = status.coverage(engine, days, accounts, sync_start=sync_start)
     missing = []
     for cell in grid.missing():
         if cell.target not in configured:

@@ -1,8 +1,4 @@
-"""The ``cloudagent-etl`` command: migrate, doctor, sweep, status, data-dictionary, dbt-docs, dbt, receiver,
-simulate.
-
-Each sub-command imports its implementation lazily so that ``--help`` stays fast.
-"""
+"""The ``cloudagent-etl`` command (sub-commands import their implementation lazily: ``--help`` is fast)."""
 
 from __future__ import annotations
 
@@ -17,6 +13,15 @@ from cloudagent_etl import settings
 
 if TYPE_CHECKING:
     from cloudagent_etl.status import BackfillCommand
+
+
+DESCRIPTION = """\
+Ozonetel CloudAgent dial status -> warehouse: check the settings, see what is synced and what is missing,
+and run the pieces outside Airflow (the callback receiver, the simulator).
+
+The warehouse is CLOUDAGENT_DB_URL (or --database-url); without it, the SQLite file data/cloudagent.db
+under the current folder (CLOUDAGENT_DATA_DIR). The local stack (make airflow) prints the URL it uses.
+"""
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -80,13 +85,51 @@ def _cmd_status(args: argparse.Namespace) -> int:
         accounts = parse_accounts(value, setting="--accounts / CLOUDAGENT_ACCOUNTS")
     elif value := args.campaigns if args.campaigns is not None else os.environ.get("CLOUDAGENT_CAMPAIGNS"):
         accounts = {settings.DEFAULT_CONNECTION: parse_campaigns(value)}
-    engine = create_db_engine(args.database_url or settings.database_url())
+    from cloudagent_etl.targets import sync_start_from_env
+
+    sync_start = sync_start_from_env(os.environ)
+    url = args.database_url or settings.database_url()
+    if (problem := _unreadable(url, args.database_url)) is not None:
+        print(problem, file=sys.stderr)
+        return 1
+    engine = create_db_engine(url)
     try:
-        report = status_report(engine, days=args.days, until=args.until, accounts=accounts)
+        report = status_report(
+            engine, days=args.days, until=args.until, accounts=accounts, sync_start=sync_start
+        )
     finally:
         engine.dispose()
     print(format_report(report, _backfill_command()), end="")
     return 0
+
+
+def _unreadable(url: str, given: str | None) -> str | None:
+    """One line when there is no migrated warehouse at ``url`` to read (nothing is created), else None."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.engine import make_url
+
+    from cloudagent_etl.db import create_db_engine, database_missing, head_revision, to_sqlalchemy_url
+
+    setting = "--database-url" if given else "CLOUDAGENT_DB_URL"
+    shown = make_url(to_sqlalchemy_url(url)).render_as_string(hide_password=True)
+    advice = (
+        f"set {setting} to the warehouse (the local stack prints its URL: make airflow-status), "
+        "or create it with `cloudagent-etl migrate`"
+    )
+    if missing := database_missing(url):
+        return f"no warehouse at {shown} ({missing}): {advice}"
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except Exception as exc:  # any driver error: the URL, the server, the credentials
+        return f"the warehouse at {shown} does not answer ({type(exc).__name__}): check {setting}"
+    finally:
+        engine.dispose()
+    if current != head_revision():
+        state = "not migrated" if current is None else f"at revision {current}"
+        return f"the warehouse at {shown} is {state}: {advice}"
+    return None
 
 
 def _backfill_command() -> BackfillCommand | None:
@@ -143,7 +186,9 @@ def _cmd_dbt(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloudagent-etl", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cloudagent-etl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -153,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser(
         "doctor",
-        help="check the settings (account, database, callback URL, campaigns) as a run's preflight does",
+        help="check the settings (account, database, callback URL, campaigns) as a run's preflight does, and "
+        "ask CloudAgent whether it accepts each account and campaign (no export; "
+        "CLOUDAGENT_ACCOUNT_CHECK=off to skip)",
     )
     doctor.add_argument("--database-url", default=None, help="default: CLOUDAGENT_DB_URL or the SQLite file")
     doctor.set_defaults(handler=_cmd_doctor)

@@ -38,6 +38,16 @@ def create_db_engine(uri: str, *, durable: bool = False, serving: bool = False, 
     return database.create_engine(url, durable=durable, serving=serving, **kwargs)
 
 
+def database_missing(uri: str) -> str | None:
+    """Why there is no database at ``uri`` to read (a SQLite file that does not exist), or None.
+
+    Read-only commands ask first: opening a SQLite URL would create an empty file, and then report an
+    unmigrated database nobody uses.
+    """
+    database, url = databases.sqlalchemy_url(uri)
+    return database.missing(url)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether a database error means it cannot do the work *now* (unreachable, full, read-only, not
     permitted, busy) rather than that the work itself is wrong: the same statement may succeed later.
@@ -56,7 +66,7 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def schema_metadata() -> MetaData:
     """The MetaData holding every table of the project: each owner registers its tables when imported."""
-    from cloudagent_etl import identity, landing  # noqa: F401  (the probe secret; requests, payloads)
+    from cloudagent_etl import identity, landing, targets  # noqa: F401  (probe secret; requests; targets)
     from cloudagent_etl.api import limiter  # noqa: F401  (the call log)
     from cloudagent_etl.sqltypes import metadata
     from cloudagent_etl.warehouse import tables  # noqa: F401  (dial status, rejects, load runs)

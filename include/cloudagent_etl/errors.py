@@ -70,32 +70,50 @@ class ValidationError(TerminalError, ValueError):
 
 
 class ApiError(TerminalError):
-    """CloudAgent rejected the request with one of its documented error bodies."""
+    """CloudAgent rejected the request with one of its documented error bodies.
+
+    ``fix`` says which setting to change, with ``{conn_id}`` (the account's connection), ``{campaign}``
+    and ``{campaigns_setting}`` (where the campaign list is configured) to fill in: :meth:`naming`.
+    """
 
     api_message: str = ""
+    fix: str = "the request"
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or f"CloudAgent rejected the request: {self.api_message}")
 
+    def naming(self, conn_id: str, campaign: str, campaigns_setting: str) -> ApiError:
+        """The same error, its message naming the connection or Variable and the field to fix."""
+        where = self.fix.format(conn_id=conn_id, campaign=campaign, campaigns_setting=campaigns_setting)
+        return type(self)(f"CloudAgent rejected the request: {self.api_message}: fix {where}")
+
 
 class InvalidApiKeyError(ApiError):
     api_message = "apiKey is invalid"
+    fix = "the apiKey: the password of connection {conn_id} is missing or not an apiKey"
 
 
 class AuthenticationFailedError(ApiError):
     api_message = "Authentication failed"
+    fix = "the apiKey or the userName: the password or the login of connection {conn_id}"
 
 
 class InvalidUserNameError(ApiError):
     api_message = "userName is invalid"
+    fix = "the userName: the login of connection {conn_id}"
 
 
 class InvalidCampaignNameError(ApiError):
     api_message = "campaignName is invalid"
+    fix = (
+        "the campaign name: CloudAgent does not know campaign {campaign!r} of connection {conn_id}; correct "
+        "it in {campaigns_setting}"
+    )
 
 
 class InvalidCallbackUrlError(ApiError):
     api_message = "callBackUrl cannot be empty (OR) it should contain 'http' or 'https'"
+    fix = "CLOUDAGENT_CALLBACK_BASE_URL (the receiver's public http(s) URL)"
 
 
 class UnexpectedResponseError(TerminalError):

@@ -20,11 +20,11 @@ import httpx
 from sqlalchemy import Engine
 
 from cloudagent_etl import landing
-from cloudagent_etl.accounts import SyncTarget, sync_targets
+from cloudagent_etl.accounts import CAMPAIGNS_SETTINGS, SyncTarget, sync_targets
 from cloudagent_etl.api import CloudAgentClient, RateLimiter
-from cloudagent_etl.errors import ConfigurationError, PayloadError, redact
+from cloudagent_etl.errors import ApiError, ConfigurationError, PayloadError, redact
 from cloudagent_etl.exports import Export
-from cloudagent_etl.settings import ApiSettings, LoadSettings, Secret, zone
+from cloudagent_etl.settings import DEFAULT_CONNECTION, ApiSettings, LoadSettings, Secret, zone
 
 if TYPE_CHECKING:
     from cloudagent_etl.normalize import SecretValues
@@ -196,6 +196,11 @@ def request_export(
         limiter = RateLimiter(engine, api_settings.user_name, api_settings.rate_limit_per_minute)
         with CloudAgentClient(api_settings, limiter=limiter, transport=transport) as client:
             unique_id = client.request_export(request, purpose=f"{export.campaign_name} {new.request_id}")
+    except ApiError as exc:
+        named = exc.naming(export.conn_id or DEFAULT_CONNECTION, export.campaign_name, CAMPAIGNS_SETTINGS)
+        landing.mark_failed(engine, new.request_id, f"{type(named).__name__}: {named}")
+        _record_refusal(engine, export, api_settings, exc, str(named))
+        raise named from None
     except Exception as exc:
         message = redact(
             f"{type(exc).__name__}: {exc}", [api_settings.api_key.get(), new.token.get()], limit=2000
@@ -205,6 +210,21 @@ def request_export(
     landing.record_unique_id(engine, new.request_id, unique_id)
     log.info("export requested: %s uniqueId=%s request_id=%s", export.describe(), unique_id, new.request_id)
     return new.request_id
+
+
+def _record_refusal(engine: Engine, export: Export, api: ApiSettings, error: ApiError, message: str) -> None:
+    """CloudAgent refused the account or the campaign of an export: the target is rejected (shown so, and not
+    offered for a backfill) until a check with a changed configuration passes."""
+    from cloudagent_etl import identity, targets
+    from cloudagent_etl.status import window_day
+
+    result = targets.result_of(error)
+    if result is None:
+        return
+    target = SyncTarget(export.conn_id or DEFAULT_CONNECTION, export.campaign_name)
+    digest = targets.fingerprint(identity.probe_secret(engine), api, export.campaign_name)
+    day = window_day(export.window_start, export.window_end, export.timezone)
+    targets.record_check(engine, target, result, message=message, fingerprint=digest, day=day)
 
 
 def re_request_export(

@@ -5,8 +5,12 @@ the alerts all read it from here (read-only queries; no Airflow).
 A window belongs to the IST day its midpoint falls in, so a nightly window (03:30 IST to 03:30 IST the next
 day, started ``lookback_minutes`` early) is its first day's. Each cell takes the state of the best request
 behind it: ``loaded`` > ``received`` (a callback landed, not loaded yet) > ``requested`` (waiting for the
-callback) > the latest of ``expired`` / ``failed``; a configured campaign with no request for a day is
-``never_requested``. Nothing here reads a payload's bytes or a reject's raw record, and request errors are
+callback) > ``rejected`` (CloudAgent refused the campaign or the account's apiKey: asking again cannot help
+until the configuration changes) > the latest of ``expired`` / ``failed``; a configured campaign with no
+request for a day is ``never_requested`` from the day its syncing started (the setting
+``cloudagent_sync_start``, else the day it was first configured or requested: :mod:`cloudagent_etl.targets`)
+and ``before_start`` before it. Only ``expired``, ``failed`` and ``never_requested`` are missing data a
+backfill can fix. Nothing here reads a payload's bytes or a reject's raw record, and request errors are
 stored redacted: no apiKey, token or payload byte reaches the page or the terminal.
 """
 
@@ -25,6 +29,7 @@ from cloudagent_etl import landing, warehouse
 from cloudagent_etl.accounts import SyncTarget
 from cloudagent_etl.pipeline import NIGHTLY_START, NIGHTLY_TIMEZONE, last_complete_interval
 from cloudagent_etl.settings import zone
+from cloudagent_etl.targets import TargetRecord, coverage_starts
 from cloudagent_etl.warehouse import DayRate, LoadCounts
 
 #: The zone of CloudAgent's day (the nightly schedule's) and of the warehouse's ``day_ist`` columns.
@@ -37,9 +42,11 @@ class CellState(StrEnum):
     LOADED = "loaded"
     RECEIVED = "received"
     REQUESTED = "requested"
+    REJECTED = "rejected"
     EXPIRED = "expired"
     FAILED = "failed"
     NEVER_REQUESTED = "never_requested"
+    BEFORE_START = "before_start"
 
     @property
     def label(self) -> str:
@@ -55,19 +62,24 @@ _LABELS = {
     CellState.LOADED: "loaded",
     CellState.RECEIVED: "received, not loaded",
     CellState.REQUESTED: "requested",
+    CellState.REJECTED: "rejected by CloudAgent",
     CellState.EXPIRED: "expired",
     CellState.FAILED: "failed",
     CellState.NEVER_REQUESTED: "never requested",
+    CellState.BEFORE_START: "before syncing started",
 }
 _MARKS = {
     CellState.LOADED: "L",
     CellState.RECEIVED: "R",
     CellState.REQUESTED: "W",
+    CellState.REJECTED: "!",
     CellState.EXPIRED: "X",
     CellState.FAILED: "F",
     CellState.NEVER_REQUESTED: "-",
+    CellState.BEFORE_START: ".",
 }
-#: States a backfill should fix (the others are loaded, or still on their way).
+#: States a backfill should fix: the missing data (the others are loaded, on their way, refused by CloudAgent
+#: or before syncing started).
 BACKFILL_STATES = frozenset({CellState.EXPIRED, CellState.FAILED, CellState.NEVER_REQUESTED})
 
 
@@ -109,6 +121,10 @@ class Cell:
     target: SyncTarget
     day: date
     requests: tuple[RequestSummary, ...] = ()
+    #: The first day the target is synced (None: not yet configured in a run nor requested).
+    start: date | None = None
+    #: The target's record when CloudAgent rejected it (its message names the setting to change).
+    rejection: TargetRecord | None = None
 
     @property
     def campaign(self) -> str:
@@ -122,6 +138,10 @@ class Cell:
                 return CellState(state.value)
         if landing.RequestState.REQUESTED in states:
             return CellState.REQUESTED
+        if not self.requests and (self.start is None or self.day < self.start):
+            return CellState.BEFORE_START
+        if self.rejection is not None:
+            return CellState.REJECTED
         if not self.requests:
             return CellState.NEVER_REQUESTED
         return CellState(self.requests[-1].request.state.value)
@@ -146,7 +166,15 @@ class Cell:
 
     @property
     def missing(self) -> bool:
-        return self.state is not CellState.LOADED
+        """Data that should be there and is not loaded (rejected and not-yet-synced days are not)."""
+        return self.state not in (CellState.LOADED, CellState.REJECTED, CellState.BEFORE_START)
+
+    @property
+    def rejection_text(self) -> str | None:
+        """What CloudAgent refused and the setting to change (a rejected cell only)."""
+        if self.state is not CellState.REJECTED or self.rejection is None:
+            return None
+        return self.rejection.check_message
 
     def count(self, state: landing.RequestState) -> int:
         return sum(1 for summary in self.requests if summary.request.state is state)
@@ -163,9 +191,17 @@ class Coverage:
     days: tuple[date, ...]
     targets: tuple[SyncTarget, ...]
     cells: Mapping[tuple[SyncTarget, date], Cell]
+    starts: Mapping[SyncTarget, date] = field(default_factory=dict)
+    rejections: Mapping[SyncTarget, TargetRecord] = field(default_factory=dict)
 
     def cell(self, target: SyncTarget, day: date) -> Cell:
-        return self.cells.get((target, day)) or Cell(target, day)
+        return self.cells.get((target, day)) or Cell(
+            target, day, start=self.starts.get(target), rejection=self.rejections.get(target)
+        )
+
+    def rejected(self) -> list[tuple[SyncTarget, TargetRecord]]:
+        """The targets of the grid CloudAgent rejected, with their records."""
+        return [(t, self.rejections[t]) for t in self.targets if t in self.rejections]
 
     def missing(self) -> list[Cell]:
         """Every cell not loaded, by day then account and campaign."""
@@ -259,12 +295,14 @@ def status_report(
     accounts: Mapping[str, Iterable[str]] | None = None,
     now: datetime | None = None,
     reject_groups: int = 20,
+    sync_start: date | None = None,
 ) -> StatusReport:
     """The report for ``days`` days ending with ``until``; the campaigns of ``accounts`` (the configured
-    ones: connection id -> campaigns) get a row even when they have no request in the range."""
+    ones: connection id -> campaigns) get a row even when they have no request in the range.
+    ``sync_start``: the setting ``cloudagent_sync_start`` (see :func:`coverage`)."""
     day_list = day_range(days, until, now=now)
     return StatusReport(
-        coverage=coverage(engine, day_list, accounts or {}),
+        coverage=coverage(engine, day_list, accounts or {}, sync_start=sync_start),
         answer_rates=tuple(warehouse.answer_rates(engine, day_list)),
         rejects=tuple(latest_rejects(engine, day_list, limit=reject_groups)),
     )
@@ -275,9 +313,16 @@ def _range_bounds(days: Sequence[date]) -> tuple[datetime, datetime]:
     return nightly_window(days[0] - timedelta(days=1))[0], nightly_window(days[-1] + timedelta(days=1))[1]
 
 
-def coverage(engine: Engine, days: Sequence[date], accounts: Mapping[str, Iterable[str]]) -> Coverage:
+def coverage(
+    engine: Engine,
+    days: Sequence[date],
+    accounts: Mapping[str, Iterable[str]],
+    *,
+    sync_start: date | None = None,
+) -> Coverage:
     """The grid of ``days`` × (the campaigns of ``accounts`` and every campaign with a request in the
-    range), a row per account's campaign."""
+    range), a row per account's campaign. A campaign's days before its syncing started (``sync_start`` for
+    every campaign, else its first configured or requested day) are not missing."""
     by_cell: dict[tuple[SyncTarget, date], list[RequestSummary]] = {}
     for summary in _requests_in(engine, days):
         request = summary.request
@@ -286,11 +331,20 @@ def coverage(engine: Engine, days: Sequence[date], accounts: Mapping[str, Iterab
     configured = [SyncTarget(conn_id, campaign) for conn_id, names in accounts.items() for campaign in names]
     targets = list(dict.fromkeys(configured))
     targets += sorted({target for target, _ in by_cell} - set(targets), key=lambda t: (t.conn_id, t.campaign))
+    starts, records = coverage_starts(engine, sync_start)
+    rejections = {target: record for target, record in records.items() if record.rejected}
     cells = {
-        key: Cell(*key, tuple(sorted(found, key=lambda s: (s.request.created_at, s.request.attempt))))
+        key: Cell(
+            *key,
+            tuple(sorted(found, key=lambda s: (s.request.created_at, s.request.attempt))),
+            start=starts.get(key[0]),
+            rejection=rejections.get(key[0]),
+        )
         for key, found in by_cell.items()
     }
-    return Coverage(days=tuple(days), targets=tuple(targets), cells=cells)
+    return Coverage(
+        days=tuple(days), targets=tuple(targets), cells=cells, starts=starts, rejections=rejections
+    )
 
 
 def _requests_in(engine: Engine, days: Sequence[date]) -> list[RequestSummary]:
@@ -369,6 +423,7 @@ def report_json(report: StatusReport) -> dict[str, Any]:
                     "expired": cell.count(landing.RequestState.EXPIRED),
                     "failed": cell.count(landing.RequestState.FAILED),
                     "late_payloads": cell.late_payloads,
+                    "rejection": cell.rejection_text,
                     "loads": _loads_json(cell.loads),
                     "attempts": [_request_json(request) for request in cell.requests],
                 }
@@ -376,11 +431,24 @@ def report_json(report: StatusReport) -> dict[str, Any]:
     return {
         "generated_at": report.generated_at.isoformat(),
         "days": [day.isoformat() for day in grid.days],
-        "rows": [{"account": t.conn_id, "campaign": t.campaign, "label": t.label} for t in grid.targets],
+        "rows": [
+            {
+                "account": t.conn_id,
+                "campaign": t.campaign,
+                "label": t.label,
+                "start": grid.starts[t].isoformat() if t in grid.starts else None,
+                "rejection": grid.rejections[t].check_message if t in grid.rejections else None,
+            }
+            for t in grid.targets
+        ],
         "accounts": list(dict.fromkeys(target.conn_id for target in grid.targets)),
         "states": {state.value: state.label for state in CellState},
         "cells": cells,
         "missing": len(grid.missing()),
+        "rejected": [
+            {"account": t.conn_id, "campaign": t.campaign, "label": t.label, "message": record.check_message}
+            for t, record in grid.rejected()
+        ],
         "backfills": [
             {
                 "first_day": backfill.first_day.isoformat(),
@@ -463,6 +531,8 @@ def format_report(report: StatusReport, backfill_command: BackfillCommand | None
     for day in grid.days:
         for target in grid.targets:
             cell = grid.cell(target, day)
+            if not cell.requests:  # nothing was asked for: no counts to show
+                continue
             loads = cell.loads
             rows.append(
                 (str(day), target.label, cell.state.label, str(len(cell.requests)), str(loads.rows_in),
@@ -483,6 +553,10 @@ def format_report(report: StatusReport, backfill_command: BackfillCommand | None
                 f"    attempt {request.attempt}: {request.state.value}, uniqueId {unique_id}, "
                 f"request {request.request_id}" + (f": {request.error}" if request.error else "")
             )
+    rejected = grid.rejected()
+    if rejected:
+        lines += ["", "rejected by CloudAgent (no backfill is offered until the configuration changes):"]
+        lines += [f"  {target.label}: {record.check_message}" for target, record in rejected]
     backfills = grid.backfills()
     if backfills:
         lines += ["", "to backfill what is missing (expired, failed or never requested):"]

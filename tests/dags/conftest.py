@@ -34,6 +34,9 @@ def sync(monkeypatch, receiver, fresh_simulator, dags) -> Iterator[Sync]:
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", connection_uri(receiver.db_url))
     monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", json.dumps(CAMPAIGNS))
     monkeypatch.setenv("CLOUDAGENT_CALLBACK_BASE_URL", receiver.base_url)
+    # These runs are about the exports' own path (what an error of CloudAgent does to a request); the
+    # preflight's account check is on in test_preflight_runs.py and in the local stack's runs.
+    monkeypatch.setenv("CLOUDAGENT_ACCOUNT_CHECK", "off")
     engine = create_db_engine(receiver.db_url)
     yield Sync(engine, fresh_simulator, dags)
     engine.dispose()

@@ -77,6 +77,7 @@ def accounts(monkeypatch, receiver, two_account_simulator: SimulatorHandle, dags
     monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_ACCOUNTS", json.dumps(ACCOUNTS))
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDAGENT_DB", connection_uri(receiver.db_url))
     monkeypatch.setenv("CLOUDAGENT_CALLBACK_BASE_URL", receiver.base_url)
+    monkeypatch.setenv("CLOUDAGENT_ACCOUNT_CHECK", "off")  # the exports' own path (see tests/dags/conftest)
     engine = create_db_engine(receiver.db_url)
     yield TwoAccounts(engine, two_account_simulator, dags)
     engine.dispose()

@@ -97,7 +97,11 @@ def test_an_invalid_api_key_fails_fast_with_the_api_message(sync: Sync, monkeypa
     assert {ti.try_number for ti in requested.values()} == {1}  # no Airflow retry
     assert len(sync.simulator.requests_log()) == len(CAMPAIGNS)  # and no client retry
     assert [(r.state, r.error) for r in sync.requests()] == [
-        ("failed", "AuthenticationFailedError: CloudAgent rejected the request: Authentication failed")
+        (
+            "failed",
+            "AuthenticationFailedError: CloudAgent rejected the request: Authentication failed: fix the "
+            "apiKey or the userName: the password or the login of connection cloudagent_default",
+        )
     ] * 2
     assert tis[("quality_checks", -1)].state == "failed"
 

@@ -112,3 +112,40 @@ def test_a_wrong_setting_fails_the_run_at_preflight_naming_it(
     assert "TypeError" not in out
     # No retry of the preflight and no export (both asserted above); within the one deadline, no other wait.
     assert seconds < DEADLINE_S
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+def test_the_account_check_leaves_a_rejected_campaign_out_alerts_once_and_spends_no_export(
+    sync: Sync, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CLOUDAGENT_ACCOUNT_CHECK", "on")
+    check_answer = "callBackUrl cannot be empty (OR) it should contain 'http' or 'https'"
+
+    state, tis = sync.run(campaigns=["Alpha", "Salse"])
+
+    assert tis[("preflight", -1)].state == "success"
+    assert state == "success"  # Alpha synced; Salse left out, shown as rejected, not missing
+    log = sync.simulator.requests_log()
+    assert [(e["campaign_name"], e["message"]) for e in log if e["outcome"] != "accepted"] == [
+        ("Alpha", check_answer),
+        ("Salse", "campaignName is invalid"),
+    ]
+    assert [e["campaign_name"] for e in log if e["outcome"] == "accepted"] == ["Alpha"]
+    assert [r.campaign_name for r in sync.requests()] == ["Alpha"]
+    (alert,) = [r.getMessage() for r in caplog.records if r.name == "cloudagent_airflow.alerts"]
+    assert "CloudAgent rejected configured accounts or campaigns" in alert
+    assert "CloudAgent does not know this campaign: 'Salse'" in alert
+    caplog.clear()
+
+    sync.run(campaigns=["Alpha", "Salse"])  # Alpha was accepted: not asked again; Salse, which failed, is
+
+    asked = [
+        e["campaign_name"] for e in sync.simulator.requests_log()[len(log) :] if e["outcome"] != "accepted"
+    ]
+    assert asked == ["Salse"]
+    assert [r for r in caplog.records if r.name == "cloudagent_airflow.alerts"] == []  # said once
+
+    state, tis = sync.run(campaigns=["Salse"])  # nothing left: the run stops, naming the campaign
+
+    assert state == "failed"
+    assert tis[("exports_to_sync", -1)].state == "failed"

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from cloudagent_dev.databases import connection_uri
-from cloudagent_etl import landing, status
+from cloudagent_etl import landing, status, targets
+from cloudagent_etl.accounts import SyncTarget
 from cloudagent_etl.db import create_db_engine
+from cloudagent_etl.settings import DEFAULT_CONNECTION
 from tests.factories import land, new_request, record
 
 pytestmark = pytest.mark.usefixtures("airflow_home")
@@ -100,7 +102,49 @@ def test_a_viewer_gets_the_page_and_its_data_with_the_uis_cookie_or_a_bearer_tok
     assert cells[("Support", str(DAY))]["state"] == "expired"
     assert cells[("Support", str(DAY))]["attempts"][0]["unique_id"] == "U-expired"
     assert cells[("Sales", str(DAY))]["state"] == "received"
-    assert cells[("Sales", str(DAY - timedelta(days=1)))]["state"] == "never_requested"
+    # Syncing of Sales started with its first request: the day before is not missing, nor offered.
+    assert cells[("Sales", str(DAY - timedelta(days=1)))]["state"] == "before_start"
+    assert body["missing"] == 2  # Support expired, Sales received (not loaded yet)
+    assert [b["labels"] for b in body["backfills"]] == [["Support"]]
     assert "secret-api-key" not in data.text
     assert chart.status_code == 200
     assert len(chart.content) > 1_000_000  # plotly.js from the plotly wheel
+
+
+def test_a_campaign_cloudagent_rejected_is_shown_as_rejected_and_not_offered_for_a_backfill(
+    api_server,
+) -> None:
+    engine = create_db_engine(api_server.sqlite_url)
+    start, end = status.nightly_window(DAY)
+    failed = new_request(engine, "Support", unique_id=None, window=(start, end))
+    landing.mark_failed(
+        engine, failed.request_id, "InvalidCampaignNameError: CloudAgent rejected the request"
+    )
+    support = SyncTarget(DEFAULT_CONNECTION, "Support")
+    message = targets.rejection_text(
+        support, targets.CheckResult.CAMPAIGN_UNKNOWN, "Variable cloudagent_campaigns"
+    )
+    assert targets.record_check(engine, support, targets.CheckResult.CAMPAIGN_UNKNOWN, message=message,
+                                fingerprint="f1", day=DAY)  # fmt: skip
+    # The same rejection again is no news (the alert is sent once); another configuration's is.
+    assert not targets.record_check(engine, support, targets.CheckResult.CAMPAIGN_UNKNOWN, message=message,
+                                    fingerprint="f1", day=DAY)  # fmt: skip
+    new_request(engine, "Sales", unique_id="U-sales", window=(start, end))
+    engine.dispose()
+
+    data = api_server.get(
+        f"/cloudagent/api/status?days=2&until={DAY}", headers={"Authorization": f"Bearer {token('viewer')}"}
+    )
+
+    body = data.json()
+    cells = {(c["campaign"], c["day"]): c for c in body["cells"]}
+    assert cells[("Support", str(DAY))]["state"] == "rejected"
+    assert cells[("Support", str(DAY))]["rejection"].startswith(
+        "CloudAgent does not know this campaign: 'Support' is not a campaign of the account of connection "
+        "cloudagent_default; correct the name in Variable cloudagent_campaigns"
+    )
+    assert body["rejected"] == [
+        {"account": DEFAULT_CONNECTION, "campaign": "Support", "label": "Support", "message": message}
+    ]
+    assert body["missing"] == 1  # Sales, requested (on its way): Support is rejected, not missing
+    assert body["backfills"] == []

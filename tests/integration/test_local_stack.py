@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -56,6 +58,10 @@ START_WORK_S, BACKFILL_WORK_S, DROPPED_RUN_WORK_S = 240, 300, 60
 #: The day after the backfill: only Beta is requested, and its callback never comes.
 DROPPED_DAY = "2025-06-05"
 CHROMIUM = Path("/usr/bin/chromium")
+#: CloudAgent's answer to the account check (an export request with an empty callBackUrl): no export made.
+ACCOUNT_CHECK_ANSWER = "callBackUrl cannot be empty (OR) it should contain 'http' or 'https'"
+#: A campaign CloudAgent does not know, as a typo in a manual run's conf.
+TYPO = "Salse"
 SCREENSHOT = REPO / "docs" / "images" / "cloudagent-page.png"
 
 
@@ -282,12 +288,18 @@ def a_three_day_backfill_through_the_scheduler_lands_the_ground_truth_once(stack
     assert len(backfill_requests) == 3 * len(CAMPAIGNS)
     for (_, end), (next_start, _) in itertools.pairwise(windows):
         assert next_start == end - timedelta(minutes=15)  # contiguous, with the default look-back
-    # (b) one export request at a time (the pool), never more than 10 in any 60 s (the limiter).
-    arrivals = sorted(entry["arrived_at"] for entry in simulator.requests_log())
+    # (b) one export request at a time (the pool), never more than 10 calls in any 60 s (the limiter counts
+    # the account checks of the preflight too: each campaign is asked about while it is new, by the first
+    # runs' preflights, two of which may run at once; later runs ask nothing).
+    logged = simulator.requests_log()
+    arrivals = sorted(entry["arrived_at"] for entry in logged)
     assert max(sum(1 for t in arrivals if start <= t < start + 60) for start in arrivals) <= 10
-    assert "Max limit exceeded" not in {entry["message"] for entry in simulator.requests_log()}
+    assert "Max limit exceeded" not in {entry["message"] for entry in logged}
+    checks = [entry for entry in logged if entry["message"] == ACCOUNT_CHECK_ANSWER]
+    assert len(CAMPAIGNS) <= len(checks) <= 2 * len(CAMPAIGNS)
+    assert {entry["campaign_name"] for entry in checks} == set(CAMPAIGNS)
     requested = stack.task_instances("campaign.request_export")
-    assert len(requested) == len(arrivals) == len(CAMPAIGNS) * len(runs)
+    assert len(requested) == len(arrivals) - len(checks) == len(CAMPAIGNS) * len(runs)
     intervals = sorted((ti["start_date"], ti["end_date"]) for ti in requested)
     for (_, end), (next_start, _) in itertools.pairwise(intervals):
         assert end <= next_start, intervals
@@ -402,6 +414,29 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
     assert f"- Beta: window {DROPPED_DAY} 03:" in alert_text
     assert f"uniqueId {dropped.unique_id}" in alert_text
 
+    # A typo'd campaign in a manual run: the preflight asks CloudAgent (no export), fails in seconds naming
+    # the campaign and the setting, alerts once; the campaign is never "missing" on the page.
+    typo = stack.api.post(
+        f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"campaigns": [TYPO]}}
+    )
+    assert typo.status_code == 200, typo.text
+    typo_run = typo.json()["dag_run_id"]
+    _wait_for(
+        "the run with a typo",
+        lambda: stack.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{typo_run}")["state"] in ("success", "failed"),
+        DROPPED_RUN_WORK_S + DEADLINE_S,
+        lambda: None,
+    )
+    logs = Path(stack.state.airflow_home, "logs", f"dag_id={DAG_ID}", f"run_id={typo_run}")
+    (preflight_log,) = (logs / "task_id=preflight").glob("**/attempt=*.log")
+    preflight_text = preflight_log.read_text()
+    assert (
+        f"CloudAgent does not know this campaign: '{TYPO}' is not a campaign of the account" in preflight_text
+    )
+    assert "ALERT CloudAgent rejected configured accounts or campaigns" in preflight_text
+    with stack.engine.connect() as conn:
+        assert conn.execute(select(export_requests).where(export_requests.c.run_id == typo_run)).all() == []
+
     # Nothing for anonymous callers or forged tokens, on the page or its data.
     for path in ("/cloudagent/", "/cloudagent/api/status?days=5"):
         assert httpx.get(stack.state.airflow_url + path, timeout=10).status_code == 401
@@ -421,7 +456,7 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             executable_path=str(CHROMIUM), args=["--no-sandbox"], timeout=DEADLINE_MS
         )
         try:
-            page = _new_page(browser, viewport={"width": 1400, "height": 1000})
+            page = _new_page(browser, viewport={"width": 1500, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(stack.state.airflow_url + "/")
@@ -433,6 +468,9 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             page.wait_for_url("**/plugin/cloudagent", timeout=DEADLINE_MS)
             frame = page.frame_locator("iframe")
             frame.locator("body[data-loaded]").wait_for(timeout=DEADLINE_MS)  # its first load (14 days)
+            newest = frame.locator("#grid thead th").last.bounding_box()
+            assert newest is not None
+            assert newest["x"] + newest["width"] <= 1500, newest  # the newest day is not cut off
             frame.locator("#days").fill("5")
             frame.locator("#until").fill(DROPPED_DAY)
             frame.get_by_role("button", name="Show").click()
@@ -447,10 +485,12 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             days = [f"2025-06-0{n}" for n in range(1, 6)]
             assert states == {
                 **{(c, d): "loaded" for c in CAMPAIGNS for d in days[1:4]},
-                **{(c, days[0]): "never_requested" for c in CAMPAIGNS},
+                # syncing started with the backfill's first day: the day before is not missing
+                **{(c, days[0]): "before_start" for c in CAMPAIGNS},
                 ("Alpha", DROPPED_DAY): "never_requested",
                 ("Beta", DROPPED_DAY): "expired",
             }
+            assert TYPO not in frame.locator("#grid").inner_text()
             frame.locator(f"#grid button[data-campaign=Beta][data-day='{DROPPED_DAY}']").click()
             detail = frame.locator("#detail")
             assert detail.locator(".unique-id").all_inner_texts() == [dropped.unique_id]
@@ -464,6 +504,14 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
                     for name in ("records", "inserted", "updated", "unchanged", "rejected")
                 )
                 assert shown == counts, (campaign, day)
+            # A row per cell something was requested for: none of zeros for the others.
+            listed = {
+                (row.get_attribute("data-campaign"), row.get_attribute("data-day"))
+                for row in frame.locator("#loads tbody tr").all()
+            }
+            assert listed == {(c, d) for c in CAMPAIGNS for d in days[1:4]} | {("Beta", DROPPED_DAY)}
+            backfills = frame.locator(".backfill pre").all_inner_texts()
+            assert len(backfills) == 1  # only the dropped day: 06-01 was before syncing started
             backfill = frame.locator(f".backfill[data-first-day='{DROPPED_DAY}'] pre").inner_text()
             assert f"--from-date {DROPPED_DAY}T03:30:00+05:30" in backfill
             assert '"accounts": {"cloudagent_default": ["Alpha", "Beta"]}' in backfill
@@ -485,18 +533,41 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             direct.wait_for_timeout(500)
             direct.screenshot(path=str(tmp_path / "cloudagent-page.png"), full_page=True)
 
-            # The backfill button posts the command's body to Airflow's API (answered here, not run).
+            # The backfill button posts the command's body to Airflow's API (answered here, not run); then the
+            # page refreshes and, Airflow running one backfill of a DAG at a time, says it is running instead
+            # of offering another.
             posted: list[dict] = []
 
             def answer(route: Any) -> None:
+                if route.request.method == "GET":
+                    running = (
+                        [
+                            {
+                                "id": 7,
+                                "dag_id": DAG_ID,
+                                "from_date": f"{DROPPED_DAY}T03:30:00+05:30",
+                                "to_date": f"{DROPPED_DAY}T03:30:00+05:30",
+                                "completed_at": None,
+                            }
+                        ]
+                        if posted
+                        else []
+                    )
+                    route.fulfill(status=200, json={"backfills": running, "total_entries": len(running)})
+                    return
                 posted.append(route.request.post_data_json)
                 route.fulfill(status=200, json={"id": 7})
 
-            direct.route("**/api/v2/backfills", answer)
+            direct.route(re.compile(r".*/api/v2/backfills(\?.*)?$"), answer)
             start = direct.locator(f".backfill[data-first-day='{DROPPED_DAY}'] button")
             start.click()
             start.click()  # the second click confirms
             direct.get_by_text("backfill 7 created").wait_for(timeout=DEADLINE_MS)
+            running = direct.locator("#active-backfill")
+            running.get_by_text("Backfill 7").wait_for(timeout=DEADLINE_MS)
+            assert "runs one backfill of a DAG at a time" in running.inner_text()
+            assert running.get_by_role("link", name="See its runs").count() == 1
+            assert direct.locator(f".backfill[data-first-day='{DROPPED_DAY}'] button").is_disabled()
             assert posted == [
                 {"dag_id": DAG_ID, "from_date": f"{DROPPED_DAY}T03:30:00+05:30",
                  "to_date": f"{DROPPED_DAY}T03:30:00+05:30", "reprocess_behavior": "failed",
@@ -505,6 +576,17 @@ def a_dropped_callback_shows_on_the_cloudagent_page_as_missing_with_its_unique_i
             ]  # fmt: skip
         finally:
             browser.close()
+
+    # The command shown fits how this Airflow is run: pasted in a plain shell (no CLOUDAGENT_* or AIRFLOW_*
+    # setting), the stack's wrapper reaches this Airflow, not an empty ~/airflow.
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDAGENT_", "AIRFLOW"))}
+    dry_run = subprocess.run(
+        [*shlex.split(backfill), "--dry-run"], env=plain, capture_output=True, text=True,
+        timeout=120 + DEADLINE_S, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
+    assert f"{DROPPED_DAY}" in dry_run.stdout, dry_run.stdout
+    assert "airflow db migrate" not in dry_run.stdout + dry_run.stderr
     if os.environ.get("CLOUDAGENT_UPDATE_SCREENSHOT"):  # the README picture, on demand (CI leaves the tree)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         SCREENSHOT.write_bytes((tmp_path / "cloudagent-page.png").read_bytes())

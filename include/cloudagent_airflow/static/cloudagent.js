@@ -81,6 +81,8 @@ function cellCounts(cell) {
     return [plural(loads.records, "record"), changes.join(" · ")];
   }
   if (cell.state === "never_requested") return ["no request"];
+  if (cell.state === "before_start") return ["not synced yet"];
+  if (cell.state === "rejected") return ["fix the setting"];
   const lines = [plural(cell.requests, "request")];
   if (cell.expired) lines.push(`${cell.expired} expired`);
   if (cell.failed) lines.push(`${cell.failed} failed`);
@@ -100,6 +102,7 @@ function cellTitle(cell) {
       + (a.error ? ` — ${a.error}` : ""));
   }
   if (cell.late_payloads) lines.push(`${plural(cell.late_payloads, "late payload")}`);
+  if (cell.rejection) lines.push(cell.rejection);
   return lines.join("\n");
 }
 
@@ -151,8 +154,13 @@ function showDetail(data, cell, button) {
   const window_ = el("p", { class: "muted" },
     `window ${ist(cell.window_start)} .. ${ist(cell.window_end)} IST`,
     cell.late_payloads ? ` · ${plural(cell.late_payloads, "late payload")}` : "");
+  const rejection = cell.rejection ? el("p", { class: "rejection" }, cell.rejection) : null;
   if (!cell.attempts.length) {
-    detail.replaceChildren(header, window_, el("p", {}, "No export request was made for this day."));
+    const none = cell.state === "before_start"
+      ? "Syncing of this campaign started later: this day is not missing (the Variable cloudagent_sync_start "
+        + "sets the first day)."
+      : "No export request was made for this day.";
+    detail.replaceChildren(header, window_, ...(rejection ? [rejection] : []), el("p", {}, none));
   } else {
     const columns = ["attempt", "uniqueId", "state", "requested", "received", "settled", "deadline", "loads",
       "run"];
@@ -181,22 +189,51 @@ function showDetail(data, cell, button) {
     });
     const table = el("table", { class: "rows attempts" },
       el("thead", {}, el("tr", {}, columns.map((c) => el("th", {}, c)))), el("tbody", {}, rows));
-    detail.replaceChildren(header, window_, el("div", { class: "scroll" }, table));
+    detail.replaceChildren(header, window_, ...(rejection ? [rejection] : []), el("div", { class: "scroll" }, table));
   }
   detail.hidden = false;
 }
 
-function renderMissing(data) {
+// Airflow runs one backfill of a DAG at a time: the active one (not completed), or null.
+async function activeBackfill(dagId) {
+  try {
+    const response = await fetch(`${AIRFLOW_BASE}api/v2/backfills?dag_id=${encodeURIComponent(dagId)}&limit=100`,
+      { credentials: "same-origin" });
+    if (!response.ok) return null;
+    const answer = await response.json();
+    return (answer.backfills || []).find((b) => !b.completed_at) || null;
+  } catch (_error) {
+    return null;
+  }
+}
+
+function renderRejected(data) {
+  const list = document.getElementById("rejected");
+  list.replaceChildren(...data.rejected.map((r) => el("li", { dataset: { account: r.account, campaign: r.campaign } },
+    el("strong", {}, r.label), ": ", r.message || "rejected by CloudAgent")));
+  list.hidden = !data.rejected.length;
+}
+
+function renderMissing(data, active) {
   const summary = document.getElementById("missing-summary");
   summary.textContent = data.missing
     ? `${plural(data.missing, "campaign-day")} not loaded in these days.`
       + (data.backfills.length ? " These backfills re-run the expired, failed and never requested ones"
         + " (days whose run succeeded are left alone):" : " They are on their way (requested or received).")
     : "Nothing missing: every campaign is loaded on every day shown.";
+  renderRejected(data);
+  const running = document.getElementById("active-backfill");
+  running.hidden = !active;
+  if (active) {
+    running.replaceChildren(
+      `Backfill ${active.id} (${ist(active.from_date)} .. ${ist(active.to_date)} IST) is still running: Airflow `
+      + "runs one backfill of a DAG at a time, so another can start once it has finished. ",
+      airflowLink(`dags/${encodeURIComponent(data.dag_id)}/runs`, "See its runs"), ".");
+  }
   const list = document.getElementById("backfills");
   list.replaceChildren(...data.backfills.map((b) => {
     const result = el("span", { class: "muted", role: "status" });
-    const start = el("button", { type: "button" }, "Start this backfill");
+    const start = el("button", { type: "button", disabled: Boolean(active) }, "Start this backfill");
     start.addEventListener("click", async () => {
       if (start.dataset.armed !== "1") {
         start.dataset.armed = "1";
@@ -216,6 +253,7 @@ function renderMissing(data) {
           ? el("span", {}, ` backfill ${answer.id} created: `, airflowLink(
             `dags/${encodeURIComponent(data.dag_id)}/runs`, "see the runs"))
           : ` Airflow answered ${response.status}: ${typeof answer.detail === "string" ? answer.detail : ""}`);
+        if (response.ok) await load({ keep: result });  // the page shows the backfill as running
       } catch (error) {
         result.textContent = ` could not reach Airflow: ${error}`;
       }
@@ -262,7 +300,9 @@ function renderLoads(data) {
     "unchanged", "rejected", "load s", "last load", "run"];
   const numeric = new Set(["requests", "loads", "records", "inserted", "updated", "unchanged", "rejected",
     "load s"]);
-  const rows = [...data.cells].sort((a, b) => (a.day === b.day ? 0 : a.day < b.day ? 1 : -1)).map((c) => {
+  // Only cells something was requested for: a never-requested cell has no numbers to show.
+  const requested = data.cells.filter((c) => c.requests > 0);
+  const rows = requested.sort((a, b) => (a.day === b.day ? 0 : a.day < b.day ? 1 : -1)).map((c) => {
     const last = c.attempts[c.attempts.length - 1];
     return el("tr", { dataset: { campaign: c.row, day: c.day, state: c.state } },
       el("td", {}, c.day), el("td", {}, c.row),
@@ -293,7 +333,7 @@ function renderRejects(data) {
       el("td", {}, ist(r.last_rejected_at)), el("td", { class: "reason" }, r.reason)))));
 }
 
-async function load() {
+async function load(options) {
   const form = document.getElementById("range");
   const params = new URLSearchParams();
   params.set("days", form.days.value || "14");
@@ -307,13 +347,18 @@ async function load() {
       throw new Error(`${response.status}: ${typeof answer.detail === "string" ? answer.detail : "error"}`);
     }
     const data = await response.json();
+    const active = await activeBackfill(data.dag_id);
     error.hidden = true;
     if (!form.until.value) form.until.value = data.days[data.days.length - 1];
     document.getElementById("generated").textContent = `as of ${ist(data.generated_at)} IST`;
     renderLegend(data.states);
     renderGrid(data);
     document.getElementById("detail").hidden = true;
-    renderMissing(data);
+    renderMissing(data, active);
+    if (options && options.keep) {
+      // The message of the backfill just started stays in view after the refresh.
+      document.getElementById("active-backfill").append(" ", options.keep);
+    }
     renderChart(data);
     renderLoads(data);
     renderRejects(data);

@@ -252,6 +252,72 @@ class CloudAgentClient:
                 )
         return unique_id
 
+    def check_account(self, campaign_name: str) -> None:
+        """Prove the apiKey, the userName and ``campaign_name`` without creating an export.
+
+        The request is a complete export request with an empty ``callBackUrl``. CloudAgent's documented
+        errors come in the order apiKey, userName, campaignName, callBackUrl (docs/cloudagent-contract.md,
+        inferred): an account and campaign it accepts are answered with the callBackUrl error, which is
+        the success of this check; a rejected apiKey, userName or campaign raises its own ``ApiError``.
+        Counted by the limiter like any call (``purpose`` "account check"); transient errors are retried
+        as for an export. An answer that *accepts* the request means the inference is wrong (an export
+        with nowhere to go was created): ``UnexpectedResponseError`` says so and how to turn the check off.
+        """
+        from datetime import UTC, datetime, timedelta
+
+        from cloudagent_etl.api.request import DATE_FORMAT, ExportFilters
+        from cloudagent_etl.settings import zone
+
+        if not campaign_name.strip():
+            raise ValidationError("campaignName", "must be a non-empty campaign name")
+        tz = zone(self.settings.timezone)
+        now = datetime.now(UTC).astimezone(tz).replace(microsecond=0)
+        body = {
+            "fromDate": (now - timedelta(minutes=1)).strftime(DATE_FORMAT),
+            "toDate": now.strftime(DATE_FORMAT),
+            **ExportFilters().as_dict(),
+            "campaignName": campaign_name,
+            "userName": self.settings.user_name,
+            "callBackUrl": "",
+        }
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientError),
+            stop=tenacity.stop_after_attempt(self.retry.max_attempts)
+            | tenacity.stop_before_delay(self.retry.max_total_s),
+            wait=self._wait,
+            sleep=self.retry.sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                self._check_attempt(body, campaign_name, attempt.retry_state.attempt_number)
+
+    def _check_attempt(self, body: dict[str, str], campaign_name: str, attempt: int) -> None:
+        waited = self.limiter.acquire(f"account check {campaign_name}") if self.limiter is not None else 0.0
+        outcome = "crashed"
+        try:
+            unique_id = self._send(body, [])
+            outcome = f"an export was accepted (uniqueId={unique_id})"
+        except InvalidCallbackUrlError:
+            outcome = "account and campaign accepted"
+            return
+        except CloudAgentError as error:
+            outcome = f"{type(error).__name__}: {error}"
+            raise
+        finally:
+            log.info(
+                "CloudAgent account check campaign=%s attempt=%d limiter_wait=%.2fs outcome=%s",
+                campaign_name,
+                attempt,
+                waited,
+                outcome,
+            )
+        raise UnexpectedResponseError(
+            f"CloudAgent accepted an export request with an empty callBackUrl (uniqueId {unique_id}): the "
+            "account check relies on CloudAgent refusing it, so it cannot be used with this API; turn it off "
+            "with CLOUDAGENT_ACCOUNT_CHECK=off"
+        )
+
     def _wait(self, state: tenacity.RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None
         return self.retry.delay_before_retry(state.attempt_number, error)
@@ -279,8 +345,12 @@ class CloudAgentClient:
             )
 
     def _post(self, request: DialStatusRequest, body: dict[str, str]) -> str:
+        return self._send(body, [request.callback_url])
+
+    def _send(self, body: dict[str, str], other_secrets: Sequence[str]) -> str:
+        """POST one body; the uniqueId of an accepted request, or the error its answer means."""
         api_key = self.settings.api_key.get()
-        secrets = _secret_forms(api_key, request.callback_url)
+        secrets = _secret_forms(api_key, *other_secrets)
         headers = {"apiKey": api_key} if self.settings.api_key_in == "header" else {}
         payload = {**body, "apiKey": api_key} if self.settings.api_key_in == "body" else body
         # httpx exceptions hold the request (and so the key): build our error outside the except block

@@ -150,6 +150,11 @@ class Database(ABC):
     def create_engine(self, url: str, *, durable: bool, serving: bool, **kwargs: Any) -> Engine:
         """An engine for ``url`` (``durable``, ``serving``: see ``db.create_db_engine``)."""
 
+    def missing(self, url: str) -> str | None:
+        """Why there is nothing at ``url`` to open without creating it (a file database's absent file), or
+        None (a server database: connecting says what is wrong)."""
+        return None
+
     @abstractmethod
     def uri_from_connection(self, parts: ConnectionParts) -> str:
         """The database URI of a connection's parts."""

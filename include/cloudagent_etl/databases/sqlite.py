@@ -74,6 +74,12 @@ class SQLite(Database):
         event.listen(engine, "connect", _pragmas("FULL" if durable else "NORMAL"))
         return engine
 
+    def missing(self, url: str) -> str | None:
+        path = make_url(url).database
+        if not path or path == ":memory:" or Path(path).exists():
+            return None
+        return f"no database file at {Path(path).absolute()}"
+
     def uri_from_connection(self, parts: ConnectionParts) -> str:
         # 'sqlite:////abs/x.db' parses to host '' and schema '/abs/x.db'; a relative path stays relative.
         path = "/".join(part for part in (parts.host, parts.schema) if part)

@@ -334,6 +334,15 @@ def latest_request_per_campaign(engine: Engine) -> dict[str, ExportRequest]:
     return {row.campaign_name: request_of(row) for row in rows}
 
 
+def first_window_starts(engine: Engine) -> dict[tuple[str, str], datetime]:
+    """(connection id, campaign) -> the start of its earliest requested window."""
+    conn_id = func.coalesce(export_requests.c.cloudagent_conn_id, DEFAULT_CONNECTION)
+    query = select(conn_id, export_requests.c.campaign_name, func.min(export_requests.c.window_start))
+    with engine.connect() as conn:
+        rows = conn.execute(query.group_by(conn_id, export_requests.c.campaign_name)).all()
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
 def requests_overlapping(engine: Engine, window_start: datetime, window_end: datetime) -> list[ExportRequest]:
     """Every request whose window overlaps ``window_start .. window_end``, oldest first."""
     with engine.connect() as conn:

@@ -37,13 +37,16 @@ _VERSION_COLUMNS_DOC = {
     "phone_number_raw": "phone number exactly as received",
     "customer_name": "lead name (Name)",
     "lead_status": "lead status (Status): Success, Fail, Pending, ...",
-    "dial_status": "dial status as received; multi-leg values joined with ' -> '",
-    "dial_status_first": "first leg of dial_status",
-    "dial_status_last": "final leg of dial_status (the outcome of the last attempt)",
+    "dial_status": "dial status as received, in CloudAgent's mixed case (answered, Fail, NoAnswer, "
+    "user_disconnected); multi-leg values joined with ' -> '",
+    "dial_status_first": "first leg of dial_status (answered, Fail, NoAnswer, user_disconnected: case as "
+    "received)",
+    "dial_status_last": "final leg of dial_status, the outcome of the last attempt (answered, Fail, "
+    "NoAnswer, user_disconnected: case as received)",
     "disposition": "disposition the agent chose",
     "attempts": "number of dial attempts (integer)",
-    "agent_id": "agent id (AgentID)",
-    "agent_name": "agent name",
+    "agent_id": "agent id (AgentID); only on answered calls (no agent takes an unanswered one)",
+    "agent_name": "agent name; only on answered calls",
     "ucid": "CloudAgent call id (UCID), text: exact beyond 2^53",
     "monitor_ucid": "monitor call id (monitorUCID), text",
     "call_started_at": "call start (UTC; source is wall clock in the account time zone)",
@@ -81,6 +84,27 @@ DATA_DICTIONARY: dict[str, dict[str, str]] = {
         "occurrences": "records of the payload identical to this one (same reason and raw record), this "
         "one included; only the first one's position is kept",
         "rejected_at": "when it was rejected (UTC)",
+    },
+    "dial_status_daily_summary": {
+        "account": "CloudAgent account (its userName)",
+        "campaign_name": "CloudAgent campaign",
+        "day_ist": "IST day of updated_at",
+        "leads": "leads last updated that day",
+        "attempts": "their dial attempts",
+        "answered": "leads whose dial_status_last is 'answered'",
+        "answer_rate": "answered / leads",
+        "with_disposition": "leads with a disposition",
+        "complete": "1 once the day's nightly window has closed (03:30 IST the next day); 0 for a day still "
+        "being synced, whose numbers will grow",
+    },
+    "dial_status_daily_dispositions": {
+        "account": "CloudAgent account (its userName)",
+        "campaign_name": "CloudAgent campaign",
+        "day_ist": "IST day of updated_at",
+        "disposition": "disposition, '(none)' when there is none",
+        "leads": "leads last updated that day with that disposition",
+        "complete": "1 once the day's nightly window has closed (03:30 IST the next day); 0 for a day still "
+        "being synced",
     },
     "load_runs": {
         "load_run_id": "one row per attempt to load one payload",

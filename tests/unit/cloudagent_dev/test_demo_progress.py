@@ -49,7 +49,7 @@ def test_each_milestone_of_this_runs_requests_is_printed_once(
         assert result.rows_in > 0
         assert _lines(capsys) == [
             f"Sales: {result.rows_in} rows loaded ({result.inserted} inserted, {result.updated} updated, "
-            f"{result.rejected} rejected)"
+            f"{result.unchanged} unchanged, {result.rejected} rejected)"
         ]
     finally:
         engine.dispose()

@@ -209,3 +209,36 @@ def test_a_second_account_is_refused_beyond_two_and_with_a_real_cloudagent(
 ) -> None:
     with pytest.raises(ConfigurationError, match=named):
         StackSettings.from_env({"CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path), **env})
+
+
+def test_a_real_cloudagent_with_a_loopback_callback_url_is_warned_about() -> None:
+    from cloudagent_dev.localstack import callback_warning
+
+    real = {"CLOUDAGENT_API_BASE_URL": "https://in1-ccaas-api.ozonetel.com", "CLOUDAGENT_API_USER": "u",
+            "CLOUDAGENT_API_KEY": "k", "CLOUDAGENT_CAMPAIGNS": "Sales"}  # fmt: skip
+    without_url = StackSettings.from_env(real)
+    warning = callback_warning(without_url, "http://127.0.0.1:8081")
+    assert warning is not None
+    assert "http://127.0.0.1:8081 is not reachable by CloudAgent (127.0.0.1 is a loopback address)" in warning
+    assert "CLOUDAGENT_CALLBACK_BASE_URL" in warning
+    private = StackSettings.from_env({**real, "CLOUDAGENT_CALLBACK_BASE_URL": "http://10.0.0.5:8081"})
+    assert "10.0.0.5 is a private address" in str(callback_warning(private, "http://127.0.0.1:8081"))
+    public = StackSettings.from_env({**real, "CLOUDAGENT_CALLBACK_BASE_URL": "https://cb.example.com"})
+    assert callback_warning(public, "http://127.0.0.1:8081") is None
+    assert callback_warning(StackSettings.from_env({}), "http://127.0.0.1:8081") is None  # the simulator
+
+
+def test_the_backfill_command_of_the_stack_is_its_wrapper_with_its_settings(tmp_path: Path) -> None:
+    import shlex
+    import sys
+
+    from cloudagent_dev.localstack import wrapper_command
+
+    env = {"CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path), "CLOUDAGENT_AIRFLOW_PORT": "9090",
+           "CLOUDAGENT_AIRFLOW_DB_URL": "postgresql://airflow@127.0.0.1:5432/meta"}  # fmt: skip
+    words = shlex.split(wrapper_command(StackSettings.from_env(env)))
+    assert words == ["env", f"CLOUDAGENT_LOCALSTACK_DIR={tmp_path}", "CLOUDAGENT_AIRFLOW_PORT=9090",
+                     "CLOUDAGENT_AIRFLOW_DB_URL=postgresql://airflow@127.0.0.1:5432/meta", sys.executable,
+                     "-m", "cloudagent_dev.localstack", "airflow"]  # fmt: skip
+    secret = {**env, "CLOUDAGENT_AIRFLOW_DB_URL": "postgresql://airflow:pw@127.0.0.1:5432/meta"}
+    assert "pw" not in wrapper_command(StackSettings.from_env(secret))  # a password is never shown

@@ -154,6 +154,7 @@ def test_doctor_prints_every_check_and_exits_non_zero_on_a_problem(
         "CLOUDAGENT_DB_URL": receiver.db_url,
         "CLOUDAGENT_CALLBACK_BASE_URL": receiver.base_url,
         "CLOUDAGENT_CAMPAIGNS": '["Alpha","Beta"]',
+        "CLOUDAGENT_ACCOUNT_CHECK": "off",  # no CloudAgent at ca.example (the check: test_account_check.py)
     }.items():
         monkeypatch.setenv(name, value)
 
@@ -161,10 +162,11 @@ def test_doctor_prints_every_check_and_exits_non_zero_on_a_problem(
     out = capsys.readouterr().out
     assert out.splitlines() == [
         "ok    CloudAgent account (CLOUDAGENT_API_*): http://ca.example as user, time zone Asia/Kolkata",
+        "ok    CLOUDAGENT_CAMPAIGNS: Alpha, Beta",
         f"ok    database (CLOUDAGENT_DB_URL): {create_db_engine(receiver.db_url).dialect.name}, revision "
         f"{head_revision()}",
         f"ok    CLOUDAGENT_CALLBACK_BASE_URL: {receiver.base_url} reaches the receiver of this database",
-        "ok    CLOUDAGENT_CAMPAIGNS: Alpha, Beta",
+        "ok    CLOUDAGENT_ACCOUNT_CHECK: off: CloudAgent is not asked about the accounts",
         "every check passed",
     ]
     assert "the-api-key" not in out
@@ -189,6 +191,7 @@ def test_doctor_checks_each_account_the_airflow_environment_lists(engine: Engine
         "AIRFLOW_CONN_CLOUDAGENT_HTTP": json.dumps({**acme, "conn_type": "http"}),
         "AIRFLOW_CONN_CLOUDAGENT_URI": "cloudagent://globex:globex-key@https%3A%2F%2Fca.example?timezone=UTC",
         "CLOUDAGENT_DB_URL": str(engine.url.render_as_string(hide_password=False)),
+        "CLOUDAGENT_ACCOUNT_CHECK": "off",
     }  # fmt: skip
 
     lines = [check.line() for check in preflight.checks_from_env(env)[:6]]

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, func, select
 
-from cloudagent_etl import landing, pipeline, status
+from cloudagent_etl import landing, pipeline, status, targets
 from cloudagent_etl.accounts import SyncTarget
 from cloudagent_etl.cli import main
 from cloudagent_etl.settings import DEFAULT_CONNECTION
@@ -41,6 +41,7 @@ def synced(engine: Engine) -> dict[str, str]:
     """Sales loaded on every day (06-03 twice: a rerun with a bad record), Support expired on 06-03 and
     then failed, received (not loaded) on 06-04; Renewals never requested."""
     run = {"dag_id": "cloudagent_dial_status", "run_id": "backfill__2025-06-02T22:00:00+00:00"}
+    targets.record_seen(engine, TARGETS, DAYS[0])  # configured (a run's preflight) from the first day
     ids = {}
     for day in DAYS:
         answered = [record(f"S-{day}-{n}", f"{day} 10:0{n}:00", DialStatus="answered") for n in range(3)]
