@@ -9,6 +9,7 @@ from cloudagent_etl.warehouse.load import (
     merge_batches,
     merge_payload,
     record_failed_load,
+    suppressed_pseudonyms,
 )
 from cloudagent_etl.warehouse.reads import (
     DayRate,
@@ -32,4 +33,5 @@ __all__ = [
     "merge_payload",
     "record_failed_load",
     "reject_counts",
+    "suppressed_pseudonyms",
 ]
