@@ -8,9 +8,10 @@ account (the 24 h ending 03:30 on the run's date, in each account's own time zon
 - `preflight`: fails in seconds, naming the setting to fix, when the accounts to sync are not a valid
   configuration (the Variable `cloudagent_accounts`, or `cloudagent_campaigns` for the one connection
   `cloudagent_default`), an account's connection is missing, not of type `cloudagent` or incomplete, two
-  connections of one account list the same campaign, the database (`cloudagent_db`) does not answer or is
-  not migrated, or the callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this
-  database. Nothing is requested then.
+  connections of one account list the same campaign, no pseudonym key is set (connection
+  `cloudagent_pseudonym`), the database (`cloudagent_db`) does not answer or is not migrated, or the
+  callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this database. Nothing is
+  requested then.
 - `sweep`: requests past their callback deadline become `expired`; payloads that landed but were never
   loaded (late callbacks, a load that died) are loaded.
 - `exports_to_sync`: every campaign of every account with its window (the accounts taking turns).
@@ -47,7 +48,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
 
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
-from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, api_key_of
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, api_key_of, pseudonym_key
 from cloudagent_airflow.operators import WaitForCallbackOperator, WaitForWindowOperator
 from cloudagent_airflow.preflight import preflight_or_fail
 from cloudagent_etl.api.request import DIALSTATUS_VALUES, SORTBY_VALUES, STATUS_VALUES, ExportFilters
@@ -94,7 +95,7 @@ def cloudagent_dial_status() -> None:
         from cloudagent_etl import pipeline
 
         with CloudAgentDbHook().engine() as engine:
-            report = pipeline.sweep(engine, api_key_of=api_key_of)
+            report = pipeline.sweep(engine, api_key_of=api_key_of, pseudonym_key=pseudonym_key())
         return {"expired": report.expired, "loaded": list(report.loaded), "failed": report.failed}
 
     @task
@@ -136,7 +137,7 @@ def cloudagent_dial_status() -> None:
         get_current_context()["label"] = label  # type: ignore[typeddict-unknown-key]
         with terminal_errors_fail_fast(), CloudAgentDbHook().engine() as engine:
             api_key = CloudAgentHook(conn_id).get_settings().api_key  # redacted wherever a payload carries it
-            return pipeline.load_request(engine, request_id, api_key=api_key)
+            return pipeline.load_request(engine, request_id, api_key=api_key, pseudonym_key=pseudonym_key())
 
     @task_group(group_id="campaign")
     def sync_campaign(conn_id: str, campaign: str, label: str, window_start: str, window_end: str) -> None:

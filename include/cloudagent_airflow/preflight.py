@@ -3,7 +3,7 @@
 The accounts to sync (the run's ``accounts`` / ``campaigns`` params, else the Variable
 ``cloudagent_accounts``, else ``cloudagent_default`` with the Variable ``cloudagent_campaigns``), each
 account's connection (of type ``cloudagent``, complete), ``cloudagent_db`` (the project database) and
-``CLOUDAGENT_CALLBACK_BASE_URL``.
+``CLOUDAGENT_CALLBACK_BASE_URL``, and the pseudonym key (``cloudagent_pseudonym``).
 Each message names the connection, field, Variable or environment variable to fix.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, pseudonym_key_setting
 from cloudagent_etl.accounts import ACCOUNTS_VARIABLE
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ def run_preflight(params: dict, *, callback: bool = True) -> list[Check]:
             user_names[conn_id] = user_name
     for problem in shared_campaigns(user_names, accounts):
         checks.append(preflight.Check(f"Variable {ACCOUNTS_VARIABLE}", problem))
+    setting, key = pseudonym_key_setting()
+    checks.append(preflight.check_pseudonym_key(key, setting=setting))
     db_setting = f"connection {CloudAgentDbHook.default_conn_name}"
     with _project_database(db_setting) as (engine, problem):
         if engine is None:

@@ -7,7 +7,13 @@ import pytest
 from tests.fixtures.airflow import DAGS_FOLDER
 from tests.timing import own_time
 
-EXPECTED_DAG_IDS = {"cloudagent_dial_status", "cloudagent_reprocess", "cloudagent_missing_data"}
+EXPECTED_DAG_IDS = {
+    "cloudagent_dial_status",
+    "cloudagent_reprocess",
+    "cloudagent_missing_data",
+    "cloudagent_erasure",
+    "cloudagent_retention",
+}
 
 
 @pytest.fixture(scope="module")
