@@ -325,7 +325,7 @@ def load_payload(
             )
             if counts.erased:
                 suppressed = warehouse.suppressed_pseudonyms(conn)  # under the lock the merge holds
-                landing.remove_records(
+                removed = landing.remove_records(
                     conn,
                     payload_id,
                     lambda record: record_pseudonym(record, key, region) in suppressed,
@@ -333,6 +333,7 @@ def load_payload(
                     now=started,
                     dry_run=False,
                 )
+                warehouse.renumber_rejects(conn, payload_id, removed)
             landing.mark_payload_loaded(conn, payload)
     except PayloadError as exc:
         error = secret_values.redact(f"payload {payload_id}: {exc}")

@@ -69,11 +69,12 @@ def remove_records(
     why: str,
     now: datetime,
     dry_run: bool,
-) -> int:
-    """Rewrite the payload's body without the records ``removes`` picks; how many it picked.
+) -> list[int]:
+    """Rewrite the payload's body without the records ``removes`` picks; their positions in the old body.
 
-    A body that does not parse is left as it is (0): the load recorded it as failed, and it holds no
-    record a load could have stored. With ``dry_run`` nothing is written.
+    The records after a removed one move up: whoever keeps positions into the body (the rejects) renumbers
+    them. A body that does not parse is left as it is (nothing removed): the load recorded it as failed,
+    and it holds no record a load could have stored. With ``dry_run`` nothing is written.
     """
     from cloudagent_etl.normalize import iter_records
 
@@ -85,8 +86,9 @@ def remove_records(
         ).where(callback_payloads.c.payload_id == payload_id)
     ).one_or_none()
     if row is None or row.body_purged_at is not None:
-        return 0
-    removed = kept = 0
+        return []
+    removed: list[int] = []
+    kept = 0
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as rewritten:
         digest = hashlib.sha256()
 
@@ -96,14 +98,15 @@ def remove_records(
 
         write(b"[")
         try:
-            for record in iter_records(open_payload_body(conn, payload_id), row.content_type):
+            records = iter_records(open_payload_body(conn, payload_id), row.content_type)
+            for position, record in enumerate(records):
                 if removes(record):
-                    removed += 1
+                    removed.append(position)
                     continue
                 write((b"," if kept else b"") + orjson.dumps(record, default=_json_default))
                 kept += 1
         except PayloadError:
-            return 0
+            return []
         write(b"]")
         if not removed or dry_run:
             return removed
@@ -120,9 +123,10 @@ def remove_records(
             conn.execute(
                 insert(callback_payload_chunks), {"payload_id": payload_id, "seq": seq, "data": data}
             )
+    was = "" if row.content_type == "application/json" else f" (was {row.content_type})"
     note = (
-        f"{now:%Y-%m-%d %H:%M:%S} UTC: {removed} record(s) removed ({why}); rewritten as a JSON array of the "
-        f"{kept} kept" + ("" if row.content_type == "application/json" else f" (was {row.content_type})")
+        f"{now:%Y-%m-%d %H:%M:%S} UTC: {len(removed)} record(s) removed ({why}); rewritten as a JSON "
+        f"array of the {kept} kept{was}"
     )
     conn.execute(
         update(callback_payloads)

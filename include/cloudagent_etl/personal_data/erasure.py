@@ -25,6 +25,7 @@ from cloudagent_etl import landing
 from cloudagent_etl.databases import database_for
 from cloudagent_etl.personal_data.phones import PseudonymKey, parse_phone
 from cloudagent_etl.personal_data.records import record_e164
+from cloudagent_etl.warehouse import renumber_rejects
 from cloudagent_etl.warehouse.tables import (
     dial_status,
     dial_status_rejects,
@@ -87,6 +88,7 @@ def erase(
         payloads = landing.payload_ids_with_bodies(conn)
         rewritten = []
         removed_from_bodies = 0
+        counts[dial_status_rejects.name] = _erase_rejects(conn, e164, region, dry_run=dry_run)
         for payload_id in payloads:
             removed = landing.remove_records(
                 conn,
@@ -98,7 +100,9 @@ def erase(
             )
             if removed:
                 rewritten.append(payload_id)
-                removed_from_bodies += removed
+                removed_from_bodies += len(removed)
+                if not dry_run:  # the person's rejects are gone already: the others move up
+                    renumber_rejects(conn, payload_id, removed)
         counts[RAW_BODIES] = removed_from_bodies
         for table in (dial_status, dial_status_superseded):
             person = or_(
@@ -111,7 +115,6 @@ def erase(
             )
             if counts[table.name] and not dry_run:
                 conn.execute(delete(table).where(person))
-        counts[dial_status_rejects.name] = _erase_rejects(conn, e164, region, dry_run=dry_run)
         earlier = conn.execute(
             select(suppressed_pseudonyms.c.receipt_id).where(
                 suppressed_pseudonyms.c.phone_pseudonym == pseudonym

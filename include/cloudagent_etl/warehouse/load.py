@@ -381,6 +381,29 @@ def merge_payload(
     return counts
 
 
+def renumber_rejects(conn: Connection, payload_id: int, removed_positions: list[int]) -> None:
+    """The payload's body lost the records at ``removed_positions``: its rejects take their new positions
+    (each kept record moves up by the removed ones before it), so a reload finds them where they are."""
+    if not removed_positions:
+        return
+    removed = np.asarray(sorted(removed_positions))
+    positions = sorted(
+        conn.scalars(
+            select(dial_status_rejects.c.position).where(dial_status_rejects.c.payload_id == payload_id)
+        )
+    )
+    for position in positions:  # ascending: each moves into a place already left
+        shift = int(np.searchsorted(removed, position))
+        if shift:
+            conn.execute(
+                update(dial_status_rejects)
+                .where(
+                    dial_status_rejects.c.payload_id == payload_id, dial_status_rejects.c.position == position
+                )
+                .values(position=position - shift)
+            )
+
+
 def suppressed_pseudonyms(conn: Connection) -> frozenset[str]:
     """Pseudonyms of the people erased on request (read under the personal-data lock)."""
     return frozenset(conn.scalars(select(suppressed_pseudonyms_table.c.phone_pseudonym)))
