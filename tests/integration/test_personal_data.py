@@ -108,7 +108,8 @@ def land_everything(receiver: ReceiverHandle, engine: Engine) -> dict[str, landi
         *others("Support", "2025-06-02 10:00:00"),
     ], "multipart")  # fmt: skip
     deliver(receiver, requests["Renewals"], [
-        record("P", WRITINGS[3], "2025-06-02 10:00:00", "Renewals"), *others("Renewals", "2025-06-02 10:00:00")
+        record("P", WRITINGS[3], "2025-06-02 10:00:00", "Renewals"),
+        *others("Renewals", "2025-06-02 10:00:00"),
     ], "gzip")  # fmt: skip
     for new in requests.values():
         pipeline.load_request(engine, new.request_id, pseudonym_key=KEY)
@@ -343,7 +344,8 @@ def test_an_erasure_waits_for_a_running_load_and_then_removes_what_it_wrote(
             text(
                 "INSERT INTO dial_status (account, campaign_name, record_key, phone_number, phone_e164, "
                 "phone_pseudonym, updated_at, request_id, payload_id, load_run_id, loaded_at) "
-                "VALUES ('test_user', 'Sales', 'racing', '919876543210', :e164, :pseudonym, :t, 'r', 1, 1, :t)"
+                "VALUES ('test_user', 'Sales', 'racing', '919876543210', :e164, :pseudonym, :t, 'r', 1, 1, "
+                ":t)"
             ),
             {
                 "e164": PERSON,
