@@ -209,3 +209,20 @@ def test_a_second_account_is_refused_beyond_two_and_with_a_real_cloudagent(
 ) -> None:
     with pytest.raises(ConfigurationError, match=named):
         StackSettings.from_env({"CLOUDAGENT_LOCALSTACK_DIR": str(tmp_path), **env})
+
+
+def test_a_stack_makes_its_pseudonym_key_once_in_its_folder_readable_by_its_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudagent_dev.localstack import PSEUDONYM_KEY_FILE, local_pseudonym_key
+    from cloudagent_etl.personal_data.phones import PseudonymKey
+
+    monkeypatch.delenv("CLOUDAGENT_PSEUDONYM_KEY")
+    key = local_pseudonym_key(tmp_path / "stack")
+    path = tmp_path / "stack" / PSEUDONYM_KEY_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert local_pseudonym_key(tmp_path / "stack") == key  # the next start keeps it: pseudonyms stay stable
+    assert local_pseudonym_key(tmp_path / "other") != key
+    PseudonymKey(key)  # long enough to be accepted
+    monkeypatch.setenv("CLOUDAGENT_PSEUDONYM_KEY", "an-operator-chosen-key-0123")
+    assert local_pseudonym_key(tmp_path / "stack") == "an-operator-chosen-key-0123"
