@@ -113,12 +113,33 @@ def to_e164(raw: str, region: str = DEFAULT_PHONE_REGION) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+#: India's common writings, read without a parse: ``9876543210``, ``+91 98765 43210``, ``0091...``,
+#: ``098765-43210`` and a mobile number with ``91`` in front. Each gives exactly what ``phonenumbers``
+#: gives (a property test compares them); every other value is parsed. A parse costs ~40 us, so a payload
+#: of distinct numbers would spend more on parsing than on its whole load without this.
+_INDIA_FAST = (r"^(?:\+91|0091)?(?P<n>[1-9]\d{9})$", r"^0(?P<n>[1-9]\d{9})$", r"^91(?P<n>[6-9]\d{9})$")
+_SEPARATORS = r"[\s().-]"
+
+
 def e164_array(raw: pa.Array, region: str) -> pa.Array:
-    """:func:`to_e164` of each value of an Arrow text array (NULL where it is not a number); one parse per
-    distinct value."""
-    distinct = pc.unique(raw)
-    parsed = [None if value is None else to_e164(value, region) for value in distinct.to_pylist()]
-    return pc.take(pa.array(parsed, pa.string()), pc.index_in(raw, value_set=distinct))
+    """:func:`to_e164` of each value of an Arrow text array (NULL where it is not a number): India's
+    common writings in a few vectorized passes (in region IN), every other value parsed once per distinct."""
+    result = pa.nulls(len(raw), pa.string())
+    pending = raw.is_valid()
+    if region == "IN":
+        compact = pc.replace_substring_regex(raw, _SEPARATORS, "")
+        for pattern in _INDIA_FAST:
+            national = pc.struct_field(pc.extract_regex(compact, pattern), [0])
+            found = pc.and_(pending, national.is_valid())
+            result = pc.if_else(found, pc.binary_join_element_wise("+91", national, ""), result)
+            pending = pc.and_(pending, pc.invert(found))
+    if not pc.any(pending).as_py():
+        return result
+    others = pc.filter(raw, pending)
+    distinct = pc.unique(others)
+    parsed = [to_e164(value, region) for value in distinct.to_pylist()]
+    looked_up = pc.take(pa.array(parsed, pa.string()), pc.index_in(raw, value_set=distinct))
+    return pc.if_else(pending, looked_up, result)
 
 
 def parse_phone(raw: str, region: str) -> str:

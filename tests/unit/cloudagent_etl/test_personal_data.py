@@ -8,6 +8,8 @@ import logging
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloudagent_etl.errors import ConfigurationError
 from cloudagent_etl.normalize import RecordRules, normalize_records
@@ -125,3 +127,16 @@ def test_the_analyst_allow_list_and_the_retention_settings_are_read_strictly() -
     for bad in ("0", "-1", "ten"):
         with pytest.raises(ConfigurationError, match="CLOUDAGENT_RAW_RETENTION_DAYS must be a whole number"):
             RetentionSettings.from_env({"CLOUDAGENT_RAW_RETENTION_DAYS": bad})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    national=st.from_regex(r"[0-9]{8,11}", fullmatch=True),
+    prefix=st.sampled_from(["", "0", "91", "+91", "0091", "+91 ", "+91-0", "(0)"]),
+    separator=st.sampled_from(["", " ", "-", "."]),
+)
+def test_the_vectorized_reading_of_indian_numbers_is_the_parsers(
+    national: str, prefix: str, separator: str
+) -> None:
+    written = prefix + separator.join([national[:5], national[5:]])
+    assert e164_array(pa.array([written]), "IN").to_pylist() == [to_e164(written, "IN")]
