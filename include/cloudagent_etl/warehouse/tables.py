@@ -185,7 +185,6 @@ dial_status = Table(
     Index(None, "account", "campaign_name", "updated_at"),
     Index(None, "dial_status_last"),
     Index(None, "disposition"),
-    Index(None, "phone_pseudonym"),
     comment="current state: one row per account + campaign_name + record_key, the newest updated_at wins",
 )
 
@@ -193,7 +192,6 @@ dial_status_superseded = Table(
     "dial_status_superseded",
     metadata,
     *_version_columns("dial_status_superseded"),
-    Index(None, "phone_pseudonym"),
     comment="versions that are not current: replaced by a newer one, or older than the current row",
 )
 

@@ -1,7 +1,8 @@
 """Personal data: pseudonyms beside the phone number, erasure receipts, suppression, retention marks, and
 the analyst views with their role.
 
-- ``dial_status`` and ``dial_status_superseded`` get ``phone_e164`` and ``phone_pseudonym`` (indexed);
+- ``dial_status`` and ``dial_status_superseded`` get ``phone_e164`` and ``phone_pseudonym`` (not indexed:
+  an index of random 64-character keys costs every load, and an erasure scans anyway);
   rows loaded before stay NULL until ``cloudagent-etl pseudonyms rebuild`` (the key is not the migration's
   to know). The history view and the trigger that moves replaced rows carry them.
 - ``load_runs`` gets ``erased``; ``dial_status_rejects`` gets ``raw_purged_at``; ``callback_payloads``
@@ -116,7 +117,6 @@ def upgrade() -> None:
         with op.batch_alter_table(table, recreate="never") as batch:  # plain ALTER TABLE
             for column in PHONE_COLUMNS:
                 batch.add_column(sa.Column(column, sa.Text(), nullable=True, comment=_doc(table, column)))
-        op.create_index(f"ix_{table}_phone_pseudonym", table, ["phone_pseudonym"])
     with op.batch_alter_table("load_runs", recreate="never") as batch:
         batch.add_column(
             sa.Column(
@@ -189,7 +189,6 @@ def downgrade() -> None:
     with op.batch_alter_table("load_runs", recreate="never") as batch:
         batch.drop_column("erased")
     for table in VERSION_TABLES:
-        op.drop_index(f"ix_{table}_phone_pseudonym", table_name=table)
         with op.batch_alter_table(table, recreate="never") as batch:  # plain ALTER TABLE ... DROP COLUMN
             for column in PHONE_COLUMNS:
                 batch.drop_column(column)
