@@ -506,3 +506,47 @@ def test_the_allow_list_passes_only_its_custom_fields(
     assert all(value == {"City": "Pune"} for value in parsed)
     with engine.begin() as conn:
         create_analyst_views(conn, ())
+
+
+def test_the_commands_erase_purge_and_rebuild_pseudonyms(
+    receiver: ReceiverHandle,
+    receiver_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cloudagent_etl.cli import main
+
+    engine = receiver_engine
+    land_everything(receiver, engine)
+    monkeypatch.setenv("CLOUDAGENT_DB_URL", receiver.db_url)
+    with engine.begin() as conn:  # rows as migration 0008 leaves those loaded before it
+        conn.execute(text("UPDATE dial_status SET phone_e164 = NULL, phone_pseudonym = NULL"))
+    assert main(["pseudonyms", "rebuild"]) == 0
+    assert "pseudonyms rebuilt (dial_status: 12, dial_status_superseded: 4)" in capsys.readouterr().out
+    with engine.connect() as conn:
+        rebuilt = conn.execute(
+            text("SELECT COUNT(*) FROM dial_status WHERE phone_pseudonym = :p"), {"p": KEY.pseudonym(PERSON)}
+        ).scalar_one()
+    assert rebuilt == 3
+
+    assert main(["erase", "--phone", "12"]) == 2
+    assert "cannot be read as a phone number" in capsys.readouterr().err
+    assert main(["erase", "--phone", "+91 98765 43210", "--dry-run"]) == 0
+    assert "dry run, nothing changed; would remove raw_bodies: 5" in capsys.readouterr().out
+    assert main(["erase", "--phone", "+91 98765 43210", "--requested-by", "dpo", "--reason", "ticket 9"]) == 0
+    out = capsys.readouterr().out
+    assert f"pseudonym {KEY.pseudonym(PERSON)}: erased raw_bodies: 5" in out
+    assert PERSON not in out
+
+    # A new key would let the erased person back in: refused until the operator accepts it.
+    monkeypatch.setenv("CLOUDAGENT_PSEUDONYM_KEY", "a-brand-new-pseudonym-key-after-a-leak")
+    assert main(["pseudonyms", "rebuild"]) == 2
+    assert "1 people erased on request are kept out of loads" in capsys.readouterr().err
+    assert main(["pseudonyms", "rebuild", "--accept-unsuppressed"]) == 0
+    capsys.readouterr()
+
+    assert main(["purge", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("would purge 0 raw bodies")
+    monkeypatch.delenv("CLOUDAGENT_PSEUDONYM_KEY")
+    assert main(["erase", "--phone", "9123456700"]) == 2
+    assert "no pseudonym key: set CLOUDAGENT_PSEUDONYM_KEY" in capsys.readouterr().err

@@ -115,6 +115,8 @@ def erase(
             )
             if counts[table.name] and not dry_run:
                 conn.execute(delete(table).where(person))
+        order = (RAW_BODIES, dial_status.name, dial_status_superseded.name, dial_status_rejects.name)
+        counts = {name: counts[name] for name in order}
         earlier = conn.execute(
             select(suppressed_pseudonyms.c.receipt_id).where(
                 suppressed_pseudonyms.c.phone_pseudonym == pseudonym
