@@ -25,7 +25,6 @@ from cloudagent_etl.landing.lifecycle import (
 )
 from cloudagent_etl.landing.personal_data import (
     PurgedBody,
-    kept_body_bytes,
     payload_ids_with_bodies,
     purge_bodies,
     purgeable_bodies,
@@ -108,7 +107,6 @@ __all__ = [
     "find_request_by_unique_id",
     "get_export_request",
     "iter_payload_body",
-    "kept_body_bytes",
     "landed_payload",
     "late_payload_counts",
     "latest_request_per_campaign",

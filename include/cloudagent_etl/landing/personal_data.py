@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from cloudagent_etl.errors import PayloadError
 from cloudagent_etl.landing.reading import open_payload_body
@@ -205,15 +205,3 @@ def purged_bodies(engine: Engine, payload_ids: list[int]) -> Iterator[PurgedBody
             )
         ):
             yield PurgedBody(int(payload_id), purged_at, str(setting))
-
-
-def kept_body_bytes(engine: Engine) -> int:
-    """Bytes of raw bodies kept (what a purge can free at most)."""
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.coalesce(func.sum(callback_payloads.c.size_bytes), 0)).where(
-                    callback_payloads.c.body_purged_at.is_(None)
-                )
-            ).scalar_one()
-        )
