@@ -53,7 +53,7 @@ lock-dbt: install
 dbt-docs: install
 	$(PY) -m cloudagent_etl.cli dbt-docs --write
 
-# Build the models and run their tests on the warehouse of CLOUDAGENT_DATABASE_URL (PostgreSQL).
+# Build the models and run their tests on the warehouse of CLOUDAGENT_DB_URL (PostgreSQL).
 dbt-build: install dbt-venv
 	$(PY) -m cloudagent_etl.cli dbt build
 

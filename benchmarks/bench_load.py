@@ -171,8 +171,19 @@ def client_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child_load(url: str, payload_id: int) -> None:
-    """Run in a fresh process: the load, its time, CPU and this process's peak RSS, as JSON on stdout."""
+def child_load(url: str, payload_id: int, *, pseudonyms: bool = True) -> None:
+    """Run in a fresh process: the load, its time, CPU and this process's peak RSS, as JSON on stdout.
+
+    ``pseudonyms=False`` measures the load as it was before pseudonyms: no number parsed, no HMAC (the
+    columns stay NULL); only the benchmark can load so."""
+    if not pseudonyms:
+        import pyarrow as pa
+
+        from cloudagent_etl.normalize import records as normalize_records_module
+        from cloudagent_etl.personal_data.phones import PseudonymKey
+
+        normalize_records_module.e164_array = lambda raw, _region: pa.nulls(len(raw), pa.string())  # type: ignore[assignment]
+        PseudonymKey.pseudonyms = lambda _self, e164: pa.nulls(len(e164), pa.string())  # type: ignore[method-assign]
     engine = create_db_engine(url)
     cpu_before = client_cpu_seconds()
     started = time.perf_counter()
@@ -184,9 +195,10 @@ def child_load(url: str, payload_id: int) -> None:
     print(json.dumps({**figures, "client_cpu_s": client_cpu, "server_cpu_s": server_cpu}, default=str))
 
 
-def run_load(url: str, payload_id: int) -> dict[str, Any]:
+def run_load(url: str, payload_id: int, *, pseudonyms: bool = True) -> dict[str, Any]:
+    child = "--child" if pseudonyms else "--child-without-pseudonyms"
     out = subprocess.run(  # noqa: S603 - our own interpreter and module, arguments we made
-        [sys.executable, "-m", "benchmarks.bench_load", "--child", url, str(payload_id)],
+        [sys.executable, "-m", "benchmarks.bench_load", child, url, str(payload_id)],
         check=True,
         capture_output=True,
         text=True,
@@ -422,6 +434,62 @@ def repeated(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             }
         )
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- pseudonyms
+def pseudonym_cost(count: int = 100_000) -> None:
+    """CPU of E.164 parsing and HMAC per 100k numbers: all distinct (the worst case), and as a payload
+    repeats them (every lead's number in each of its versions)."""
+    import pyarrow as pa
+
+    from cloudagent_etl.personal_data.phones import PseudonymKey, e164_array, to_e164
+
+    key = PseudonymKey(os.environ["CLOUDAGENT_PSEUDONYM_KEY"])
+    distinct = pa.array([f"98{index:08d}" for index in range(count)])
+    repeated = pa.array([f"98{index % (count // 4):08d}" for index in range(count)])
+    for label, numbers in (("distinct", distinct), ("each number 4 times", repeated)):
+        to_e164.cache_clear()
+        started = time.process_time()
+        e164 = e164_array(numbers, "IN")
+        parsed = time.process_time() - started
+        started = time.process_time()
+        key.pseudonyms(e164)
+        hashed = time.process_time() - started
+        scale = 100_000 / count
+        print(
+            f"{label:<22} E.164 {parsed * scale:6.3f} CPU-s, HMAC {hashed * scale:6.3f} CPU-s "
+            f"per 100k numbers (load average {os.getloadavg()[0]:.1f})"
+        )
+
+
+def pseudonym_overhead(
+    database: str, admin: Engine, pg_server: str, workdir: Path, count: int, rounds: int
+) -> None:
+    """First loads of one payload into fresh databases, with and without pseudonyms, taking turns."""
+    body_path = workdir / f"pseudonyms-{count}.json"
+    write_payload(body_path, synthetic_records(count, seed=7)).file.close()
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for round_index in range(rounds):
+        for with_pseudonyms in (round_index % 2 == 0, round_index % 2 != 0):
+            label = f"pseudonyms-{with_pseudonyms}-{round_index}"
+            with scratch_database(database, admin, pg_server, workdir, label) as url:
+                digest = hashlib.sha256(body_path.read_bytes()).hexdigest()
+                body = landing.CallbackBody(body_path.open("rb"), body_path.stat().st_size, digest)
+                payload_id = land_payload(url, body, "application/json")
+                load_before = os.getloadavg()[0]
+                load = run_load(url, payload_id, pseudonyms=with_pseudonyms)
+                seconds[with_pseudonyms].append(load["seconds"])
+                print(
+                    f"{database:<10} {count:>8} records  {'with' if with_pseudonyms else 'without':<7} "
+                    f"pseudonyms {load['seconds']:7.2f} s  {count / load['seconds']:>9.0f} rows/s  "
+                    f"(load average {max(load_before, os.getloadavg()[0]):.1f})",
+                    flush=True,
+                )
+    with_median, without_median = (statistics.median(seconds[flag]) for flag in (True, False))
+    print(
+        f"{database:<10} {count:>8} records  median with {with_median:.2f} s, "
+        f"without {without_median:.2f} s: {(with_median / without_median - 1) * 100:+.1f} %"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- breakdown
@@ -781,11 +849,23 @@ def main() -> None:
     )
     parser.add_argument("--peer", action="store_true", help="this load against dlt's (make bench-peer)")
     parser.add_argument("--breakdown", action="store_true", help="CPU per 100k records of each step")
+    parser.add_argument(
+        "--pseudonyms",
+        action="store_true",
+        help="first loads with and without pseudonyms, interleaved, and the E.164 + HMAC cost per 100k",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --pseudonyms (default 3)")
     parser.add_argument("--child", nargs=2, metavar=("URL", "PAYLOAD_ID"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-without-pseudonyms", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-peer", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # The loads need a pseudonym key; a benchmark's own, unless one is set (children inherit it).
+    os.environ.setdefault("CLOUDAGENT_PSEUDONYM_KEY", "benchmark-pseudonym-key-0123456789")
     if args.child:
         child_load(args.child[0], int(args.child[1]))
+        return
+    if args.child_without_pseudonyms:
+        child_load(args.child_without_pseudonyms[0], int(args.child_without_pseudonyms[1]), pseudonyms=False)
         return
     SETTLE_SECONDS = args.settle
     if args.child_peer:
@@ -794,6 +874,14 @@ def main() -> None:
 
     pg_server = os.environ.get("CLOUDAGENT_BENCH_PG_URL", DEFAULT_PG_URL)
     admin = create_engine(to_sqlalchemy_url(pg_server), isolation_level="AUTOCOMMIT")
+    if args.pseudonyms:
+        pseudonym_cost()
+        with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+            for database in args.databases.split(","):
+                for size in map(int, args.sizes.split(",")):
+                    pseudonym_overhead(database, admin, pg_server, Path(tmp), size, args.rounds)
+        admin.dispose()
+        return
     if args.breakdown:
         for name, seconds in breakdown(pg_server, admin).items():
             print(f"{name:<40}{seconds:>6.2f} CPU-s per 100k records")

@@ -8,7 +8,8 @@ account (the 24 h ending 03:30 on the run's date, in each account's own time zon
 - `preflight`: fails in seconds, naming the setting to fix, when the accounts to sync are not a valid
   configuration (the Variable `cloudagent_accounts`, or `cloudagent_campaigns` for the one connection
   `cloudagent_default`), an account's connection is missing, not of type `cloudagent` or incomplete, two
-  connections of one account list the same campaign, the database (`cloudagent_db`) does not answer or is
+  connections of one account list the same campaign, no pseudonym key is set (connection
+  `cloudagent_pseudonym`), the database (`cloudagent_db`) does not answer or is
   not migrated, or the callback URL (`CLOUDAGENT_CALLBACK_BASE_URL`) does not reach the receiver of this
   database (or, with a real CloudAgent, is a loopback or private address). Nothing is requested then.
   It also asks CloudAgent whether it accepts each account's apiKey and campaigns, spending no export (a
@@ -54,7 +55,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
 
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
-from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, api_key_of
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, api_key_of, pseudonym_key
 from cloudagent_airflow.operators import LoadExportOperator, WaitForCallbackOperator, WaitForWindowOperator
 from cloudagent_airflow.preflight import preflight_or_fail
 from cloudagent_etl.api.request import DIALSTATUS_VALUES, SORTBY_VALUES, STATUS_VALUES, ExportFilters
@@ -112,7 +113,7 @@ def cloudagent_dial_status() -> None:
         from cloudagent_etl import pipeline
 
         with CloudAgentDbHook().engine() as engine:
-            report = pipeline.sweep(engine, api_key_of=api_key_of)
+            report = pipeline.sweep(engine, api_key_of=api_key_of, pseudonym_key=pseudonym_key())
         return {"expired": report.expired, "loaded": list(report.loaded), "failed": report.failed}
 
     @task

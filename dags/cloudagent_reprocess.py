@@ -21,7 +21,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from cloudagent_airflow.assets import DIAL_STATUS
 from cloudagent_airflow.errors import terminal_errors_fail_fast
-from cloudagent_airflow.hooks import CloudAgentDbHook, api_key_of
+from cloudagent_airflow.hooks import CloudAgentDbHook, api_key_of, pseudonym_key
 from cloudagent_airflow.preflight import preflight_or_fail
 
 
@@ -81,7 +81,7 @@ def cloudagent_reprocess() -> None:
             get_current_context()["request_label"] = label  # type: ignore[typeddict-unknown-key]
             # The apiKey of the request's account, redacted wherever a payload carries it.
             api_key = api_key_of(landing.require_export_request(engine, request_id).conn_id)
-            return pipeline.load_request(engine, request_id, api_key=api_key)
+            return pipeline.load_request(engine, request_id, api_key=api_key, pseudonym_key=pseudonym_key())
 
     requests = landed_requests()
     preflight() >> requests

@@ -1,13 +1,14 @@
-"""Hooks that turn the project's two Airflow connections into the settings the product code takes.
+"""Hooks that turn the project's Airflow connections into the settings the product code takes.
 
 ``cloudagent_default`` (CloudAgent API: host = base URL, login = userName, password = apiKey, allow-listed
-extras) and ``cloudagent_db`` (the project database, given as a URI). Both can come from
-``AIRFLOW_CONN_*`` environment variables.
+extras), ``cloudagent_db`` (the project database, given as a URI) and ``cloudagent_pseudonym`` (its
+password is the pseudonym key). Each can come from ``AIRFLOW_CONN_*`` environment variables.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
     from sqlalchemy import Engine
 
+    from cloudagent_etl.personal_data.phones import PseudonymKey
     from cloudagent_etl.settings import ApiSettings, Secret
 
 
@@ -57,6 +59,33 @@ def api_key_of(conn_id: str) -> Secret | None:
             "the apiKey of connection %s cannot be read (%s): redacting learned keys only", conn_id, exc
         )
         return None
+
+
+def pseudonym_key() -> PseudonymKey:
+    """The pseudonym key: the password of connection ``cloudagent_pseudonym``, else
+    ``CLOUDAGENT_PSEUDONYM_KEY``; a ConfigurationError naming both when neither is set."""
+    from cloudagent_etl.personal_data.phones import PseudonymKey
+
+    _setting, value = pseudonym_key_setting()
+    return PseudonymKey(value) if value else PseudonymKey.from_env()
+
+
+def pseudonym_key_setting() -> tuple[str, str | None]:
+    """Where the DAGs' pseudonym key comes from (its name for messages) and its value, or None."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from cloudagent_etl.personal_data.phones import PSEUDONYM_CONNECTION, PSEUDONYM_KEY_SETTING
+
+    try:
+        password = BaseHook.get_connection(PSEUDONYM_CONNECTION).password
+    except AirflowNotFoundException:
+        password = None
+    if password:
+        return f"connection {PSEUDONYM_CONNECTION} (its password)", password
+    return (
+        f"connection {PSEUDONYM_CONNECTION} (its password; or {PSEUDONYM_KEY_SETTING})",
+        os.environ.get(PSEUDONYM_KEY_SETTING),
+    )
 
 
 def _sqlalchemy_url(conn: Connection) -> str:

@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from cloudagent_airflow.errors import terminal_errors_fail_fast
-from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, pseudonym_key
 from cloudagent_airflow.triggers import CallbackArrivedTrigger
 
 
@@ -181,7 +181,9 @@ class LoadExportOperator(BaseOperator):
 
         with terminal_errors_fail_fast(), CloudAgentDbHook(self.db_conn_id).engine() as engine:
             api_key = CloudAgentHook(self.cloudagent_conn_id).get_settings().api_key
-            counts = pipeline.load_request(engine, self.request_id, api_key=api_key)
+            counts = pipeline.load_request(
+                engine, self.request_id, api_key=api_key, pseudonym_key=pseudonym_key()
+            )
         self._loaded = counts
         return counts
 

@@ -3,7 +3,7 @@
 The accounts to sync (the run's ``accounts`` / ``campaigns`` params, else the Variable
 ``cloudagent_accounts``, else ``cloudagent_default`` with the Variable ``cloudagent_campaigns``), each
 account's connection (of type ``cloudagent``, complete), ``cloudagent_db`` (the project database) and
-``CLOUDAGENT_CALLBACK_BASE_URL``.
+``CLOUDAGENT_CALLBACK_BASE_URL``, and the pseudonym key (``cloudagent_pseudonym``).
 Each message names the connection, field, Variable or environment variable to fix.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook
+from cloudagent_airflow.hooks import CloudAgentDbHook, CloudAgentHook, pseudonym_key_setting
 from cloudagent_etl.accounts import ACCOUNTS_VARIABLE, CAMPAIGNS_SETTINGS
 from cloudagent_etl.settings import ApiSettings
 
@@ -74,6 +74,8 @@ def run_preflight(params: dict, *, callback: bool = True, day: date | None = Non
             to_check.append(preflight.AccountToCheck(conn_id, api, campaigns, f"connection {conn_id}"))
     for problem in shared_campaigns(user_names, accounts):
         checks.append(preflight.Check(f"Variable {ACCOUNTS_VARIABLE}", problem))
+    setting, key = pseudonym_key_setting()
+    checks.append(preflight.check_pseudonym_key(key, setting=setting))
     base_url = os.environ.get("CLOUDAGENT_CALLBACK_BASE_URL")
     if callback and (public := preflight.check_callback_public(base_url, [a.api.base_url for a in to_check])):
         checks.append(public)

@@ -173,6 +173,27 @@ def celery_env(broker_url: str, metadata_db_url: str) -> dict[str, str]:
     }
 
 
+#: The pseudonym key of a demo or local stack, made on first start in its data folder.
+PSEUDONYM_KEY_FILE = "pseudonym.key"
+
+
+def local_pseudonym_key(data_dir: Path) -> str:
+    """The stack's pseudonym key: ``CLOUDAGENT_PSEUDONYM_KEY`` when set, else the key of ``data_dir``'s
+    ``pseudonym.key``, made (mode 0600, 256 random bits) on first start; so the README's two commands load
+    without a setting, and the data folder's pseudonyms stay stable across restarts."""
+    if key := os.environ.get("CLOUDAGENT_PSEUDONYM_KEY", "").strip():
+        return key
+    path = data_dir / PSEUDONYM_KEY_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
 def airflow_env(
     airflow_home: Path,
     *,
@@ -199,6 +220,9 @@ def airflow_env(
         "AIRFLOW_CONN_CLOUDAGENT_DEFAULT": json.dumps({"conn_type": "cloudagent", **api_connection}),
         "AIRFLOW_CONN_CLOUDAGENT_DB": connection_uri(warehouse_db_url),
         "CLOUDAGENT_CALLBACK_BASE_URL": callback_base_url,
+        "AIRFLOW_CONN_CLOUDAGENT_PSEUDONYM": json.dumps(
+            {"conn_type": "generic", "password": local_pseudonym_key(airflow_home.parent)}
+        ),
     }
     if campaigns:
         env["AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS"] = json.dumps(list(campaigns))

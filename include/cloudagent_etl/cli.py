@@ -154,6 +154,85 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from cloudagent_etl.db import create_db_engine
+    from cloudagent_etl.errors import ConfigurationError
+    from cloudagent_etl.personal_data.erasure import erase
+    from cloudagent_etl.personal_data.phones import PseudonymKey, phone_region
+
+    try:
+        key, region = PseudonymKey.from_env(), phone_region()
+        engine = create_db_engine(args.database_url or settings.database_url())
+        try:
+            report = erase(
+                engine,
+                args.phone,
+                key=key,
+                region=region,
+                requested_by=args.requested_by,
+                reason=args.reason,
+                dry_run=args.dry_run,
+            )
+        finally:
+            engine.dispose()
+    except ConfigurationError as exc:  # a number that cannot be read, or no key: nothing was changed
+        print(f"cloudagent-etl erase: {exc}", file=sys.stderr)
+        return 2
+    print(f"pseudonym {report.phone_pseudonym}: {report.summary()}")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from cloudagent_etl.db import create_db_engine
+    from cloudagent_etl.personal_data.retention import RetentionSettings, purge
+
+    retention = RetentionSettings.from_env()
+    engine = create_db_engine(args.database_url or settings.database_url())
+    try:
+        report = purge(engine, retention, now=datetime.now(UTC), dry_run=args.dry_run)
+    finally:
+        engine.dispose()
+    print(report.summary())
+    return 0
+
+
+def _cmd_pseudonyms(args: argparse.Namespace) -> int:
+    from cloudagent_etl.db import create_db_engine
+    from cloudagent_etl.errors import ConfigurationError
+    from cloudagent_etl.personal_data.phones import PseudonymKey, phone_region
+    from cloudagent_etl.personal_data.rebuild import rebuild_pseudonyms
+
+    engine = create_db_engine(args.database_url or settings.database_url())
+    try:
+        report = rebuild_pseudonyms(
+            engine, PseudonymKey.from_env(), phone_region(), accept_unsuppressed=args.accept_unsuppressed
+        )
+    except ConfigurationError as exc:
+        print(f"cloudagent-etl pseudonyms rebuild: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    print(report.summary())
+    return 0
+
+
+def _cmd_analyst_fields(args: argparse.Namespace) -> int:
+    from cloudagent_etl.db import create_db_engine
+    from cloudagent_etl.personal_data.analyst import analyst_fields, create_analyst_views
+
+    fields = analyst_fields()
+    engine = create_db_engine(args.database_url or settings.database_url())
+    try:
+        with engine.begin() as conn:
+            create_analyst_views(conn, fields)
+    finally:
+        engine.dispose()
+    print(f"analyst views made with the custom fields: {', '.join(fields) or '(none)'}")
+    return 0
+
+
 def _cmd_data_dictionary(_args: argparse.Namespace) -> int:
     print(data_dictionary_markdown(), end="")
     return 0
@@ -253,12 +332,59 @@ def build_parser() -> argparse.ArgumentParser:
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER, help="dbt's own command and options")
     dbt.set_defaults(handler=_cmd_dbt)
 
+    _add_personal_data_commands(commands)
+
     from cloudagent_etl.receiver.cli import add_receiver_command
     from cloudagent_etl.simulator.cli import add_simulate_command
 
     add_receiver_command(commands)
     add_simulate_command(commands)
     return parser
+
+
+def _add_personal_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    database_help = "default: CLOUDAGENT_DB_URL or the SQLite file"
+    eraser = commands.add_parser(
+        "erase",
+        help="erase one person, by phone number, from raw bodies, dial_status, history and rejects, and keep "
+        "them out of later loads (CLOUDAGENT_PSEUDONYM_KEY)",
+    )
+    eraser.add_argument(
+        "--phone", required=True, help="the number in any common writing: +91 98765 43210, ..."
+    )
+    eraser.add_argument("--dry-run", action="store_true", help="print what would be removed; change nothing")
+    eraser.add_argument("--reason", default=None, help="why (kept in the receipt), e.g. the request's ticket")
+    eraser.add_argument("--requested-by", default=None, help="who asked (kept in the receipt)")
+    eraser.add_argument("--database-url", default=None, help=database_help)
+    eraser.set_defaults(handler=_cmd_erase)
+
+    purger = commands.add_parser(
+        "purge",
+        help="purge raw bodies and rejects' raw records older than CLOUDAGENT_RAW_RETENTION_DAYS (and "
+        "superseded versions older than CLOUDAGENT_HISTORY_RETENTION_DAYS, when set)",
+    )
+    purger.add_argument("--dry-run", action="store_true", help="print what would be purged; change nothing")
+    purger.add_argument("--database-url", default=None, help=database_help)
+    purger.set_defaults(handler=_cmd_purge)
+
+    pseudonyms = commands.add_parser("pseudonyms", help="pseudonym maintenance")
+    actions = pseudonyms.add_subparsers(dest="action", required=True)
+    rebuild = actions.add_parser(
+        "rebuild", help="compute every stored pseudonym again under today's key (after a key rotation)"
+    )
+    rebuild.add_argument(
+        "--accept-unsuppressed",
+        action="store_true",
+        help="rebuild although people erased under the old key will no longer be recognised by loads",
+    )
+    rebuild.add_argument("--database-url", default=None, help=database_help)
+    rebuild.set_defaults(handler=_cmd_pseudonyms)
+
+    fields = commands.add_parser(
+        "analyst-fields", help="make the analyst views again with the allow-list CLOUDAGENT_ANALYST_FIELDS"
+    )
+    fields.add_argument("--database-url", default=None, help=database_help)
+    fields.set_defaults(handler=_cmd_analyst_fields)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

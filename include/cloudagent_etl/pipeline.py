@@ -28,6 +28,7 @@ from cloudagent_etl.settings import DEFAULT_CONNECTION, ApiSettings, LoadSetting
 
 if TYPE_CHECKING:
     from cloudagent_etl.normalize import SecretValues
+    from cloudagent_etl.personal_data.phones import PseudonymKey
     from cloudagent_etl.warehouse import LoadCounts
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,7 @@ def load_payload(
     secrets: Iterable[str | None] = (),
     settings: LoadSettings | None = None,
     batch_size: int | None = None,
+    pseudonym_key: PseudonymKey | None = None,
 ) -> LoadCounts:
     """Load one landed payload: landing hands out its body, the warehouse merges it, landing records the
     outcome, all in one transaction (the merged rows, the ``load_runs`` row, the payload and its request
@@ -312,12 +314,18 @@ def load_payload(
     Any other error (the database, a bug) also rolls back and records a failed load run, then raises: the
     payload stays ``pending`` and the request ``received``, so a retry loads it. Every text that leaves the
     load is redacted with ``secrets`` (the configured apiKey) and the values found under API-key fields of
-    the payload.
+    the payload. Every row gets its number's pseudonym under ``pseudonym_key`` (default
+    ``CLOUDAGENT_PSEUDONYM_KEY``: without a key nothing loads); a payload holding a person erased on request
+    loads without them, and its raw body is rewritten without them in the same transaction.
     """
     # Imported here: they bring pandas, which the triggerer and the receiver never need.
     from cloudagent_etl import warehouse
     from cloudagent_etl.normalize import DEFAULT_BATCH_SIZE, SecretValues
+    from cloudagent_etl.personal_data.phones import PseudonymKey, phone_region
+    from cloudagent_etl.personal_data.records import record_pseudonym
 
+    key = pseudonym_key or PseudonymKey.from_env()
+    region = phone_region()
     secret_values = SecretValues(secrets)
     payload = landing.landed_payload(engine, payload_id)
     started = datetime.now(UTC)
@@ -331,8 +339,21 @@ def load_payload(
                 started=started,
                 secrets=secret_values,
                 settings=settings or LoadSettings(),
+                pseudonym_key=key,
+                phone_region=region,
                 batch_size=batch_size or DEFAULT_BATCH_SIZE,
             )
+            if counts.erased:
+                suppressed = warehouse.suppressed_pseudonyms(conn)  # under the lock the merge holds
+                removed = landing.remove_records(
+                    conn,
+                    payload_id,
+                    lambda record: record_pseudonym(record, key, region) in suppressed,
+                    why="erased on request: kept out by the load",
+                    now=started,
+                    dry_run=False,
+                )
+                warehouse.renumber_rejects(conn, payload_id, removed)
             landing.mark_payload_loaded(conn, payload)
     except PayloadError as exc:
         error = secret_values.redact(f"payload {payload_id}: {exc}")
@@ -372,6 +393,7 @@ def load_payloads(
     *,
     secrets: Iterable[str | None] = (),
     settings: LoadSettings | None = None,
+    pseudonym_key: PseudonymKey | None = None,
 ) -> LoadCounts:
     """Load every payload landed for the request, oldest first, each in its own transaction.
 
@@ -379,24 +401,47 @@ def load_payloads(
     becomes ``failed`` with the reasons (unless it was loaded or expired) and the result carries ``error``.
     A payload that lands while this runs is loaded too: the payloads are listed again after each pass,
     and one stored after the request became ``loaded`` is at worst flagged late by the receiver.
+
+    A payload whose raw body retention purged is not loaded (what it loaded stays); when every payload of
+    the request was purged, :class:`RawDataPurged` says when and under which setting, and nothing changes.
     """
     from cloudagent_etl.warehouse import LoadCounts
 
     secrets = tuple(secrets)
     total = LoadCounts()
     seen: set[int] = set()
+    purged: list[str] = []
     while pending := [p for p in landing.received_payload_ids(engine, request_id) if p not in seen]:
-        for payload_id in pending:
-            total += load_payload(engine, payload_id, secrets=secrets, settings=settings)
+        for body in landing.purged_bodies(engine, pending):
+            purged.append(body.describe())
+            seen.add(body.payload_id)
+        for payload_id in (p for p in pending if p not in seen):
+            total += load_payload(
+                engine, payload_id, secrets=secrets, settings=settings, pseudonym_key=pseudonym_key
+            )
             seen.add(payload_id)
     if not seen:
         raise PayloadError(f"no callback payload has landed for request {request_id}")
+    if purged and not total.payloads:
+        raise RawDataPurged(f"{landing.describe_request(engine, request_id)}: " + "; ".join(purged))
+    if purged:
+        log.warning("not reloaded, the raw data being gone: %s", "; ".join(purged))
     if total.failed_payloads == total.payloads:
         landing.mark_load_failed(engine, request_id, total.error or "no payload could be parsed")
     return total
 
 
-def load_request(engine: Engine, request_id: str, *, api_key: Secret | None = None) -> dict[str, Any]:
+class RawDataPurged(PayloadError):
+    """A reload found no raw data left: retention purged it (the message says when, under which setting)."""
+
+
+def load_request(
+    engine: Engine,
+    request_id: str,
+    *,
+    api_key: Secret | None = None,
+    pseudonym_key: PseudonymKey | None = None,
+) -> dict[str, Any]:
     """Normalize and merge every payload landed for the request; return the counts for the task log.
 
     Everything the load needs (the payloads, the export's time zone and campaign) is in the database;
@@ -404,7 +449,9 @@ def load_request(engine: Engine, request_id: str, *, api_key: Secret | None = No
     bounds of record times come from :meth:`LoadSettings.from_env`.
     """
     secrets = [api_key.get()] if api_key else []
-    result = load_payloads(engine, request_id, secrets=secrets, settings=LoadSettings.from_env())
+    result = load_payloads(
+        engine, request_id, secrets=secrets, settings=LoadSettings.from_env(), pseudonym_key=pseudonym_key
+    )
     counts = asdict(result)
     counts.pop("last_loaded_at")
     if result.failed_payloads == result.payloads:
@@ -439,7 +486,10 @@ class SweepReport:
 
 
 def sweep(
-    engine: Engine, *, api_key_of: Callable[[str], Secret | None] = lambda _conn_id: None
+    engine: Engine,
+    *,
+    api_key_of: Callable[[str], Secret | None] = lambda _conn_id: None,
+    pseudonym_key: PseudonymKey | None = None,
 ) -> SweepReport:
     """Leave nothing ``requested`` or ``received`` forever: run at the start of each run and on demand.
 
@@ -452,7 +502,9 @@ def sweep(
     for request_id in landing.requests_with_unloaded_payloads(engine):
         try:
             api_key = api_key_of(landing.require_export_request(engine, request_id).conn_id)
-            report.loaded[request_id] = load_request(engine, request_id, api_key=api_key)
+            report.loaded[request_id] = load_request(
+                engine, request_id, api_key=api_key, pseudonym_key=pseudonym_key
+            )
         except PayloadError as exc:
             report.failed[request_id] = str(exc)
     log.info("%s", report.summary())

@@ -160,6 +160,23 @@ def check_callback_url(
     return Check(setting, found=f"{url} reaches the receiver of this database")
 
 
+def check_pseudonym_key(value: str | None, *, setting: str) -> Check:
+    """The pseudonym key is there and long enough: without it no record may be stored (never shown)."""
+    from cloudagent_etl.personal_data.phones import PseudonymKey
+
+    if not (value or "").strip():
+        return Check(
+            setting,
+            "not set: every record is stored with its phone number's pseudonym, keyed by this secret "
+            "(generate one with `openssl rand -hex 32` and keep it outside the warehouse)",
+        )
+    try:
+        PseudonymKey(value or "")
+    except ConfigurationError as exc:
+        return Check(setting, str(exc))
+    return Check(setting, found="set (not shown)")
+
+
 def check_campaigns(value: object, *, setting: str) -> Check:
     try:
         names = parse_campaigns(value)
@@ -190,9 +207,11 @@ def checks_from_env(env: Mapping[str, str] | None = None, *, database_url: str |
     """
     from cloudagent_etl import settings
     from cloudagent_etl.db import create_db_engine, database_missing
+    from cloudagent_etl.personal_data.phones import PSEUDONYM_KEY_SETTING
 
     env = os.environ if env is None else env
     checks, accounts = _account_checks_from_env(env)
+    checks.append(check_pseudonym_key(env.get(PSEUDONYM_KEY_SETTING), setting=PSEUDONYM_KEY_SETTING))
     if "CLOUDAGENT_CAMPAIGNS" in env and ACCOUNTS_ENV not in env:
         checks.append(check_campaigns(env["CLOUDAGENT_CAMPAIGNS"], setting="CLOUDAGENT_CAMPAIGNS"))
     callback_url = env.get("CLOUDAGENT_CALLBACK_BASE_URL")

@@ -12,6 +12,8 @@ EXPECTED_DAG_IDS = {
     "cloudagent_reprocess",
     "cloudagent_missing_data",
     "cloudagent_analytics",
+    "cloudagent_erasure",
+    "cloudagent_retention",
 }
 
 

@@ -37,6 +37,9 @@ def _broken(monkeypatch: pytest.MonkeyPatch, sync: Sync, case: str, tmp_path) ->
     if case == "campaigns not a list":
         monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", '["Alpha", "Beta"')
         return "Variable cloudagent_campaigns: campaigns is not a valid JSON list"
+    if case == "no pseudonym key":  # neither the connection nor the environment variable
+        monkeypatch.delenv("CLOUDAGENT_PSEUDONYM_KEY")
+        return "connection cloudagent_pseudonym (its password; or CLOUDAGENT_PSEUDONYM_KEY): not set"
     if case == "empty Variable":
         monkeypatch.setenv("AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS", "")
         return "Variable cloudagent_campaigns: no campaigns to sync"
@@ -73,6 +76,7 @@ def _broken(monkeypatch: pytest.MonkeyPatch, sync: Sync, case: str, tmp_path) ->
         "incomplete connection",
         "campaigns not a list",
         "empty Variable",
+        "no pseudonym key",
         "accounts not an object",
         "unknown connection",
         "connection of another type",

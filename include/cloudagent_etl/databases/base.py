@@ -207,6 +207,22 @@ class Database(ABC):
         its request does not exist. Only where :attr:`stores_callback_in_one_statement`."""
         raise NotImplementedError(f"{self.name} stores a callback in steps")
 
+    # ---------------------------------------------------------------------------------- personal data
+    @abstractmethod
+    def hold_personal_data_lock(self, conn: Connection, *, exclusive: bool) -> None:
+        """Hold the lock loads take shared and an erasure exclusive, until the transaction ends: an erasure
+        never interleaves with a load. Where writers are serialized (:attr:`serializes_writers`), the
+        database's own write lock is that lock: call it once the transaction has written."""
+
+    @abstractmethod
+    def json_fields_sql(self, column: str, fields: tuple[str, ...]) -> str:
+        """SQL of the JSON object ``column`` holding only the keys ``fields`` (NULL when none is there)."""
+
+    def grant_analyst_access(self, conn: Connection, views: tuple[str, ...], role: str) -> None:
+        """Let ``role`` (made if missing, no login) read ``views`` and nothing else of the schema; where the
+        database has no roles, nothing."""
+        return None
+
     # ---------------------------------------------------------------------------------------- warehouse
     @abstractmethod
     def warehouse_merge(

@@ -8,6 +8,7 @@ small callback is stored in one statement), and a warehouse merge that ``COPY``-
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -154,6 +155,31 @@ class PostgreSQL(Database):
             return None
         return int(existing.payload_id), True, bool(existing.late)
 
+    def hold_personal_data_lock(self, conn: Connection, *, exclusive: bool) -> None:
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        conn.execute(text(f"SELECT {function}(:key)"), {"key": PERSONAL_DATA_LOCK_KEY})
+
+    def json_fields_sql(self, column: str, fields: tuple[str, ...]) -> str:
+        if not fields:
+            return "CAST(NULL AS jsonb)"
+        names = ", ".join(_literal(name) for name in fields)
+        return (
+            f"(SELECT jsonb_object_agg(f.key, f.value) FROM jsonb_each({column}) AS f "
+            f"WHERE f.key IN ({names}))"
+        )
+
+    def grant_analyst_access(self, conn: Connection, views: tuple[str, ...], role: str) -> None:
+        # Roles belong to the cluster: another database of it may make the same role at the same moment.
+        conn.exec_driver_sql(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_literal(role)}) THEN "
+            f"CREATE ROLE {role} NOLOGIN; END IF; "
+            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        )
+        conn.exec_driver_sql(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+        conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {role}")
+        for view in views:
+            conn.exec_driver_sql(f"GRANT SELECT ON {view} TO {role}")
+
     def warehouse_merge(
         self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]
     ) -> WarehouseMerge:
@@ -189,6 +215,16 @@ class StagedRows:
     stage_csv: bytes
     staged: int
     staged_latest: int
+
+
+#: The advisory lock loads hold shared and an erasure exclusive (a fixed key of this project's own).
+PERSONAL_DATA_LOCK_KEY = int.from_bytes(
+    hashlib.blake2b(b"cloudagent_etl.personal_data", digest_size=8).digest(), "big", signed=True
+)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 class PostgresMerge(WarehouseMerge):

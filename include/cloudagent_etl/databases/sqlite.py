@@ -110,6 +110,20 @@ class SQLite(Database):
     def stored_time(self, value: datetime) -> datetime:
         return value.replace(tzinfo=None)
 
+    def hold_personal_data_lock(self, conn: Connection, *, exclusive: bool) -> None:
+        # One writer at a time: a transaction that has written (or began with BEGIN IMMEDIATE) holds the
+        # database's write lock until it ends, and that is the lock. Nothing to take.
+        return None
+
+    def json_fields_sql(self, column: str, fields: tuple[str, ...]) -> str:
+        if not fields:
+            return "NULL"
+        names = ", ".join("'" + name.replace("'", "''") + "'" for name in fields)
+        return (
+            f"(SELECT json_group_object(f.key, f.value) FROM json_each({column}) AS f "
+            f"WHERE f.key IN ({names}) HAVING COUNT(*) > 0)"
+        )
+
     def warehouse_merge(
         self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]
     ) -> WarehouseMerge:

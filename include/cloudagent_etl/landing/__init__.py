@@ -12,7 +12,8 @@ request. Everything else asks it through :func:`callback_status`, the named tran
 - :mod:`.tokens`: per-request callback tokens (only their SHA-256 is stored) and when a URL closes;
 - :mod:`.storing`: storing callback bodies (the same body once; late ones flagged, never dropped);
 - :mod:`.reading`: landed payloads and their bodies for a load, and the load's outcome;
-- :mod:`.sweeps`: what no running wait or load will take care of.
+- :mod:`.sweeps`: what no running wait or load will take care of;
+- :mod:`.personal_data`: bodies rewritten without an erased person's records, and purged by retention.
 """
 
 from cloudagent_etl.landing.lifecycle import (
@@ -21,6 +22,14 @@ from cloudagent_etl.landing.lifecycle import (
     mark_failed,
     mark_load_failed,
     mark_loaded,
+)
+from cloudagent_etl.landing.personal_data import (
+    PurgedBody,
+    payload_ids_with_bodies,
+    purge_bodies,
+    purgeable_bodies,
+    purged_bodies,
+    remove_records,
 )
 from cloudagent_etl.landing.reading import (
     LandedPayload,
@@ -81,6 +90,7 @@ __all__ = [
     "ExportRequest",
     "LandedPayload",
     "NewExportRequest",
+    "PurgedBody",
     "RequestState",
     "StoredCallback",
     "TokenCheck",
@@ -111,8 +121,13 @@ __all__ = [
     "mark_payload_loaded",
     "open_payload_body",
     "payload_body",
+    "payload_ids_with_bodies",
+    "purge_bodies",
+    "purgeable_bodies",
+    "purged_bodies",
     "received_payload_ids",
     "record_unique_id",
+    "remove_records",
     "requests_overlapping",
     "requests_with_payloads",
     "requests_with_unloaded_payloads",

@@ -170,6 +170,20 @@ callback_payloads = Table(
     Column("late", Integer, nullable=False, server_default="0", comment="1 when it arrived after the load"),
     Column("part_no", Integer, nullable=True, comment="i of a body that says it is part i of n"),
     Column("part_count", Integer, nullable=True, comment="n of a body that says it is part i of n"),
+    Column(
+        "body_purged_at",
+        UtcDateTime,
+        nullable=True,
+        comment="when retention deleted the raw body (size, sha256 and the counts stay); NULL: kept",
+    ),
+    Column("purge_setting", Text, nullable=True, comment="the retention setting the body was purged under"),
+    Column(
+        "body_rewritten_at",
+        UtcDateTime,
+        nullable=True,
+        comment="when the body was last rewritten without the records of people erased on request",
+    ),
+    Column("body_rewrite_note", Text, nullable=True, comment="what the rewrites removed and how"),
     UniqueConstraint("request_id", "sha256"),
 )
 

@@ -42,6 +42,8 @@ ROW_COLUMN_KINDS: Final[Mapping[str, str]] = {
     "record_key": "text",
     "phone_number": "text",
     "phone_number_raw": "text",
+    "phone_e164": "text",
+    "phone_pseudonym": "text",
     "customer_name": "text",
     "lead_status": "text",
     "dial_status": "text",

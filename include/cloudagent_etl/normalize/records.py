@@ -57,9 +57,13 @@ from cloudagent_etl.normalize.fields import (
     text_struct,
 )
 from cloudagent_etl.normalize.parsing import Body, iter_record_batches
+from cloudagent_etl.personal_data.phones import DEFAULT_PHONE_REGION, PseudonymKey, e164_array
 from cloudagent_etl.settings import (
     DEFAULT_TIMEZONE,
 )
+
+#: Why a record of a person erased on request is kept out (counted; no reject row: it would hold them).
+ERASED_REASON = "erased on request"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,12 @@ class RecordRules:
     #: Latest time a record may carry; None: :data:`FUTURE_TOLERANCE` after the payload is read.
     latest_time: datetime | None = None
     secrets: SecretValues = field(default_factory=SecretValues)
+    #: The key of ``phone_pseudonym`` (None: the column stays NULL; the load always gives one).
+    pseudonym_key: PseudonymKey | None = None
+    #: The region a number without ``+country`` is read in.
+    phone_region: str = DEFAULT_PHONE_REGION
+    #: Pseudonyms of people erased on request: their records are kept out (:data:`ERASED_REASON`).
+    suppressed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -80,12 +90,14 @@ class NormalizedBatch:
     """One batch of a payload: ``rows`` (``ROW_COLUMNS`` + ``position``, ``is_latest``) and ``rejects``.
 
     ``records_in`` counts every record of the batch, so ``records_in == len(rows) + len(rejects) +``
-    the rows dropped as earlier copies of the same version.
+    the rows dropped as earlier copies of the same version ``+ erased`` (records of people erased on
+    request, kept out without a trace but this count).
     """
 
     rows: pd.DataFrame
     rejects: pd.DataFrame
     records_in: int
+    erased: int = 0
 
 
 def hashed_record_key(campaign_name: str, phone_number: str, created_at: pd.Timestamp) -> str:
@@ -250,9 +262,11 @@ def normalize_records(
         reasons.add(
             longer_than(source[column], MAX_KEY_CHARS), f"{label} is longer than {MAX_KEY_CHARS} characters"
         )
-    overflow = _capped_text_columns(
-        columns, source, _derived_columns(source), batch.records, batch.plan, notes
-    )
+    derived = _derived_columns(source, rules)
+    erased = np.zeros(len(batch.records), dtype=bool)
+    if rules.suppressed:
+        erased = mask_of(pc.is_in(derived["phone_pseudonym"], value_set=pa.array(list(rules.suppressed))))
+    overflow = _capped_text_columns(columns, source, derived, batch.records, batch.plan, notes)
     columns["record_key"] = _record_keys(source, columns)
     extra_text = extra_json(batch.records, batch.plan, batch.text)
     extra, too_big = _checked_extra(extra_text, batch.records, batch.plan, overflow, rules.secrets, notes)
@@ -263,13 +277,34 @@ def normalize_records(
 
     frame = pd.DataFrame({column: columns[column] for column in ROW_COLUMNS})
     frame.index = pd.Index(batch.positions, name="position")
-    rejected = reasons.rejected(len(batch.records))
+    rejected = reasons.rejected(len(batch.records)) & ~erased
     cleaner = Cleaner(rules.secrets)
     for row in np.flatnonzero(rejected).tolist():
         reject_rows.append((batch.positions[row], reasons.of(row), cleaner.raw_record(batch.records[row])))
-    kept_rows = _latest_per_version(frame[~rejected] if rejected.any() else frame)
+    erased_count = int(erased.sum())
+    if rules.suppressed and reject_rows:
+        reject_rows, erased_count = _without_erased(reject_rows, rules, erased_count)
+    left_out = rejected | erased
+    kept_rows = _latest_per_version(frame[~left_out] if left_out.any() else frame)
     rejects = pd.DataFrame(sorted(reject_rows), columns=list(REJECT_COLUMNS)).astype({"position": "int64"})
-    return NormalizedBatch(rows=kept_rows, rejects=rejects, records_in=len(records))
+    return NormalizedBatch(rows=kept_rows, rejects=rejects, records_in=len(records), erased=erased_count)
+
+
+def _without_erased(
+    reject_rows: list[tuple[int, str, str]], rules: RecordRules, erased: int
+) -> tuple[list[tuple[int, str, str]], int]:
+    """The rejects found before typing (not an object, nested too deep) but those of erased people."""
+    from cloudagent_etl.personal_data.records import record_pseudonym
+
+    assert rules.pseudonym_key is not None
+    kept = []
+    for reject in reject_rows:
+        record = orjson.loads(reject[2])
+        if record_pseudonym(record, rules.pseudonym_key, rules.phone_region) in rules.suppressed:
+            erased += 1
+        else:
+            kept.append(reject)
+    return kept, erased
 
 
 def _text_batch(
@@ -362,11 +397,18 @@ def _typed_columns(
     return columns
 
 
-def _derived_columns(source: dict[str, pa.Array]) -> dict[str, pa.Array]:
-    """Columns computed from others: the canonical phone number and the first and last dial legs."""
+def _derived_columns(source: dict[str, pa.Array], rules: RecordRules) -> dict[str, pa.Array]:
+    """Columns computed from others: the canonical phone number, its E.164 form and pseudonym (NULL when
+    it is not a number, or without a key), and the first and last dial legs."""
     first_leg, last_leg = legs(source["dial_status"])
+    e164 = e164_array(source["phone_number_raw"], rules.phone_region)
+    pseudonym = (
+        rules.pseudonym_key.pseudonyms(e164) if rules.pseudonym_key is not None else pa.nulls(len(e164), TEXT)
+    )
     return {
         "phone_number": canonical_phone(source["phone_number_raw"]),
+        "phone_e164": e164,
+        "phone_pseudonym": pseudonym,
         "dial_status_first": first_leg,
         "dial_status_last": last_leg,
     }
@@ -420,12 +462,16 @@ def normalize_payload(
     secrets: SecretValues | None = None,
     time_bounds: tuple[datetime, datetime] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    pseudonym_key: PseudonymKey | None = None,
+    phone_region: str = DEFAULT_PHONE_REGION,
+    suppressed: frozenset[str] = frozenset(),
 ) -> Iterator[NormalizedBatch]:
     """The payload as normalized batches, streamed; :class:`PayloadError` if it cannot be parsed.
 
     ``campaign`` is the export request's (records of another are rejected), ``secrets`` the values to
     redact (values learned from the payload are added to it), ``time_bounds`` the earliest and latest
-    time a record may carry (default :data:`EARLIEST_TIME` .. now + :data:`FUTURE_TOLERANCE`).
+    time a record may carry (default :data:`EARLIEST_TIME` .. now + :data:`FUTURE_TOLERANCE`);
+    ``pseudonym_key`` keys ``phone_pseudonym``, and records whose pseudonym is ``suppressed`` are kept out.
     """
     earliest, latest = time_bounds or (EARLIEST_TIME, datetime.now(UTC) + FUTURE_TOLERANCE)
     rules = RecordRules(
@@ -434,6 +480,9 @@ def normalize_payload(
         earliest_time=earliest,
         latest_time=latest,
         secrets=secrets if secrets is not None else SecretValues(),
+        pseudonym_key=pseudonym_key,
+        phone_region=phone_region,
+        suppressed=suppressed,
     )
     position = 0
     for records in iter_record_batches(body, content_type, batch_size):

@@ -9,6 +9,8 @@ from cloudagent_etl.warehouse.load import (
     merge_batches,
     merge_payload,
     record_failed_load,
+    renumber_rejects,
+    suppressed_pseudonyms,
 )
 from cloudagent_etl.warehouse.reads import (
     DayRate,
@@ -32,4 +34,6 @@ __all__ = [
     "merge_payload",
     "record_failed_load",
     "reject_counts",
+    "renumber_rejects",
+    "suppressed_pseudonyms",
 ]

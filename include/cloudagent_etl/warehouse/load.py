@@ -60,7 +60,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 import orjson
 import pandas as pd
-from sqlalchemy import Connection, Engine, bindparam, insert, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from cloudagent_etl.databases import MergeSpec, database_for
 from cloudagent_etl.normalize import (
@@ -70,6 +70,7 @@ from cloudagent_etl.normalize import (
     SecretValues,
     normalize_payload,
 )
+from cloudagent_etl.personal_data.phones import DEFAULT_PHONE_REGION, PseudonymKey
 from cloudagent_etl.settings import LoadSettings
 from cloudagent_etl.warehouse.tables import (
     LINEAGE_COLUMNS,
@@ -77,6 +78,9 @@ from cloudagent_etl.warehouse.tables import (
     WAREHOUSE_KEY,
     dial_status_rejects,
     load_runs,
+)
+from cloudagent_etl.warehouse.tables import (
+    suppressed_pseudonyms as suppressed_pseudonyms_table,
 )
 
 #: What the merge writes, for the database module that writes it. A load holds the lock of its account
@@ -115,6 +119,7 @@ class LoadCounts:
     unchanged: int = 0
     duplicates: int = 0
     rejected: int = 0
+    erased: int = 0
     seconds: float = 0.0
     error: str | None = None
     last_loaded_at: datetime | None = None
@@ -163,6 +168,7 @@ class StagedBatch:
     rows: pd.DataFrame
     rejects: pd.DataFrame
     records_in: int
+    erased: int
     latest: int
     key_hashes: np.ndarray | None
     staged: Any
@@ -178,13 +184,15 @@ def prepare_batch(
     account) and the database's staged form of them (``stage``: :meth:`WarehouseMerge.stage`), after
     ``lock`` took the locks of the rows' lock values the load does not hold yet."""
     if batch.rows.empty:
-        return StagedBatch(batch.rows, batch.rejects, batch.records_in, 0, None, None)
+        return StagedBatch(batch.rows, batch.rejects, batch.records_in, batch.erased, 0, None, None)
     rows = batch.rows.assign(account=account)
     if lock is not None:
         lock(rows)
     hashes = pd.util.hash_pandas_object(batch.rows[["campaign_name", "record_key"]], index=False).to_numpy()
     latest = int(rows["is_latest"].sum())
-    return StagedBatch(rows, batch.rejects, batch.records_in, latest, hashes, stage(rows, hashes))
+    return StagedBatch(
+        rows, batch.rejects, batch.records_in, batch.erased, latest, hashes, stage(rows, hashes)
+    )
 
 
 @dataclass
@@ -197,6 +205,7 @@ class _Merger:
     inserted: int = 0
     updated: int = 0
     rejected: int = 0
+    erased: int = 0
     records_in: int = 0
     key_hashes: list[np.ndarray] = field(default_factory=list)
     #: Digest of (reason, raw record) -> position of the reject row that stands for it.
@@ -214,7 +223,8 @@ class _Merger:
 
     def merge(self, batch: StagedBatch) -> None:
         self.records_in += batch.records_in
-        self.rejected += len(batch.rejects)
+        self.rejected += len(batch.rejects) + batch.erased
+        self.erased += batch.erased
         if not batch.rejects.empty:
             self._reject(batch.rejects)
         if batch.rows.empty:
@@ -286,6 +296,7 @@ class _Merger:
             updated=self.updated,
             unchanged=distinct - self.inserted - self.updated,
             rejected=self.rejected,
+            erased=self.erased,
             duplicates=self.records_in - self.rejected - distinct,
         )
 
@@ -355,6 +366,8 @@ def merge_payload(
     started: datetime,
     secrets: SecretValues,
     settings: LoadSettings,
+    pseudonym_key: PseudonymKey,
+    phone_region: str = DEFAULT_PHONE_REGION,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> LoadCounts:
     """Normalize and merge one payload's ``body`` inside ``conn``'s transaction, with its ``load_runs`` row.
@@ -362,10 +375,15 @@ def merge_payload(
     Times are read in the payload's export time zone and must lie within ``settings``' bounds around
     ``started`` (the load's start, aware UTC); only records of the export's campaign are merged;
     ``secrets`` are redacted wherever they appear (values learned from the payload are added to it).
-    Raises ``PayloadError`` when the body cannot be parsed.
+    Every row gets its number's E.164 form and pseudonym under ``pseudonym_key``; the records of people
+    erased on request are kept out, counted in ``erased``. The load holds the personal-data lock (shared)
+    from before it reads the suppression list until it commits: an erasure waits for it, and it for an
+    erasure. Raises ``PayloadError`` when the body cannot be parsed.
     """
     clock = time.perf_counter()
     load_run_id = _start_run(conn, payload, started)
+    database_for(conn).hold_personal_data_lock(conn, exclusive=False)
+    suppressed = suppressed_pseudonyms(conn)
     with _gc_paused():
         batches = normalize_payload(
             body,
@@ -375,6 +393,9 @@ def merge_payload(
             secrets=secrets,
             time_bounds=settings.time_bounds(started),
             batch_size=batch_size,
+            pseudonym_key=pseudonym_key,
+            phone_region=phone_region,
+            suppressed=suppressed,
         )
         lineage = {
             "account": payload.account,
@@ -387,6 +408,34 @@ def merge_payload(
     counts.seconds = time.perf_counter() - clock
     counts.last_loaded_at = _finish_run(conn, load_run_id, counts, "loaded")
     return counts
+
+
+def renumber_rejects(conn: Connection, payload_id: int, removed_positions: list[int]) -> None:
+    """The payload's body lost the records at ``removed_positions``: its rejects take their new positions
+    (each kept record moves up by the removed ones before it), so a reload finds them where they are."""
+    if not removed_positions:
+        return
+    removed = np.asarray(sorted(removed_positions))
+    positions = sorted(
+        conn.scalars(
+            select(dial_status_rejects.c.position).where(dial_status_rejects.c.payload_id == payload_id)
+        )
+    )
+    for position in positions:  # ascending: each moves into a place already left
+        shift = int(np.searchsorted(removed, position))
+        if shift:
+            conn.execute(
+                update(dial_status_rejects)
+                .where(
+                    dial_status_rejects.c.payload_id == payload_id, dial_status_rejects.c.position == position
+                )
+                .values(position=position - shift)
+            )
+
+
+def suppressed_pseudonyms(conn: Connection) -> frozenset[str]:
+    """Pseudonyms of the people erased on request (read under the personal-data lock)."""
+    return frozenset(conn.scalars(select(suppressed_pseudonyms_table.c.phone_pseudonym)))
 
 
 def record_failed_load(
@@ -430,6 +479,7 @@ def _finish_run(conn: Connection, load_run_id: int, counts: LoadCounts, status: 
             unchanged=counts.unchanged,
             duplicates=counts.duplicates,
             rejected=counts.rejected,
+            erased=counts.erased,
             seconds=counts.seconds,
             error=counts.error,
         )

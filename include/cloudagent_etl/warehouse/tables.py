@@ -35,6 +35,10 @@ _VERSION_COLUMNS_DOC = {
     "canonical phone and UTC created time; part of the key",
     "phone_number": "canonical phone number: digits with country code 91 (10-digit numbers get 91)",
     "phone_number_raw": "phone number exactly as received",
+    "phone_e164": "the phone number in E.164 (+919876543210), read in CLOUDAGENT_PHONE_REGION (default IN); "
+    "NULL when it is not a phone number",
+    "phone_pseudonym": "HMAC-SHA256 (hex) of phone_e164 under the pseudonym key: stable, so analysts count, "
+    "join and deduplicate by it; NULL when phone_e164 is",
     "customer_name": "lead name (Name)",
     "lead_status": "lead status (Status): Success, Fail, Pending, ...",
     "dial_status": "dial status as received, in CloudAgent's mixed case (answered, Fail, NoAnswer, "
@@ -65,6 +69,18 @@ _VERSION_COLUMNS_DOC = {
     "load_run_id": "load run that wrote this version",
     "loaded_at": "when this version was written (UTC)",
 }
+_ANALYST_VIEW_DOC = {
+    "account": "CloudAgent account (its userName)",
+    "campaign_name": "CloudAgent campaign",
+    "lead_id": "the lead id; NULL where the record key is a hash of the phone number",
+    "phone_pseudonym": "the number's pseudonym (see dial_status.phone_pseudonym)",
+    "phone_last4": "'*' and the last four digits of the number",
+    "customer_name_masked": "the name's first character and '***'",
+    "(lead_status .. updated_at)": "as in dial_status",
+    "custom_fields": "JSON object of the custom upload fields on the allow-list CLOUDAGENT_ANALYST_FIELDS "
+    "(NULL when none)",
+    "loaded_at": "when this version was written (UTC)",
+}
 DATA_DICTIONARY: dict[str, dict[str, str]] = {
     "dial_status": {
         **_VERSION_COLUMNS_DOC,
@@ -84,6 +100,8 @@ DATA_DICTIONARY: dict[str, dict[str, str]] = {
         "occurrences": "records of the payload identical to this one (same reason and raw record), this "
         "one included; only the first one's position is kept",
         "rejected_at": "when it was rejected (UTC)",
+        "raw_purged_at": "when raw_record was emptied by retention (CLOUDAGENT_RAW_RETENTION_DAYS); "
+        "NULL: kept",
     },
     "dial_status_daily_summary": {
         "account": "CloudAgent account (its userName)",
@@ -122,7 +140,24 @@ DATA_DICTIONARY: dict[str, dict[str, str]] = {
         "rejected": "records that broke the contract (see dial_status_rejects)",
         "seconds": "load duration in seconds",
         "error": "why the load failed",
+        "erased": "records kept out because their person was erased on request (counted in rejected too; "
+        "no reject row: it would hold them)",
     },
+    "erasure_receipts": {
+        "receipt_id": "one row per erasure (a dry run writes none)",
+        "phone_pseudonym": "pseudonym of the number erased (never the number)",
+        "counts": "JSON object: table or raw data -> rows or records removed",
+        "erased_at": "when the erasure committed (UTC)",
+        "requested_by": "who asked for it (as given)",
+        "reason": "why (as given, e.g. the ticket of the request)",
+    },
+    "suppressed_pseudonyms": {
+        "phone_pseudonym": "a person erased on request: loads keep their records out",
+        "suppressed_at": "since when (UTC)",
+        "receipt_id": "the erasure that added it",
+    },
+    "analyst_dial_status": _ANALYST_VIEW_DOC,
+    "analyst_dial_status_history": _ANALYST_VIEW_DOC,
 }
 
 _COLUMN_TYPES: dict[str, TypeEngine[Any] | type[TypeEngine[Any]]] = {
@@ -214,6 +249,7 @@ dial_status_rejects = Table(
         Column("raw_record", JsonDocument, nullable=False),
         Column("occurrences", BigInteger, nullable=False, server_default="1"),
         Column("rejected_at", UtcDateTime, nullable=False),
+        Column("raw_purged_at", UtcDateTime, nullable=True),
     ),
     comment="records that broke the contract, with the reason; never silently dropped",
 )
@@ -240,9 +276,38 @@ load_runs = Table(
         Column("rejected", BigInteger, nullable=False),
         Column("seconds", Double, nullable=False),
         Column("error", Text, nullable=True),
+        Column("erased", BigInteger, nullable=False, server_default="0"),
     ),
     CheckConstraint(f"status IN {LOAD_RUN_STATES!r}", name="status"),
     Index(None, "request_id"),
     Index(None, "payload_id"),
     comment="one row per load of one payload: counts and timings",
+)
+
+erasure_receipts = Table(
+    "erasure_receipts",
+    metadata,
+    *_documented(
+        "erasure_receipts",
+        Column("receipt_id", BigIntId, primary_key=True, autoincrement=True),
+        Column("phone_pseudonym", String(64), nullable=False),
+        Column("counts", JsonDocument, nullable=False),
+        Column("erased_at", UtcDateTime, nullable=False),
+        Column("requested_by", Text, nullable=True),
+        Column("reason", Text, nullable=True),
+    ),
+    Index(None, "phone_pseudonym"),
+    comment="one row per erasure on request: what was removed, when, for whom; never the number",
+)
+
+suppressed_pseudonyms = Table(
+    "suppressed_pseudonyms",
+    metadata,
+    *_documented(
+        "suppressed_pseudonyms",
+        Column("phone_pseudonym", String(64), primary_key=True),
+        Column("suppressed_at", UtcDateTime, nullable=False),
+        Column("receipt_id", BigInteger, nullable=False),
+    ),
+    comment="people erased on request: later loads keep their records out",
 )

@@ -242,3 +242,20 @@ def test_the_backfill_command_of_the_stack_is_its_wrapper_with_its_settings(tmp_
                      "-m", "cloudagent_dev.localstack", "airflow"]  # fmt: skip
     secret = {**env, "CLOUDAGENT_AIRFLOW_DB_URL": "postgresql://airflow:pw@127.0.0.1:5432/meta"}
     assert "pw" not in wrapper_command(StackSettings.from_env(secret))  # a password is never shown
+
+
+def test_a_stack_makes_its_pseudonym_key_once_in_its_folder_readable_by_its_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudagent_dev.localstack import PSEUDONYM_KEY_FILE, local_pseudonym_key
+    from cloudagent_etl.personal_data.phones import PseudonymKey
+
+    monkeypatch.delenv("CLOUDAGENT_PSEUDONYM_KEY")
+    key = local_pseudonym_key(tmp_path / "stack")
+    path = tmp_path / "stack" / PSEUDONYM_KEY_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert local_pseudonym_key(tmp_path / "stack") == key  # the next start keeps it: pseudonyms stay stable
+    assert local_pseudonym_key(tmp_path / "other") != key
+    PseudonymKey(key)  # long enough to be accepted
+    monkeypatch.setenv("CLOUDAGENT_PSEUDONYM_KEY", "an-operator-chosen-key-0123")
+    assert local_pseudonym_key(tmp_path / "stack") == "an-operator-chosen-key-0123"

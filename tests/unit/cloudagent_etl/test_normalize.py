@@ -92,6 +92,7 @@ FULL_ROW = row(
     record_key="202405010000001",
     phone_number="919876543210",
     phone_number_raw="98765 43210",
+    phone_e164="+919876543210",
     customer_name="Asha Rao",
     lead_status="Success",
     dial_status="NoAnswer -> user_disconnected -> answered",

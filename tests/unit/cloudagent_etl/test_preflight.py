@@ -7,6 +7,7 @@ on another one), the simulator (answers /healthz, but is not a receiver) and a p
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 
@@ -162,6 +163,7 @@ def test_doctor_prints_every_check_and_exits_non_zero_on_a_problem(
     out = capsys.readouterr().out
     assert out.splitlines() == [
         "ok    CloudAgent account (CLOUDAGENT_API_*): http://ca.example as user, time zone Asia/Kolkata",
+        "ok    CLOUDAGENT_PSEUDONYM_KEY: set (not shown)",
         "ok    CLOUDAGENT_CAMPAIGNS: Alpha, Beta",
         f"ok    database (CLOUDAGENT_DB_URL): {create_db_engine(receiver.db_url).dialect.name}, revision "
         f"{head_revision()}",
@@ -170,6 +172,19 @@ def test_doctor_prints_every_check_and_exits_non_zero_on_a_problem(
         "every check passed",
     ]
     assert "the-api-key" not in out
+    assert os.environ["CLOUDAGENT_PSEUDONYM_KEY"] not in out
+
+    monkeypatch.delenv("CLOUDAGENT_PSEUDONYM_KEY")  # no key: no record could be stored pseudonymised
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "FAIL  CLOUDAGENT_PSEUDONYM_KEY: not set: every record is stored with its phone number's pseudonym"
+        in out
+    )
+    monkeypatch.setenv("CLOUDAGENT_PSEUDONYM_KEY", "short")
+    assert main(["doctor"]) == 1
+    assert "FAIL  CLOUDAGENT_PSEUDONYM_KEY: the pseudonym key" in capsys.readouterr().out
+    monkeypatch.setenv("CLOUDAGENT_PSEUDONYM_KEY", "a-long-enough-pseudonym-key")
 
     monkeypatch.delenv("CLOUDAGENT_API_BASE_URL")
     assert main(["doctor"]) == 1

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, func, insert, select
 from cloudagent_etl import warehouse
 from cloudagent_etl.errors import PayloadError
 from cloudagent_etl.normalize import SecretValues
+from cloudagent_etl.personal_data.phones import PseudonymKey
 from cloudagent_etl.settings import LoadSettings
 from cloudagent_etl.warehouse.tables import dial_status, dial_status_rejects, load_runs
 from tests.factories import record
@@ -36,7 +37,13 @@ class Payload:
 def merge(conn, records: list[dict] | bytes, payload: Payload = Payload()) -> warehouse.LoadCounts:
     body = records if isinstance(records, bytes) else json.dumps(records).encode()
     return warehouse.merge_payload(
-        conn, payload, io.BytesIO(body), started=STARTED, secrets=SecretValues(), settings=LoadSettings()
+        conn,
+        payload,
+        io.BytesIO(body),
+        started=STARTED,
+        secrets=SecretValues(),
+        settings=LoadSettings(),
+        pseudonym_key=PseudonymKey.from_env(),
     )
 
 

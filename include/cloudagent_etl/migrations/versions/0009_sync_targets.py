@@ -12,7 +12,7 @@ again loses its grants). Comments and view texts are written out here: a migrati
 the code does.
 
 Revision ID: 0009_sync_targets
-Revises: 0007_accounts
+Revises: 0008_personal_data
 Create Date: 2026-12-07
 """
 
@@ -22,7 +22,7 @@ from alembic import op
 from cloudagent_etl.sqltypes import UtcDateTime
 
 revision = "0009_sync_targets"
-down_revision = "0007_accounts"
+down_revision = "0008_personal_data"
 branch_labels = None
 depends_on = None
 
