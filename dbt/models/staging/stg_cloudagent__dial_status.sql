@@ -1,14 +1,23 @@
-{#- The current state of every lead, typed and renamed, dial statuses in one spelling. The phone number, the
-    name and the free-form fields (extra) are left out: no model downstream sees them in clear. -#}
+{#- The current state of every lead, typed and renamed, dial statuses in one spelling, read from the analyst
+    view: the number only as its pseudonym and last four digits, the name masked, only the allow-listed custom
+    fields. No model downstream can see a number or a name in clear. -#}
 with source as (
-    -- The one place the models read the table: every model downstream reads this one.
-    select * from {{ source('warehouse', 'dial_status') }}
+    -- The one place the models read the warehouse's leads: every model downstream reads this one.
+    select * from {{ source('warehouse', 'analyst_dial_status') }}
 )
 
 select
     account,
     campaign_name as campaign,
-    record_key as lead_key,
+    -- The warehouse's key without the number: the lead id, or (where the key is a hash of the number and
+    -- the created time) the number's pseudonym and the created time.
+    coalesce(
+        lead_id,
+        'pseudonym:' || phone_pseudonym || '@'
+            || to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
+    ) as lead_key,
+    phone_pseudonym,
+    phone_last4,
     lead_status,
     dial_status as dial_legs,
     {{ normalized_dial_status('dial_status_first') }} as first_dial_status,

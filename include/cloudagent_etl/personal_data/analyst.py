@@ -67,7 +67,7 @@ def analyst_view_sql(conn: Connection, view: str, fields: tuple[str, ...]) -> st
                agent_id, agent_name, ucid, monitor_ucid, call_started_at, call_ended_at, call_duration_s,
                skill, priority, created_at, updated_at,
                {custom} AS custom_fields,
-               loaded_at
+               load_run_id, loaded_at
         FROM {source}
     """
 
