@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 
 from cloudagent_etl.databases import database_for
 from cloudagent_etl.errors import ConfigurationError
+from cloudagent_etl.warehouse.tables import ANALYST_PASSED_THROUGH
 
 ANALYST_FIELDS_SETTING: Final = "CLOUDAGENT_ANALYST_FIELDS"
 ANALYST_ROLE: Final = "cloudagent_analyst"
@@ -54,6 +55,7 @@ def analyst_view_sql(conn: Connection, view: str, fields: tuple[str, ...]) -> st
     """``CREATE VIEW`` of one analyst view over its source, passing ``fields`` of ``extra`` through."""
     source = ANALYST_VIEWS[view]
     custom = database_for(conn).json_fields_sql("extra", fields)
+    passed_through = ", ".join(ANALYST_PASSED_THROUGH)
     return f"""
         CREATE VIEW {view} AS
         SELECT account, campaign_name,
@@ -63,9 +65,7 @@ def analyst_view_sql(conn: Connection, view: str, fields: tuple[str, ...]) -> st
                     ELSE '*' || substr(phone_e164, length(phone_e164) - 3) END AS phone_last4,
                CASE WHEN customer_name IS NULL THEN NULL
                     ELSE substr(customer_name, 1, 1) || '***' END AS customer_name_masked,
-               lead_status, dial_status, dial_status_first, dial_status_last, disposition, attempts,
-               agent_id, agent_name, ucid, monitor_ucid, call_started_at, call_ended_at, call_duration_s,
-               skill, priority, created_at, updated_at,
+               {passed_through},
                {custom} AS custom_fields,
                load_run_id, loaded_at
         FROM {source}

@@ -70,7 +70,7 @@ _VERSION_COLUMNS_DOC = {
     "loaded_at": "when this version was written (UTC)",
 }
 #: Columns of dial_status the analyst views pass through unchanged.
-_ANALYST_PASSED_THROUGH = (
+ANALYST_PASSED_THROUGH = (
     "lead_status", "dial_status", "dial_status_first", "dial_status_last", "disposition", "attempts",
     "agent_id", "agent_name", "ucid", "monitor_ucid", "call_started_at", "call_ended_at", "call_duration_s",
     "skill", "priority", "created_at", "updated_at",
@@ -82,7 +82,7 @@ _ANALYST_VIEW_DOC = {
     "phone_pseudonym": "the number's pseudonym (see dial_status.phone_pseudonym)",
     "phone_last4": "'*' and the last four digits of the number",
     "customer_name_masked": "the name's first character and '***'",
-    **{column: _VERSION_COLUMNS_DOC[column] for column in _ANALYST_PASSED_THROUGH},
+    **{column: _VERSION_COLUMNS_DOC[column] for column in ANALYST_PASSED_THROUGH},
     "custom_fields": "JSON object of the custom upload fields on the allow-list CLOUDAGENT_ANALYST_FIELDS "
     "(NULL when none)",
     "load_run_id": "load run that wrote this version",
