@@ -27,14 +27,19 @@ def queued_for(dag_id: str) -> list[str]:
 def deploy(unpaused: str) -> None:
     """What the dag processor does (the DAGs and their Asset references in the metadata DB), and unpause."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
     from airflow.models import DagModel
     from airflow.utils.session import create_session
 
-    from tests.fixtures.airflow import DAGS_FOLDER
-
-    DagBundlesManager().sync_bundles_to_db()  # the bundle "dags-folder" that the DAGs belong to
-    sync_bag_to_db(DagBag(dag_folder=str(DAGS_FOLDER)), "dags-folder", None)
+    manager = DagBundlesManager()
+    manager.sync_bundles_to_db()  # the bundle "dags-folder" that the DAGs belong to
+    # Parsed as the dag processor and `dag.test()` parse it (relative to the bundle): the same serialized
+    # DAGs, so the runs later tests make in this metadata database find one version of each, not two.
+    (bundle,) = [bundle for bundle in manager.get_all_dag_bundles() if bundle.name == "dags-folder"]
+    if not bundle.is_initialized:
+        bundle.initialize()
+    bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+    sync_bag_to_db(bag, bundle.name, bundle.version)
     with create_session() as session:
         session.execute(
             DagModel.__table__.update().where(DagModel.dag_id == unpaused).values(is_paused=False)

@@ -216,7 +216,13 @@ def local_celery_settings(tmp_path: Path) -> dict[str, str]:
     local = _local_stack_env(tmp_path)
     celery = _local_stack_env(tmp_path, CLOUDAGENT_EXECUTOR="celery")
     assert set(local) <= set(celery), "the Celery stack drops a setting of the local one"
-    return {key: value for key, value in celery.items() if local.get(key) != value}
+    # The stack's own wrapper command (for pasted backfill commands) names its executor: not a deployment
+    # setting, compose and Helm run `airflow` itself.
+    return {
+        key: value
+        for key, value in celery.items()
+        if local.get(key) != value and key != "CLOUDAGENT_AIRFLOW_COMMAND"
+    }
 
 
 def _unchecked(url: str) -> str:

@@ -85,6 +85,9 @@ def test_the_readme_install_works_from_a_fresh_venv_and_airflow_home(tmp_path: P
             {"conn_type": "cloudagent", "host": "http://127.0.0.1:9", "login": "u", "password": "k"}
         ),
         "AIRFLOW_CONN_CLOUDAGENT_DB": f"sqlite:///{database}",
+        "AIRFLOW_CONN_CLOUDAGENT_PSEUDONYM": json.dumps(
+            {"conn_type": "generic", "password": os.environ["CLOUDAGENT_PSEUDONYM_KEY"]}
+        ),
         "AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS": '["Sales"]',
         **{k: v for k, v in os.environ.items() if k.startswith(("UV_", "PIP_", "SSL_", "REQUESTS_CA"))},
     }

@@ -57,6 +57,9 @@ def test_a_fresh_airflow_home_parses_and_runs_the_dag_with_only_the_documented_s
             }
         ),
         "AIRFLOW_CONN_CLOUDAGENT_DB": connection_uri(receiver.db_url),
+        "AIRFLOW_CONN_CLOUDAGENT_PSEUDONYM": json.dumps(
+            {"conn_type": "generic", "password": os.environ["CLOUDAGENT_PSEUDONYM_KEY"]}
+        ),
         "AIRFLOW_VAR_CLOUDAGENT_CAMPAIGNS": "Alpha,Beta",  # the comma-separated form works too
         "CLOUDAGENT_CALLBACK_BASE_URL": receiver.base_url,
     }

@@ -21,6 +21,7 @@ import pytest
 
 from cloudagent_dev.localstack import StackSettings, StackState
 from cloudagent_dev.processes import free_port, still_running
+from tests.timing import DEADLINE_S
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,7 @@ def test_make_airflow_then_airflow_stop_on_the_embedded_sqlite_default(tmp_path)
         assert f"login: admin / {state.admin_password()}" in output
         assert f"CloudAgent: the simulator on http://127.0.0.1:{settings.simulator_port}" in output
         assert "(account demo_user, demo_user_2)" in output
-        health = httpx.get(f"{state.airflow_url}/api/v2/monitor/health", timeout=10).json()
+        health = httpx.get(f"{state.airflow_url}/api/v2/monitor/health", timeout=DEADLINE_S).json()
         assert health["metadatabase"]["status"] == "healthy"
         assert (tmp_path / "airflow" / "airflow.db").exists()
         assert (tmp_path / "cloudagent.db").exists()
