@@ -50,5 +50,7 @@ def test_own_time_counts_blocking_but_not_the_wait_for_a_cpu() -> None:
     with tests.timing.own_time() as took:
         time.sleep(0.2)  # blocking, as a top-level network call would be: the code's own time
     assert 0.0 <= took.cpu_wait_s <= took.wall_s
-    assert took.own_s >= 0.19, took
+    # Most of the 0.2 s counts: the sleep is not subtracted. Not all of it on a busy machine: the kernel
+    # counted 0.02 s of run-queue wait inside a 0.202 s block at load ~17 (its wake-up and timer slack).
+    assert took.own_s >= 0.15, took
     assert str(took).endswith("waiting for a CPU)")
