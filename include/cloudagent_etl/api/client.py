@@ -233,15 +233,7 @@ class CloudAgentClient:
             )
         body = request.to_body(self.settings.timezone)
         window = f"{body['fromDate']}..{body['toDate']}"
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientError),
-            stop=tenacity.stop_after_attempt(self.retry.max_attempts)
-            | tenacity.stop_before_delay(self.retry.max_total_s),
-            wait=self._wait,
-            sleep=self.retry.sleep,
-            reraise=True,
-        )
-        for attempt in retrying:
+        for attempt in self._retrying():
             with attempt:
                 unique_id = self._attempt(
                     request,
@@ -251,6 +243,17 @@ class CloudAgentClient:
                     attempt.retry_state.attempt_number,
                 )
         return unique_id
+
+    def _retrying(self) -> tenacity.Retrying:
+        """Transient errors retried with backoff, within the attempts and the total time allowed."""
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientError),
+            stop=tenacity.stop_after_attempt(self.retry.max_attempts)
+            | tenacity.stop_before_delay(self.retry.max_total_s),
+            wait=self._wait,
+            sleep=self.retry.sleep,
+            reraise=True,
+        )
 
     def check_account(self, campaign_name: str) -> None:
         """Prove the apiKey, the userName and ``campaign_name`` without creating an export.
@@ -280,15 +283,7 @@ class CloudAgentClient:
             "userName": self.settings.user_name,
             "callBackUrl": "",
         }
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientError),
-            stop=tenacity.stop_after_attempt(self.retry.max_attempts)
-            | tenacity.stop_before_delay(self.retry.max_total_s),
-            wait=self._wait,
-            sleep=self.retry.sleep,
-            reraise=True,
-        )
-        for attempt in retrying:
+        for attempt in self._retrying():
             with attempt:
                 self._check_attempt(body, campaign_name, attempt.retry_state.attempt_number)
 
