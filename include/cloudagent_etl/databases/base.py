@@ -218,6 +218,12 @@ class Database(ABC):
     def json_fields_sql(self, column: str, fields: tuple[str, ...]) -> str:
         """SQL of the JSON object ``column`` holding only the keys ``fields`` (NULL when none is there)."""
 
+    def replace_view(self, conn: Connection, name: str, select_sql: str) -> None:
+        """Make the view ``name`` (again) as ``select_sql``, its columns unchanged. Here: drop and create
+        (views that depend on it are not enforced); a database that enforces them replaces it in place."""
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
+        conn.exec_driver_sql(f"CREATE VIEW {name} AS {select_sql}")
+
     def grant_analyst_access(self, conn: Connection, views: tuple[str, ...], role: str) -> None:
         """Let ``role`` (made if missing, no login) read ``views`` and nothing else of the schema; where the
         database has no roles, nothing."""

@@ -168,6 +168,10 @@ class PostgreSQL(Database):
             f"WHERE f.key IN ({names}))"
         )
 
+    def replace_view(self, conn: Connection, name: str, select_sql: str) -> None:
+        """``CREATE OR REPLACE VIEW``: views built on it (the dbt staging model) keep working."""
+        conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {name} AS {select_sql}")
+
     def grant_analyst_access(self, conn: Connection, views: tuple[str, ...], role: str) -> None:
         # Roles belong to the cluster: another database of it may make the same role at the same moment.
         conn.exec_driver_sql(

@@ -52,12 +52,11 @@ def analyst_fields(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
 
 
 def analyst_view_sql(conn: Connection, view: str, fields: tuple[str, ...]) -> str:
-    """``CREATE VIEW`` of one analyst view over its source, passing ``fields`` of ``extra`` through."""
+    """The ``SELECT`` of one analyst view over its source, passing ``fields`` of ``extra`` through."""
     source = ANALYST_VIEWS[view]
     custom = database_for(conn).json_fields_sql("extra", fields)
     passed_through = ", ".join(ANALYST_PASSED_THROUGH)
     return f"""
-        CREATE VIEW {view} AS
         SELECT account, campaign_name,
                CASE WHEN substr(record_key, 1, 7) = 'sha256:' THEN NULL ELSE record_key END AS lead_id,
                phone_pseudonym,
@@ -75,8 +74,7 @@ def analyst_view_sql(conn: Connection, view: str, fields: tuple[str, ...]) -> st
 def create_analyst_views(conn: Connection, fields: tuple[str, ...]) -> None:
     """(Re)make the analyst views with the allow-list ``fields``, then the analyst role's grants."""
     for view in ANALYST_VIEWS:
-        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view}")
-        conn.exec_driver_sql(analyst_view_sql(conn, view, fields))
+        database_for(conn).replace_view(conn, view, analyst_view_sql(conn, view, fields))
     grant_analyst_access(conn)
 
 
