@@ -11,11 +11,12 @@ The key is held outside the warehouse (the password of the Airflow connection ``
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 import phonenumbers
 import pyarrow as pa
@@ -40,7 +41,7 @@ class PhoneNumberError(ConfigurationError):
 class PseudonymKey:
     """The secret key of the pseudonyms; shows ``***`` wherever it is printed."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_inner", "_key", "_outer")
 
     def __init__(self, key: str) -> None:
         if len(key.strip()) < MIN_KEY_CHARS:
@@ -50,6 +51,7 @@ class PseudonymKey:
                 "`openssl rand -hex 32`"
             )
         self._key = key.strip().encode()
+        self._inner, self._outer = _hmac_pads(self._key)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PseudonymKey:
@@ -65,8 +67,16 @@ class PseudonymKey:
         return cls(value)
 
     def pseudonym(self, e164: str) -> str:
-        """HMAC-SHA256 of the E.164 number, hex (64 characters)."""
-        return hmac.digest(self._key, e164.encode(), "sha256").hex()
+        """HMAC-SHA256 of the E.164 number, hex (64 characters).
+
+        From copies of the hash states after the key's two pads (RFC 2104): half the CPU of
+        ``hmac.digest``, which hashes the pads again for every number (a load hashes one per row).
+        """
+        inner = self._inner.copy()
+        inner.update(e164.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     def pseudonyms(self, e164: pa.Array) -> pa.Array:
         """The pseudonym of each number of an Arrow text array (NULL stays NULL); one HMAC per distinct."""
@@ -84,6 +94,18 @@ class PseudonymKey:
 
     def __hash__(self) -> int:
         return hash(self._key)
+
+
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after the inner and the outer pad of ``key`` (RFC 2104)."""
+    block = hashlib.sha256().block_size
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\0")
+    return (
+        hashlib.sha256(bytes(byte ^ 0x36 for byte in key)),
+        hashlib.sha256(bytes(byte ^ 0x5C for byte in key)),
+    )
 
 
 def phone_region(env: Mapping[str, str] | None = None) -> str:

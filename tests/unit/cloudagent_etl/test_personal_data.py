@@ -61,6 +61,15 @@ def test_the_pseudonym_is_hmac_sha256_of_the_e164_number_and_stable() -> None:
     assert PseudonymKey(SECRET + "x").pseudonym("+919876543210") != expected
 
 
+@pytest.mark.parametrize("length", [16, 63, 64, 65, 200])
+def test_the_pseudonym_is_rfc_2104_hmac_for_keys_shorter_and_longer_than_a_block(length: int) -> None:
+    """The pads are hashed once per key; a key longer than SHA-256's 64-byte block is hashed first."""
+    secret = ("key-" * 60)[:length]
+    for number in ("+919876543210", "+14155550100", ""):
+        expected = hmac.new(secret.encode(), number.encode(), hashlib.sha256).hexdigest()
+        assert PseudonymKey(secret).pseudonym(number) == expected
+
+
 def test_a_column_is_parsed_and_hashed_once_per_distinct_value() -> None:
     raw = pa.array(["9876543210", "098765-43210", None, "junk", "9876543210"])
     e164 = e164_array(raw, "IN")
