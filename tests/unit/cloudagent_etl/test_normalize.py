@@ -171,12 +171,19 @@ def test_every_alias_maps_in_every_case_variant(variant: str, transform: Any) ->
             assert only["extra"] is None, (variant, alias)
 
 
-@pytest.mark.parametrize("marker", ["", "None", "null", "NA", " none ", "NULL"])
+@pytest.mark.parametrize("marker", ["", "None", "null", "NA", " none ", "NULL", "\tnUlL\r\n", "   "])
 def test_null_markers_become_null(marker: str) -> None:
     record = dict(FULL_RECORD, Name=marker, Skill=marker, Duration=marker, Attempts=marker, StartTime=marker)
     [only] = rows_of(normalize_one(json.dumps([record]).encode()))
     assert only["customer_name"] is only["skill"] is only["call_duration_s"] is None
     assert only["attempts"] is only["call_started_at"] is None
+
+
+@pytest.mark.parametrize("text", ["n/a", "NaN", "nul", "none of it", "\u00a0null", "\u000bnull", "0"])
+def test_text_that_only_resembles_a_null_marker_is_kept(text: str) -> None:
+    """The blanks around a marker are ASCII ones; a no-break space or a vertical tab is text."""
+    [only] = rows_of(normalize_one(json.dumps([dict(FULL_RECORD, Name=text, Skill=text)]).encode()))
+    assert only["customer_name"] == only["skill"] == text
 
 
 @pytest.mark.parametrize(
