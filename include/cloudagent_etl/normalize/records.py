@@ -36,6 +36,7 @@ from cloudagent_etl.normalize.columns import (
     EARLIEST_TIME,
     FIELD_ALIASES,
     FUTURE_TOLERANCE,
+    KEY_COLUMNS,
     MAX_COLUMNAR_EXTRA_FIELDS,
     MAX_EXTRA_CHARS,
     MAX_INTEGER,
@@ -98,6 +99,8 @@ class NormalizedBatch:
     rejects: pd.DataFrame
     records_in: int
     erased: int = 0
+    #: A 64-bit hash of each row's key (``KEY_COLUMNS``), in the rows' order.
+    key_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
 
 def hashed_record_key(campaign_name: str, phone_number: str, created_at: pd.Timestamp) -> str:
@@ -285,9 +288,11 @@ def normalize_records(
     if rules.suppressed and reject_rows:
         reject_rows, erased_count = _without_erased(reject_rows, rules, erased_count)
     left_out = rejected | erased
-    kept_rows = _latest_per_version(frame[~left_out] if left_out.any() else frame)
+    kept_rows, key_hashes = _latest_per_version(frame[~left_out] if left_out.any() else frame)
     rejects = pd.DataFrame(sorted(reject_rows), columns=list(REJECT_COLUMNS)).astype({"position": "int64"})
-    return NormalizedBatch(rows=kept_rows, rejects=rejects, records_in=len(records), erased=erased_count)
+    return NormalizedBatch(
+        rows=kept_rows, rejects=rejects, records_in=len(records), erased=erased_count, key_hashes=key_hashes
+    )
 
 
 def _without_erased(
@@ -442,15 +447,27 @@ def _identity_reasons(
     reasons.add(record_key.isna().to_numpy(), "record_key: no lead id, and no phone number + created time")
 
 
-def _latest_per_version(rows: pd.DataFrame) -> pd.DataFrame:
-    """Keep the last row per (key, updated_at); ``is_latest`` marks the greatest (updated_at, position)."""
-    keys = ["campaign_name", "record_key"]
+def _latest_per_version(rows: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Keep the last row per (key, updated_at); ``is_latest`` marks the greatest (updated_at, position).
+    Returns the kept rows and their key hashes.
+
+    A batch whose key hashes are all distinct (the usual one: a lead appears once per export) has every
+    row latest, without a sort; equal hashes (a key twice, or a collision) take the sort, which is exact.
+    """
+    keys = list(KEY_COLUMNS)
+    hashes = _key_hashes(rows)
+    if len(np.unique(hashes)) == len(hashes):
+        return rows.reset_index()[[*ROW_COLUMNS, "position"]].assign(is_latest=True), hashes
     order = rows[[*keys, "updated_at"]].reset_index().sort_values(["updated_at", "position"], kind="stable")
     last_of_version = order[~order.duplicated([*keys, "updated_at"], keep="last")]
     latest = last_of_version["position"][~last_of_version.duplicated(keys, keep="last")]
     kept = rows.loc[np.sort(last_of_version["position"].to_numpy())]
     kept = kept.assign(is_latest=kept.index.isin(latest.to_numpy()))
-    return kept.reset_index()[[*ROW_COLUMNS, "position", "is_latest"]]
+    return kept.reset_index()[[*ROW_COLUMNS, "position", "is_latest"]], _key_hashes(kept)
+
+
+def _key_hashes(rows: pd.DataFrame) -> np.ndarray:
+    return pd.util.hash_pandas_object(rows[list(KEY_COLUMNS)], index=False).to_numpy()
 
 
 def normalize_payload(

@@ -180,16 +180,16 @@ def prepare_batch(
     account: str,
     lock: Callable[[pd.DataFrame], None] | None = None,
 ) -> StagedBatch:
-    """The client-side work of merging ``batch``: the rows under ``account``, their key hashes (within one
-    account) and the database's staged form of them (``stage``: :meth:`WarehouseMerge.stage`), after
-    ``lock`` took the locks of the rows' lock values the load does not hold yet."""
+    """The client-side work of merging ``batch``: the rows under ``account`` and the database's staged form
+    of them (``stage``: :meth:`WarehouseMerge.stage`, given normalize's key hashes: keys within one
+    account), after ``lock`` took the locks of the rows' lock values the load does not hold yet."""
     if batch.rows.empty:
         return StagedBatch(batch.rows, batch.rejects, batch.records_in, batch.erased, 0, None, None)
     rows = batch.rows.assign(account=account)
     if lock is not None:
         lock(rows)
-    hashes = pd.util.hash_pandas_object(batch.rows[["campaign_name", "record_key"]], index=False).to_numpy()
     latest = int(rows["is_latest"].sum())
+    hashes = batch.key_hashes
     return StagedBatch(
         rows, batch.rejects, batch.records_in, batch.erased, latest, hashes, stage(rows, hashes)
     )

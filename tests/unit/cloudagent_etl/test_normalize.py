@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -275,6 +276,29 @@ def test_in_payload_duplicates_keep_the_latest_updated_at_and_drop_repeats_of_a_
     batch = normalize_one(json.dumps([v1, v3, v2, v2_again]).encode())
     got = [(r["position"], r["disposition"], r["is_latest"]) for r in rows_of(batch)]
     assert got == [(0, "first", False), (1, "third", True), (3, "second, as sent again", False)]
+    assert_key_hashes_are_the_rows(batch)
+
+
+def test_a_batch_of_distinct_keys_is_latest_throughout_and_hashes_its_keys() -> None:
+    records = [dict(FULL_RECORD, DataUniqueId=f"lead-{n}", Disposition=str(n)) for n in (3, 1, 2)]
+    records.append(dict(FULL_RECORD, DataUniqueId="lead-1", CampaignName="Other"))  # another campaign's lead
+    batch = normalize_one(json.dumps(records).encode())
+    assert [(r["position"], r["campaign_name"], r["record_key"], r["is_latest"]) for r in rows_of(batch)] == [
+        (0, FULL_RECORD["CampaignName"], "lead-3", True),
+        (1, FULL_RECORD["CampaignName"], "lead-1", True),
+        (2, FULL_RECORD["CampaignName"], "lead-2", True),
+        (3, "Other", "lead-1", True),
+    ]
+    assert_key_hashes_are_the_rows(batch)
+
+
+def assert_key_hashes_are_the_rows(batch: NormalizedBatch) -> None:
+    """The hashes normalize gives the load are those of the rows' keys, row by row."""
+    keys = batch.rows[["campaign_name", "record_key"]]
+    expected = pd.util.hash_pandas_object(keys, index=False).to_numpy()
+    assert batch.key_hashes.dtype == np.uint64
+    assert batch.key_hashes.tolist() == expected.tolist()
+    assert len(set(expected.tolist())) == len(keys.drop_duplicates())
 
 
 def test_unknown_fields_go_to_extra_per_row_and_shadowed_aliases_too() -> None:
