@@ -183,7 +183,7 @@ def child_load(url: str, payload_id: int, *, pseudonyms: bool = True) -> None:
         from cloudagent_etl.personal_data.phones import PseudonymKey
 
         normalize_records_module.e164_array = lambda raw, _region: pa.nulls(len(raw), pa.string())  # type: ignore[assignment]
-        PseudonymKey.pseudonyms = lambda _self, e164: pa.nulls(len(e164), pa.string())  # type: ignore[method-assign]
+        PseudonymKey.pseudonyms = lambda _self, e164: pa.nulls(len(e164), pa.string())  # type: ignore[method-assign,assignment]
     engine = create_db_engine(url)
     cpu_before = client_cpu_seconds()
     started = time.perf_counter()
@@ -493,6 +493,11 @@ def pseudonym_overhead(
 
 
 # ---------------------------------------------------------------------------------------------- breakdown
+def lock_of(merge: Any) -> Callable[[Any], None]:
+    """What the load's producer does before staging rows: take the locks they need (no merge in flight)."""
+    return lambda rows: merge.lock(merge.unlocked(rows))
+
+
 def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, float]:
     """CPU seconds per 100k records of each step, run one after the other in this process (no overlap).
 
@@ -502,7 +507,7 @@ def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, 
     connection in a transaction of its own (committed, as the benchmark's loads are).
     """
     from cloudagent_etl import normalize
-    from cloudagent_etl.databases.postgresql import PostgresMerge
+    from cloudagent_etl.databases.postgresql import BinaryCopy
     from cloudagent_etl.warehouse import load
 
     scale = 100_000 / count
@@ -516,19 +521,19 @@ def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, 
     first = list(normalize.normalize_payload(body, "application/json", timezone="Asia/Kolkata"))
     figures["client_typing"] = client_cpu_seconds() - started - figures["client_parse"]
     reloads = list(normalize.normalize_payload(newer, "application/json", timezone="Asia/Kolkata"))
-    copy = PostgresMerge._copy
+    copy = BinaryCopy.write
     copy_cpu: dict[str, float] = {}
 
-    def measured_copy(merge: PostgresMerge, table: str, columns: tuple[str, ...], csv: bytes) -> None:
-        pid = merge.conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+    def measured_copy(binary_copy: BinaryCopy, data: bytes) -> None:
+        pid = binary_copy.conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
         before = process_cpu_seconds(pid)
-        copy(merge, table, columns, csv)
-        copy_cpu[table] = copy_cpu.get(table, 0.0) + process_cpu_seconds(pid) - before
+        copy(binary_copy, data)
+        copy_cpu[binary_copy.table] = copy_cpu.get(binary_copy.table, 0.0) + process_cpu_seconds(pid) - before
 
     with scratch_database("postgresql", admin, pg_server, Path(), "breakdown") as url:
         migrate(url)
         engine = create_db_engine(url)
-        PostgresMerge._copy = measured_copy  # type: ignore[method-assign,assignment]
+        BinaryCopy.write = measured_copy  # type: ignore[method-assign,assignment]
         try:
             phases = (("first_load", first), ("reload_unchanged", first), ("reload_50pct_newer", reloads))
             for run, (phase, batches) in enumerate(phases, start=1):
@@ -543,12 +548,7 @@ def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, 
                     merge_rows = merger.merge_rows
                     for batch in batches:
                         client_before = client_cpu_seconds()
-                        staged = load.prepare_batch(
-                            batch,
-                            merge_rows.stage,
-                            "bench",
-                            lambda rows, merge=merge_rows: merge.lock(merge.unlocked(rows)),
-                        )
+                        staged = load.prepare_batch(batch, merge_rows.stage, "bench", lock_of(merge_rows))
                         stage_cpu += client_cpu_seconds() - client_before
                         merger.merge(staged)
                     merger.finish()
@@ -559,7 +559,7 @@ def breakdown(pg_server: str, admin: Engine, count: int = 100_000) -> dict[str, 
                 figures[f"server_{phase}_copy_stage"] = copy_cpu.get(load.MERGE_SPEC.stage, 0.0)
                 figures[f"server_{phase}_merge"] = total - copies
         finally:
-            PostgresMerge._copy = copy  # type: ignore[method-assign]
+            BinaryCopy.write = copy  # type: ignore[method-assign]
             engine.dispose()
     return {name: value * scale for name, value in figures.items()}
 

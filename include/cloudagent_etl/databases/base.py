@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Column, Connection, Engine, Table, select
+from sqlalchemy import Column, Connection, Engine, Select, Table, select
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
@@ -217,6 +217,11 @@ class Database(ABC):
     @abstractmethod
     def json_fields_sql(self, column: str, fields: tuple[str, ...]) -> str:
         """SQL of the JSON object ``column`` holding only the keys ``fields`` (NULL when none is there)."""
+
+    def read_bytes(self, conn: Connection, statement: Select[Any]) -> bytes | None:
+        """The one binary value ``statement`` selects (None without a row; more than one row is an error)."""
+        value = conn.execute(statement).scalar_one_or_none()
+        return None if value is None else bytes(value)
 
     def replace_view(self, conn: Connection, name: str, select_sql: str) -> None:
         """Make the view ``name`` (again) as ``select_sql``, its columns unchanged. Here: drop and create

@@ -9,16 +9,16 @@ small callback is stored in one statement), and a warehouse merge that ``COPY``-
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, Table, create_engine, text
+from sqlalchemy import Connection, Engine, Select, Table, create_engine, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import MultipleResultsFound
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeEngine
 
@@ -168,6 +168,18 @@ class PostgreSQL(Database):
             f"WHERE f.key IN ({names}))"
         )
 
+    def read_bytes(self, conn: Connection, statement: Select[Any]) -> bytes | None:
+        """Fetched in binary: in text a ``bytea`` comes as hex, twice its size, encoded by the server and
+        decoded here (a landed body of 51 MB: 0.19 client + 0.25 server CPU-s in text, 0.05 + 0.10 so)."""
+        compiled = statement.compile(dialect=conn.dialect)
+        driver_connection: Any = conn.connection.driver_connection
+        with driver_connection.cursor(binary=True) as cursor:
+            cursor.execute(str(compiled), compiled.params)
+            rows = cursor.fetchmany(2)
+        if len(rows) > 1:
+            raise MultipleResultsFound(f"more than one row: {compiled}")
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def replace_view(self, conn: Connection, name: str, select_sql: str) -> None:
         """``CREATE OR REPLACE VIEW``: views built on it (the dbt staging model) keep working."""
         conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {name} AS {select_sql}")
@@ -211,12 +223,12 @@ class PostgreSQL(Database):
 
 @dataclass(frozen=True)
 class StagedRows:
-    """A batch as :class:`PostgresMerge` copies it: CSV for the current table (rows whose key is new) and
-    CSV for the stage (the others), with the row counts the merge needs."""
+    """A batch as :class:`PostgresMerge` copies it, in ``COPY``'s binary format: the rows whose key is new
+    (for the current table) and the others (for the stage), with the row counts the merge needs."""
 
-    new_keys_csv: bytes
+    new_keys_copy: bytes
     new_keys: int
-    stage_csv: bytes
+    stage_copy: bytes
     staged: int
     staged_latest: int
 
@@ -233,7 +245,7 @@ def _literal(value: str) -> str:
 
 class PostgresMerge(WarehouseMerge):
     """Per batch: the latest version of each key known to be new is ``COPY``-ed straight into the current
-    table (CSV written by pyarrow, naive UTC times, the session in UTC; ordered by key). A key is known
+    table (binary ``COPY`` encoded from Arrow by pgpq, ordered by key). A key is known
     to be new when its lock value (account, campaign) had no row when the load took its lock (the lock
     keeps every other load out until commit) and no earlier batch of the payload had the key (a filter
     of the keys seen: a false "seen" only sends a row the slower way, a new key is never missed).
@@ -253,6 +265,8 @@ class PostgresMerge(WarehouseMerge):
         # estimate includes the cost of the nested loop it must use: see merge()).
         conn.exec_driver_sql("SET LOCAL jit = off")
         conn.exec_driver_sql(_stage_ddl(spec))
+        self.current_copy = BinaryCopy(conn, spec.current, (*spec.row_columns, *spec.lineage_columns))
+        self.stage_copy = BinaryCopy(conn, spec.stage, spec.stage_columns)
         self.params = dict(self.lineage)
         self.merge_sql = text(_merge_sql(spec))
         self.superseded_sql = text(
@@ -311,16 +325,16 @@ class PostgresMerge(WarehouseMerge):
         for column in spec.lineage_columns:
             value = self.lineage[column]
             if isinstance(value, datetime):
-                value = pa.scalar(value.astimezone(UTC).replace(tzinfo=None), pa.timestamp("us"))
+                value = pa.scalar(value.astimezone(UTC), pa.timestamp("us", "UTC"))
             new_keys = new_keys.append_column(column, pa.repeat(value, new_keys.num_rows))
         order = pc.sort_indices(new_keys, sort_keys=[(column, "ascending") for column in spec.key])
         new_keys = new_keys.take(order)
         staged = table.filter(pa.array(~new_key))
         latest = pc.sum(staged.column("is_latest")).as_py() or 0
         return StagedRows(
-            new_keys_csv=_csv(new_keys),
+            new_keys_copy=self.current_copy.encode(new_keys),
             new_keys=new_keys.num_rows,
-            stage_csv=_csv(staged),
+            stage_copy=self.stage_copy.encode(staged),
             staged=staged.num_rows,
             staged_latest=latest,
         )
@@ -328,12 +342,11 @@ class PostgresMerge(WarehouseMerge):
     def merge(self, rows: pd.DataFrame, staged: Any, latest: int) -> MergeCounts:
         inserted = updated = 0
         if staged.new_keys:
-            columns = (*self.spec.row_columns, *self.spec.lineage_columns)
-            self._copy(self.spec.current, columns, staged.new_keys_csv)
+            self.current_copy.write(staged.new_keys_copy)
             inserted += staged.new_keys
         if not staged.staged:
             return MergeCounts(inserted=inserted, updated=updated)
-        self._copy(self.spec.stage, self.spec.stage_columns, staged.stage_csv)
+        self.stage_copy.write(staged.stage_copy)
         older = None
         if staged.staged_latest:
             # Without nested loops while the trigger moving replaced rows is planned: it joins its
@@ -358,12 +371,92 @@ class PostgresMerge(WarehouseMerge):
         # Dropped on commit anyway; dropped now so that another merge may follow in the same transaction.
         self.conn.exec_driver_sql(f"DROP TABLE {self.spec.stage}")
 
-    def _copy(self, table: str, columns: tuple[str, ...], csv: bytes) -> None:
+
+class BinaryCopy:
+    """``COPY table (columns) FROM STDIN (FORMAT binary)`` of Arrow tables, encoded by pgpq.
+
+    Binary ``COPY`` needs the exact type of every column (an ``integer`` is 4 bytes, a ``bigint`` 8), so the
+    encoder is made from the table's own column types, read from the catalog when the merge starts; a
+    column of a type not encoded here fails there, naming it. Against pyarrow's CSV on 100k new
+    ``dial_status`` rows: the server's ``COPY`` ~30 % less CPU (no text parsing of times and numbers), the
+    client's encoding ~40 % less, the stored rows the same.
+    """
+
+    def __init__(self, conn: Connection, table: str, columns: tuple[str, ...]) -> None:
+        self.conn = conn
+        self.table = table
+        self.columns = columns
+        self.sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
+        found = conn.execute(text(_COLUMN_TYPES), {"table": table})
+        types: dict[str, str] = {name: kind for name, kind in found}
+        unsupported = [
+            f"{column} ({types.get(column, 'no such column')})"
+            for column in columns
+            if types.get(column, "") not in _BINARY_ENCODERS
+        ]
+        if unsupported:
+            raise RuntimeError(f"{table}: no binary COPY for {', '.join(unsupported)}")
+        self.pg_types = {column: types[column] for column in columns}
+
+    def encode(self, table: pa.Table) -> bytes:
+        """The ``columns`` of ``table`` (of Arrow types that cast to the columns' own) in the binary form."""
+        import pgpq
+
+        typed = self._typed(table)
+        encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(
+            typed.schema, {field.name: self._encoder(field) for field in typed.schema}
+        )
+        pieces = [encoder.write_header(), *map(encoder.write_batch, typed.to_batches()), encoder.finish()]
+        return b"".join(pieces)
+
+    def write(self, data: bytes) -> None:
         driver_connection: Any = self.conn.connection.driver_connection
-        with driver_connection.cursor() as cursor:
-            copy_sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT csv)"
-            with cursor.copy(copy_sql) as copy:
-                copy.write(csv)
+        with driver_connection.cursor() as cursor, cursor.copy(self.sql) as copy:
+            copy.write(data)
+
+    def _typed(self, table: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        arrow_types = {
+            "large_string": pa.large_string(),
+            "int32": pa.int32(),
+            "int64": pa.int64(),
+            "bool": pa.bool_(),
+            "utc_us": pa.timestamp("us", "UTC"),  # timestamptz's binary form: microseconds since 2000
+        }
+        return pa.table(
+            {
+                column: table.column(column).cast(arrow_types[_BINARY_ENCODERS[self.pg_types[column]][0]])
+                for column in self.columns
+            }
+        )
+
+    def _encoder(self, field: pa.Field) -> Any:
+        import pgpq.encoders
+        import pgpq.schema
+
+        pg_type = self.pg_types[field.name]
+        builder = getattr(pgpq.encoders, _BINARY_ENCODERS[pg_type][1])
+        if pg_type == "jsonb":
+            return builder.new_with_output(field, pgpq.schema.Jsonb())
+        return builder(field)
+
+
+#: SQL of a table's column types, as ``format_type`` names them.
+_COLUMN_TYPES = (
+    "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+    "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped"
+)
+#: Per PostgreSQL column type the binary COPY writes: the Arrow type a column is cast to, pgpq's encoder.
+_BINARY_ENCODERS = {
+    "text": ("large_string", "LargeStringEncoderBuilder"),
+    "character varying": ("large_string", "LargeStringEncoderBuilder"),
+    "jsonb": ("large_string", "LargeStringEncoderBuilder"),
+    "integer": ("int32", "Int32EncoderBuilder"),
+    "bigint": ("int64", "Int64EncoderBuilder"),
+    "boolean": ("bool", "BooleanEncoderBuilder"),
+    "timestamp with time zone": ("utc_us", "TimestampMicrosecondEncoderBuilder"),
+}
 
 
 class _SeenKeys:
@@ -393,21 +486,10 @@ class _SeenKeys:
 
 
 def arrow_rows(rows: pd.DataFrame, spec: MergeSpec) -> pa.Table:
-    """The rows' stage columns as an Arrow table, times naive UTC (the session zone is UTC)."""
+    """The rows' stage columns as an Arrow table."""
     import pyarrow as pa  # the load's dependencies, never the receiver's or the triggerer's
 
-    naive = rows.assign(
-        **{column: rows[column].dt.tz_convert(None) for column in spec.columns_of_kind("time")}
-    )
-    return pa.Table.from_pandas(naive[list(spec.stage_columns)], preserve_index=False)
-
-
-def _csv(table: pa.Table) -> bytes:
-    import pyarrow.csv as pa_csv
-
-    buffer = io.BytesIO()
-    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False))
-    return buffer.getvalue()
+    return pa.Table.from_pandas(rows[list(spec.stage_columns)], preserve_index=False)
 
 
 def _stage_ddl(spec: MergeSpec) -> str:

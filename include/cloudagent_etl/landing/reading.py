@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
 
+from cloudagent_etl.databases import database_for
 from cloudagent_etl.errors import PayloadError
 from cloudagent_etl.landing.lifecycle import mark_loaded
 from cloudagent_etl.landing.schema import callback_payload_chunks, callback_payloads, export_requests
@@ -119,19 +120,21 @@ def iter_payload_body(conn: Connection, payload_id: int) -> Iterator[bytes]:
     ).scalar_one_or_none()
     if size is None:
         raise PayloadError(f"callback payload {payload_id} does not exist")
+    database = database_for(conn)
     total = 0
     seq = 0
     while total < size:
-        data = conn.execute(
+        data = database.read_bytes(
+            conn,
             select(callback_payload_chunks.c.data).where(
                 callback_payload_chunks.c.payload_id == payload_id, callback_payload_chunks.c.seq == seq
-            )
-        ).scalar_one_or_none()
+            ),
+        )
         if data is None:
             break
         total += len(data)
         seq += 1
-        yield bytes(data)
+        yield data
     if total != size:
         raise PayloadError(f"callback payload {payload_id} is incomplete: {total} of {size} bytes stored")
 

@@ -8,7 +8,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Column, Engine, Integer, MetaData, Table, Text, insert, select, text
+from sqlalchemy import Column, Engine, Integer, LargeBinary, MetaData, Table, Text, insert, select, text
+from sqlalchemy.exc import MultipleResultsFound
 
 from cloudagent_etl.databases import (
     DATABASES,
@@ -117,6 +118,30 @@ def test_a_locked_row_makes_a_second_writer_wait_until_the_first_commits(db_url:
         engine.dispose()
     assert order == ["first commits", "second locked"]
     assert seen == "call-1"
+
+
+def test_read_bytes_gives_every_byte_value_back_none_without_a_row_and_refuses_two(engine: Engine) -> None:
+    """On PostgreSQL the value comes in binary, not as hex text: every byte, a NUL and a high one too."""
+    table = Table(
+        "blobs",
+        MetaData(),
+        Column("key", Integer, primary_key=True),
+        Column("data", LargeBinary),
+        Column("g", Integer),
+    )
+    table.create(engine)
+    every_byte = bytes(range(256)) * 4097  # over 1 MB
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{"key": 1, "data": every_byte, "g": 1}, {"key": 2, "data": b"", "g": 1}])
+        conn.execute(insert(table), [{"key": 3, "data": None, "g": 2}])
+    database = database_for(engine)
+    with engine.connect() as conn:
+        assert database.read_bytes(conn, select(table.c.data).where(table.c.key == 1)) == every_byte
+        assert database.read_bytes(conn, select(table.c.data).where(table.c.key == 2)) == b""
+        assert database.read_bytes(conn, select(table.c.data).where(table.c.key == 3)) is None
+        assert database.read_bytes(conn, select(table.c.data).where(table.c.key == 4)) is None
+        with pytest.raises(MultipleResultsFound):
+            database.read_bytes(conn, select(table.c.data).where(table.c.g == 1))
 
 
 def test_a_raw_time_compares_equal_to_the_stored_one(engine: Engine) -> None:
