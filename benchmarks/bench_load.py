@@ -207,18 +207,24 @@ def run_load(url: str, payload_id: int, *, pseudonyms: bool = True) -> dict[str,
 
 
 def pg_reference(url: str, count: int) -> dict[str, float]:
-    """COPY the final dial_status rows into tables with the same key (and with every index)."""
+    """COPY the final dial_status rows into tables with the same key, and of the same shape (every index
+    and the trigger), in CSV; and into the same shape in binary (the format the load copies in)."""
     engine = create_db_engine(url)
     figures = {}
-    with tempfile.TemporaryFile() as csv:
+    with tempfile.TemporaryFile() as csv, tempfile.TemporaryFile() as binary:
         with engine.connect() as conn:
             raw: Any = conn.connection.driver_connection
-            with raw.cursor() as cursor, cursor.copy("COPY dial_status TO STDOUT (FORMAT csv)") as copy:
-                for data in copy:
-                    csv.write(data)
-        for name, like in (
-            ("reference_pk", "INCLUDING DEFAULTS"),
-            ("reference_all_indexes", "INCLUDING ALL"),
+            for file, format_ in ((csv, "csv"), (binary, "binary")):
+                with (
+                    raw.cursor() as cursor,
+                    cursor.copy(f"COPY dial_status TO STDOUT (FORMAT {format_})") as copy,
+                ):
+                    for data in copy:
+                        file.write(data)
+        for name, like, file, format_ in (
+            ("reference_pk", "INCLUDING DEFAULTS", csv, "csv"),
+            ("reference_all_indexes", "INCLUDING ALL", csv, "csv"),
+            ("reference_all_indexes_binary", "INCLUDING ALL", binary, "binary"),
         ):
             with engine.begin() as conn:
                 conn.exec_driver_sql(f"CREATE TABLE {name} (LIKE dial_status {like})")
@@ -230,12 +236,15 @@ def pg_reference(url: str, count: int) -> dict[str, float]:
                         "REFERENCING OLD TABLE AS replaced NEW TABLE AS replacing "
                         "FOR EACH STATEMENT EXECUTE FUNCTION dial_status_keep_replaced()"
                     )
-            csv.seek(0)
+            file.seek(0)
             started = time.perf_counter()
             with engine.begin() as conn:
                 raw = conn.connection.driver_connection
-                with raw.cursor() as cursor, cursor.copy(f"COPY {name} FROM STDIN (FORMAT csv)") as copy:
-                    while data := csv.read(8 * 1024 * 1024):
+                with (
+                    raw.cursor() as cursor,
+                    cursor.copy(f"COPY {name} FROM STDIN (FORMAT {format_})") as copy,
+                ):
+                    while data := file.read(8 * 1024 * 1024):
                         copy.write(data)
             figures[name] = count / (time.perf_counter() - started)
     engine.dispose()
@@ -358,6 +367,11 @@ def bench(database: str, url: str, count: int, workdir: Path) -> list[dict[str, 
                 **{f"{name}_rows_per_s": value for name, value in reference.items()},
                 "ratio": rows_per_s / reference["reference_pk"],
                 "ratio_to_same_shape": rows_per_s / same_shape,
+                **(
+                    {"ratio_to_same_shape_binary": rows_per_s / reference["reference_all_indexes_binary"]}
+                    if "reference_all_indexes_binary" in reference
+                    else {}
+                ),
                 "client_cpu_s_per_100k": load["client_cpu_s"] * 100_000 / count,
                 "server_cpu_s_per_100k": load["server_cpu_s"] * 100_000 / count,
                 "load_avg_1m": load["load_avg_1m"],
@@ -392,11 +406,13 @@ MEDIAN_FIGURES = (
     "rows_per_s",
     "ratio",
     "ratio_to_same_shape",
+    "ratio_to_same_shape_binary",
     "peak_rss_mb",
     "client_cpu_s_per_100k",
     "server_cpu_s_per_100k",
     "reference_pk_rows_per_s",
     "reference_all_indexes_rows_per_s",
+    "reference_all_indexes_binary_rows_per_s",
 )
 
 
@@ -931,13 +947,15 @@ def main() -> None:
 def print_row(row: dict[str, Any]) -> None:
     header = (
         f"{'database':<11}{'scenario':<24}{'records':>9}{'seconds':>8}{'rows/s':>8}{'ref PK':>8}"
-        f"{'ratio':>6}{'ref same shape':>15}{'ratio':>6}{'RSS MB':>7}{'CPU/100k cl+srv':>16}{'load':>5}"
+        f"{'ratio':>6}{'ref same shape':>15}{'ratio':>6}{'binary':>7}{'ratio':>6}{'RSS MB':>7}{'CPU/100k cl+srv':>16}{'load':>5}"
         f"{'runs':>5}  (medians; load: the 1-min average, greatest of the runs)"
     )
     if not getattr(print_row, "printed", False):
         print(header)
         print_row.printed = True  # type: ignore[attr-defined]
     same_shape = row.get("reference_all_indexes_rows_per_s")
+    binary = row.get("reference_all_indexes_binary_rows_per_s")
+    binary_ratio = row.get("ratio_to_same_shape_binary")
     cpu = f"{row['client_cpu_s_per_100k']:.2f}+{row['server_cpu_s_per_100k']:.2f}"
     runs = row.get("runs", 1)
     flags = (
@@ -952,6 +970,7 @@ def print_row(row: dict[str, Any]) -> None:
         f"{row['database']:<11}{row['scenario']:<24}{row['records']:>9}{row['seconds']:>8.1f}"
         f"{row['rows_per_s']:>8.0f}{row['reference_pk_rows_per_s']:>8.0f}{row['ratio']:>6.2f}"
         f"{(f'{same_shape:.0f}' if same_shape else '-'):>15}{row['ratio_to_same_shape']:>6.2f}"
+        f"{(f'{binary:.0f}' if binary else '-'):>7}{(f'{binary_ratio:.2f}' if binary_ratio else '-'):>6}"
         f"{row['peak_rss_mb']:>7.0f}{cpu:>16}{row['load_avg_1m']:>5.1f}{runs:>5}{flags}",
         flush=True,
     )
