@@ -947,7 +947,8 @@ def main() -> None:
 def print_row(row: dict[str, Any]) -> None:
     header = (
         f"{'database':<11}{'scenario':<24}{'records':>9}{'seconds':>8}{'rows/s':>8}{'ref PK':>8}"
-        f"{'ratio':>6}{'ref same shape':>15}{'ratio':>6}{'binary':>7}{'ratio':>6}{'RSS MB':>7}{'CPU/100k cl+srv':>16}{'load':>5}"
+        f"{'ratio':>6}{'ref same shape':>15}{'ratio':>6}{'binary':>7}{'ratio':>6}{'RSS MB':>7}"
+        f"{'CPU/100k cl+srv':>16}{'load':>5}"
         f"{'runs':>5}  (medians; load: the 1-min average, greatest of the runs)"
     )
     if not getattr(print_row, "printed", False):

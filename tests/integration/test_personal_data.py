@@ -489,23 +489,38 @@ def test_the_analyst_role_reads_the_views_and_nothing_that_holds_a_number(
             conn.rollback()
 
 
-def test_the_allow_list_passes_only_its_custom_fields(
+def test_the_allow_list_passes_only_its_custom_fields_and_views_built_on_it_keep_working(
     receiver: ReceiverHandle, receiver_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A view over the analyst view (dbt's staging model is one) does not stop the allow-list from changing:
+    PostgreSQL refuses to drop a view another depends on, so the analyst views are replaced in place."""
     from cloudagent_etl.personal_data.analyst import analyst_fields, create_analyst_views
 
     engine = receiver_engine
     land_everything(receiver, engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE VIEW downstream_model AS SELECT lead_id, custom_fields FROM analyst_dial_status"
+        )
     monkeypatch.setenv("CLOUDAGENT_ANALYST_FIELDS", "City, Missing")
-    with engine.begin() as conn:
-        create_analyst_views(conn, analyst_fields())
-    with engine.connect() as conn:
-        values = conn.execute(text("SELECT custom_fields FROM analyst_dial_status")).scalars().all()
-    parsed = [value if isinstance(value, dict) else json.loads(value) for value in values]
-    assert parsed
-    assert all(value == {"City": "Pune"} for value in parsed)
-    with engine.begin() as conn:
-        create_analyst_views(conn, ())
+    try:
+        with engine.begin() as conn:
+            create_analyst_views(conn, analyst_fields())
+        with engine.connect() as conn:
+            values = conn.execute(text("SELECT custom_fields FROM analyst_dial_status")).scalars().all()
+            downstream = conn.execute(text("SELECT custom_fields FROM downstream_model")).scalars().all()
+        parsed = [value if isinstance(value, dict) else json.loads(value) for value in values]
+        assert parsed
+        assert all(value == {"City": "Pune"} for value in parsed)
+        assert [value if isinstance(value, dict) else json.loads(value) for value in downstream] == parsed
+        with engine.begin() as conn:
+            create_analyst_views(conn, ())
+        with engine.connect() as conn:
+            assert set(conn.execute(text("SELECT custom_fields FROM downstream_model")).scalars()) == {None}
+    finally:  # the session's database outlives the test
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP VIEW downstream_model")
+            create_analyst_views(conn, ())
 
 
 def test_the_commands_erase_purge_and_rebuild_pseudonyms(

@@ -24,7 +24,7 @@ from sqlalchemy.types import TypeEngine
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class WarehouseMerge(ABC):
         self.spec = spec
         self.lineage = dict(lineage)
 
-    def unlocked(self, rows: pd.DataFrame) -> list[tuple[Any, ...]]:
+    def unlocked(self, rows: pa.Table) -> list[tuple[Any, ...]]:
         """The lock values (of ``lock_columns``) of ``rows`` whose lock this merge does not hold yet (none
         where the database has one writer at a time)."""
         return []
@@ -108,13 +108,13 @@ class WarehouseMerge(ABC):
         raise NotImplementedError(f"{type(self).__name__} names locks to take and must take them")
 
     @abstractmethod
-    def stage(self, rows: pd.DataFrame, key_hashes: np.ndarray) -> Any:
-        """The rows as this database stages them (e.g. CSV bytes for COPY); never touches the connection.
+    def stage(self, rows: pa.Table, key_hashes: np.ndarray) -> Any:
+        """The rows as this database stages them (e.g. a binary COPY's bytes); never touches the connection.
 
         ``key_hashes`` hash each row's key (within its account)."""
 
     @abstractmethod
-    def merge(self, rows: pd.DataFrame, staged: Any, latest: int) -> MergeCounts:
+    def merge(self, rows: pa.Table, staged: Any, latest: int) -> MergeCounts:
         """Merge one batch (``latest`` of its rows have ``is_latest``) and return its counts."""
 
     @abstractmethod

@@ -8,6 +8,7 @@ small callback is stored in one statement), and a warehouse merge that ``COPY``-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ from cloudagent_etl.databases.base import (
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
     import pyarrow as pa
 
 #: Connection extras passed on to the driver; anything else in a connection's extra is ignored.
@@ -283,10 +283,8 @@ class PostgresMerge(WarehouseMerge):
         self.empty_scopes: set[tuple[Any, ...]] = set()
         self.seen = _SeenKeys(SEEN_FILTER_BITS)
 
-    def unlocked(self, rows: pd.DataFrame) -> list[tuple[Any, ...]]:
-        columns = list(self.spec.lock_columns)
-        values = rows[columns].drop_duplicates().itertuples(index=False, name=None)
-        return [value for value in values if value not in self.locked]
+    def unlocked(self, rows: pa.Table) -> list[tuple[Any, ...]]:
+        return [value for value in _distinct(rows, self.spec.lock_columns) if value not in self.locked]
 
     def lock(self, values: list[tuple[Any, ...]]) -> None:
         """Hold each lock value's advisory lock until commit (no key of it appears between lookup and
@@ -303,24 +301,23 @@ class PostgresMerge(WarehouseMerge):
             if not exists:
                 self.empty_scopes.add(value)
 
-    def stage(self, rows: pd.DataFrame, key_hashes: np.ndarray) -> StagedRows:
+    def stage(self, rows: pa.Table, key_hashes: np.ndarray) -> StagedRows:
         import numpy as np
-        import pandas as pd
         import pyarrow as pa
         import pyarrow.compute as pc
 
         spec = self.spec
-        table = arrow_rows(rows, spec)
+        table = rows.select(list(spec.stage_columns))
         first_seen = self.seen.add(key_hashes)  # in payload order: the producer stages batches in order
-        scopes = rows[list(spec.lock_columns)]
-        values = set(scopes.drop_duplicates().itertuples(index=False, name=None))
-        if values <= self.empty_scopes:  # a payload is one account's campaign: the usual answers
-            in_empty_scope = np.ones(len(rows), dtype=bool)
-        elif not values & self.empty_scopes:
-            in_empty_scope = np.zeros(len(rows), dtype=bool)
-        else:
-            in_empty_scope = pd.MultiIndex.from_frame(scopes).isin(list(self.empty_scopes))
-        new_key = rows["is_latest"].to_numpy(dtype=bool) & first_seen & in_empty_scope
+        in_empty_scope = np.zeros(rows.num_rows, dtype=bool)
+        for value in set(_distinct(rows, spec.lock_columns)) & self.empty_scopes:
+            # A payload is one account's campaign: one value, all rows (or none) in an empty scope.
+            parts = zip(spec.lock_columns, value, strict=True)
+            in_scope = functools.reduce(
+                pc.and_, [pc.equal(rows.column(column), part) for column, part in parts]
+            )
+            in_empty_scope |= pc.fill_null(in_scope, False).to_numpy(zero_copy_only=False)
+        new_key = rows.column("is_latest").to_numpy() & first_seen & in_empty_scope
         new_keys = table.filter(pa.array(new_key)).select(list(spec.row_columns))
         for column in spec.lineage_columns:
             value = self.lineage[column]
@@ -339,7 +336,7 @@ class PostgresMerge(WarehouseMerge):
             staged_latest=latest,
         )
 
-    def merge(self, rows: pd.DataFrame, staged: Any, latest: int) -> MergeCounts:
+    def merge(self, rows: pa.Table, staged: Any, latest: int) -> MergeCounts:
         inserted = updated = 0
         if staged.new_keys:
             self.current_copy.write(staged.new_keys_copy)
@@ -485,11 +482,10 @@ class _SeenKeys:
         return ~(present[0] & present[1])
 
 
-def arrow_rows(rows: pd.DataFrame, spec: MergeSpec) -> pa.Table:
-    """The rows' stage columns as an Arrow table."""
-    import pyarrow as pa  # the load's dependencies, never the receiver's or the triggerer's
-
-    return pa.Table.from_pandas(rows[list(spec.stage_columns)], preserve_index=False)
+def _distinct(rows: pa.Table, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """The distinct values of ``columns`` in ``rows``, as tuples."""
+    distinct = rows.select(list(columns)).group_by(list(columns)).aggregate([])
+    return list(zip(*(distinct.column(column).to_pylist() for column in columns), strict=True))
 
 
 def _stage_ddl(spec: MergeSpec) -> str:

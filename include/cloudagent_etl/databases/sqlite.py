@@ -31,13 +31,15 @@ from cloudagent_etl.errors import ConfigurationError
 
 #: How SQLAlchemy stores a UtcDateTime here; times bound in raw SQL must compare equal to stored ones.
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: The same text written by Arrow from microseconds: its ``%S`` writes the seconds with their fraction.
+ARROW_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 #: Primary result codes that mean "not now": permission, busy, locked, out of memory, read-only, I/O
 #: error, full, cannot open, protocol (lock) error.
 UNAVAILABLE_CODES = frozenset({3, 5, 6, 7, 8, 10, 13, 14, 15})
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
 
 
 def _pragmas(synchronous: str) -> Callable[[Any, Any], None]:
@@ -163,22 +165,29 @@ class SQLiteMerge(WarehouseMerge):
             for every_latest_inserted in (True, False)
         }
 
-    def stage(self, rows: pd.DataFrame, key_hashes: np.ndarray) -> pd.DataFrame:
-        """The rows as they are: typing them for the driver is cheap next to SQLite's own work."""
-        return rows
+    def stage(self, rows: pa.Table, key_hashes: np.ndarray) -> list[tuple[Any, ...]]:
+        """The rows as the driver's tuples (in the producer thread), times as SQLite's UTC text."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-    def merge(self, rows: pd.DataFrame, staged: Any, latest: int) -> MergeCounts:
         spec = self.spec
         times = spec.columns_of_kind("time")
-        typed = staged.assign(**{column: staged[column].dt.strftime(TIME_FORMAT) for column in times})
-        typed = typed[list(spec.stage_columns)].astype(object)
-        records = typed.where(typed.notna(), None).itertuples(index=False, name=None)
+        columns = [
+            pc.strftime(rows.column(column).cast(pa.timestamp("us", tz="UTC")), format=ARROW_TIME_FORMAT)
+            if column in times
+            else rows.column(column)
+            for column in spec.stage_columns
+        ]
+        return list(zip(*(column.to_pylist() for column in columns), strict=True))
+
+    def merge(self, rows: pa.Table, staged: Any, latest: int) -> MergeCounts:
+        spec = self.spec
         placeholders = ", ".join("?" for _ in spec.stage_columns)
-        self.conn.exec_driver_sql(f"INSERT INTO {spec.stage} VALUES ({placeholders})", list(records))
+        self.conn.exec_driver_sql(f"INSERT INTO {spec.stage} VALUES ({placeholders})", staged)
         previous = [row[0] for row in self.conn.execute(self.current_sql, self.params)]
         inserted = sum(run is None for run in previous)
         updated = sum(run is not None and run != self.lineage["load_run_id"] for run in previous)
-        if inserted < latest or latest < len(rows):
+        if inserted < latest or latest < rows.num_rows:
             self.conn.execute(self.superseded_sql[inserted == latest], self.params)
         self.conn.exec_driver_sql(f"DELETE FROM {spec.stage}")
         return MergeCounts(inserted=inserted, updated=updated)

@@ -1,11 +1,11 @@
-"""Raw callback bytes -> typed pandas frames of dial-status rows, plus the rows that broke the contract.
+"""Raw callback bytes -> typed Arrow tables of dial-status rows, plus the rows that broke the contract.
 
 A package by concern: :mod:`.columns` (the row's columns, field aliases, limits), :mod:`.parsing` (bytes ->
 records, streamed), :mod:`.cleaning` (secrets, NUL, lengths), :mod:`.arrow` (typing text columns with
 ``pyarrow.compute``), :mod:`.fields` (which field feeds which column or ``extra``) and :mod:`.records`
 (a batch of records -> rows and rejects; a payload -> batches).
 
-Pure: bytes (or a binary file) and a content type in, frames out; no database. The document is
+Pure: bytes (or a binary file) and a content type in, Arrow tables out; no database. The document is
 parsed as a stream into batches of records, so a payload of hundreds of MB is never held as one list of
 Python objects. A JSON array is read in slices of :data:`SLICE_BYTES`, each cut at a record boundary and
 parsed by orjson (~2x faster than a streaming parser); a slice whose values are not plain text/integers

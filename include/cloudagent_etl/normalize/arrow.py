@@ -15,8 +15,10 @@ from cloudagent_etl.settings import (
 )
 
 # Text columns are Arrow arrays typed with pyarrow.compute (vectorized, no Python loop per value); the
-# output is a pandas frame.
+# output is an Arrow table.
 TEXT = pa.string()
+#: Arrow's type of a time in a row: UTC, whole microseconds (what the warehouse stores).
+UTC_TIME = pa.timestamp("us", tz="UTC")
 NULL_TEXT = pa.scalar(None, TEXT)
 #: The null markers (lower case) and the blanks ignored around them (ASCII: a no-break space is text).
 NULL_MARKERS = pa.array(["", "none", "null", "na"], TEXT)
@@ -27,7 +29,6 @@ _TIME_PARTS = (
     r"\s+(?P<hour>\d{1,2}):(?P<minute>\d{1,2}):(?P<second>\d{1,2})$"
 )
 _SAFE_TIME = r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8]) (?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d$"
-PANDAS_TYPES = {TEXT: pd.StringDtype("pyarrow"), pa.int64(): pd.Int64Dtype()}
 
 
 def mask_of(array: pa.Array) -> np.ndarray:
@@ -44,14 +45,10 @@ def nulled(text: pa.Array) -> pa.Array:
     return pc.if_else(marker, NULL_TEXT, text)
 
 
-def series(array: pa.Array | pa.ChunkedArray) -> pd.Series:
-    return pd.Series(array.to_pandas(types_mapper=PANDAS_TYPES.get))
-
-
 def parse_time(
     text: pa.Array, tz: str, earliest: datetime, latest: datetime
-) -> tuple[pd.Series, np.ndarray, np.ndarray]:
-    """Wall-clock text in ``tz`` -> UTC, and the rows too early and too late (then NaT).
+) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Wall-clock text in ``tz`` -> UTC (:data:`UTC_TIME`), and the rows too early and too late (then NULL).
 
     Arrow's strptime rolls an impossible date over (``2026-02-30`` -> 2 March), so the parsed fields
     must equal the written ones; anything unparseable or impossible is NaT.
@@ -71,7 +68,8 @@ def parse_time(
     utc = naive.dt.tz_localize(zone(tz), ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
     early |= np.array(utc < pd.Timestamp(earliest), dtype=bool)
     late |= np.array(utc > pd.Timestamp(latest), dtype=bool)
-    return (utc.mask(early | late) if early.any() or late.any() else utc), early, late
+    in_range = utc.mask(early | late) if early.any() or late.any() else utc
+    return pa.array(in_range, type=UTC_TIME), early, late
 
 
 def _as_written(trimmed: pa.Array, local: pa.Array) -> pa.Array:

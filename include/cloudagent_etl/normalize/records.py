@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 
 from cloudagent_etl.errors import REDACTED
 from cloudagent_etl.normalize.arrow import (
-    PANDAS_TYPES,
     TEXT,
     canonical_phone,
     cut,
@@ -28,7 +27,6 @@ from cloudagent_etl.normalize.arrow import (
     parse_count,
     parse_duration,
     parse_time,
-    series,
 )
 from cloudagent_etl.normalize.cleaning import Cleaner, SecretValues
 from cloudagent_etl.normalize.columns import (
@@ -90,12 +88,15 @@ class RecordRules:
 class NormalizedBatch:
     """One batch of a payload: ``rows`` (``ROW_COLUMNS`` + ``position``, ``is_latest``) and ``rejects``.
 
+    ``rows`` is an Arrow table, the contract between normalize and the warehouse: text, ``int64``, times as
+    ``timestamp[us, UTC]``, ``position`` and ``is_latest``, in payload order.
+
     ``records_in`` counts every record of the batch, so ``records_in == len(rows) + len(rejects) +``
     the rows dropped as earlier copies of the same version ``+ erased`` (records of people erased on
     request, kept out without a trace but this count).
     """
 
-    rows: pd.DataFrame
+    rows: pa.Table
     rejects: pd.DataFrame
     records_in: int
     erased: int = 0
@@ -103,7 +104,7 @@ class NormalizedBatch:
     key_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
 
-def hashed_record_key(campaign_name: str, phone_number: str, created_at: pd.Timestamp) -> str:
+def hashed_record_key(campaign_name: str, phone_number: str, created_at: datetime) -> str:
     """The record key of a lead without a lead id: stable across loads, time zones and re-deliveries."""
     material = f"{campaign_name}\x1f{phone_number}\x1f{created_at.strftime('%Y-%m-%dT%H:%M:%SZ')}"
     return "sha256:" + hashlib.sha256(material.encode()).hexdigest()[:32]
@@ -124,16 +125,16 @@ class _Notes:
     def add_row(self, row: int, notes: Iterable[str]) -> None:
         self._per_row.setdefault(row, []).extend(notes)
 
-    def column(self) -> pd.Series:
+    def column(self) -> pa.Array:
         if not self._masks and not self._per_row:
-            return pd.Series([None] * self._rows, dtype=PANDAS_TYPES[TEXT])
+            return pa.nulls(self._rows, TEXT)
         texts: list[list[str]] = [[] for _ in range(self._rows)]
         for mask, note in self._masks:
             for masked in np.flatnonzero(mask).tolist():
                 texts[masked].append(note)
         for row, notes in self._per_row.items():
             texts[row].extend(notes)
-        return pd.Series(["; ".join(notes) if notes else None for notes in texts], dtype=PANDAS_TYPES[TEXT])
+        return pa.array(["; ".join(notes) if notes else None for notes in texts], TEXT)
 
 
 def _cleaned_column(column: str, values: pa.Array, secrets: SecretValues, notes: _Notes) -> pa.Array:
@@ -153,7 +154,7 @@ def _cleaned_column(column: str, values: pa.Array, secrets: SecretValues, notes:
 
 
 def _capped_text_columns(
-    columns: dict[str, pd.Series],
+    columns: dict[str, pa.Array],
     source: dict[str, pa.Array],
     derived: dict[str, pa.Array],
     records: list[dict[str, Any]],
@@ -176,7 +177,7 @@ def _capped_text_columns(
                     overflow.setdefault(row, {})[str(name)] = values[row].as_py()
                 notes.add(long, f"{column}: cut to {MAX_TEXT_CHARS} characters, the whole value is in extra")
             values = pc.if_else(pa.array(long), cut(values, MAX_TEXT_CHARS), values)
-        columns[column] = series(values)
+        columns[column] = values
     return overflow
 
 
@@ -274,12 +275,16 @@ def normalize_records(
     extra_text = extra_json(batch.records, batch.plan, batch.text)
     extra, too_big = _checked_extra(extra_text, batch.records, batch.plan, overflow, rules.secrets, notes)
     reasons.add(too_big, f"extra: more than {MAX_EXTRA_CHARS} characters in fields without a column")
-    columns["extra"] = series(extra)
+    columns["extra"] = extra
     columns["load_notes"] = notes.column()
     _identity_reasons(columns, source, rules, reasons)
 
-    frame = pd.DataFrame({column: columns[column] for column in ROW_COLUMNS})
-    frame.index = pd.Index(batch.positions, name="position")
+    table = pa.table(
+        {
+            **{column: columns[column] for column in ROW_COLUMNS},
+            "position": pa.array(batch.positions, pa.int64()),
+        }
+    )
     rejected = reasons.rejected(len(batch.records)) & ~erased
     cleaner = Cleaner(rules.secrets)
     for row in np.flatnonzero(rejected).tolist():
@@ -288,7 +293,9 @@ def normalize_records(
     if rules.suppressed and reject_rows:
         reject_rows, erased_count = _without_erased(reject_rows, rules, erased_count)
     left_out = rejected | erased
-    kept_rows, key_hashes = _latest_per_version(frame[~left_out] if left_out.any() else frame)
+    kept_rows, key_hashes = _latest_per_version(
+        table.filter(pa.array(~left_out)) if left_out.any() else table
+    )
     rejects = pd.DataFrame(sorted(reject_rows), columns=list(REJECT_COLUMNS)).astype({"position": "int64"})
     return NormalizedBatch(
         rows=kept_rows, rejects=rejects, records_in=len(records), erased=erased_count, key_hashes=key_hashes
@@ -374,32 +381,33 @@ def _source_columns(batch: _TextBatch, secrets: SecretValues, notes: _Notes) -> 
     return source
 
 
-def _typed_columns(
-    source: dict[str, pa.Array], rules: RecordRules, reasons: _Reasons
-) -> dict[str, pd.Series]:
+def _typed_columns(source: dict[str, pa.Array], rules: RecordRules, reasons: _Reasons) -> dict[str, pa.Array]:
     """The time, count and duration columns, typed; a value that does not parse or lies out of range is
     NULL and rejects its row."""
-    columns: dict[str, pd.Series] = {}
+    columns: dict[str, pa.Array] = {}
     latest_time = rules.latest_time or datetime.now(UTC) + FUTURE_TOLERANCE
     for column in TIME_COLUMNS:
         parsed, early, late = parse_time(source[column], rules.timezone, rules.earliest_time, latest_time)
         given = mask_of(source[column].is_valid())
-        reasons.add(parsed.isna().to_numpy() & given & ~(early | late), f"{column}: not a time {TIME_FORMAT}")
+        reasons.add(_nulls(parsed) & given & ~(early | late), f"{column}: not a time {TIME_FORMAT}")
         reasons.add(early, f"{column}: before {rules.earliest_time:%Y-%m-%d %H:%M:%S} UTC")
         reasons.add(late, f"{column}: later than the latest time allowed (the load's start + tolerance)")
         columns[column] = parsed
-    attempts = series(parse_count(source["attempts"]))
-    reasons.add(attempts.isna().to_numpy() & mask_of(source["attempts"].is_valid()), "attempts: not a count")
+    attempts = parse_count(source["attempts"])
+    reasons.add(_nulls(attempts) & mask_of(source["attempts"].is_valid()), "attempts: not a count")
     columns["attempts"] = attempts
     duration = parse_duration(source["call_duration_s"])
     too_long = mask_of(pc.greater(duration, MAX_INTEGER))
     reasons.add(too_long, f"call_duration_s: more than {MAX_INTEGER} seconds")
     duration = pc.if_else(pc.greater(duration, MAX_INTEGER), pa.scalar(None, pa.int64()), duration)
-    parsed_duration = series(duration)
     given = mask_of(source["call_duration_s"].is_valid())
-    reasons.add(parsed_duration.isna().to_numpy() & given & ~too_long, "call_duration_s: not HH:MM:SS")
-    columns["call_duration_s"] = parsed_duration
+    reasons.add(_nulls(duration) & given & ~too_long, "call_duration_s: not HH:MM:SS")
+    columns["call_duration_s"] = duration
     return columns
+
+
+def _nulls(array: pa.Array) -> np.ndarray:
+    return mask_of(array.is_null())
 
 
 def _derived_columns(source: dict[str, pa.Array], rules: RecordRules) -> dict[str, pa.Array]:
@@ -419,55 +427,56 @@ def _derived_columns(source: dict[str, pa.Array], rules: RecordRules) -> dict[st
     }
 
 
-def _record_keys(source: dict[str, pa.Array], columns: dict[str, pd.Series]) -> pd.Series:
+def _record_keys(source: dict[str, pa.Array], columns: dict[str, pa.Array]) -> pa.Array:
     """The lead id, else the hash of campaign, phone and created time (NULL when neither is there)."""
-    record_key = series(pc.utf8_trim_whitespace(source["lead_id"]))
+    record_key = pc.utf8_trim_whitespace(source["lead_id"])
     parts = [columns[name] for name in ("campaign_name", "phone_number", "created_at")]
-    hashable = record_key.isna().to_numpy() & np.logical_and.reduce(
-        [part.notna().to_numpy() for part in parts]
-    )
-    if hashable.any():
-        rows_to_hash = np.flatnonzero(hashable)
-        hashed = map(hashed_record_key, *(part.iloc[rows_to_hash] for part in parts))
-        record_key.iloc[rows_to_hash] = list(hashed)
-    return record_key
+    hashable = _nulls(record_key) & np.logical_and.reduce([~_nulls(part) for part in parts])
+    if not hashable.any():
+        return record_key
+    rows = pa.array(np.flatnonzero(hashable))
+    hashed = map(hashed_record_key, *(pc.take(part, rows).to_pylist() for part in parts))
+    return pc.replace_with_mask(record_key, pa.array(hashable), pa.array(list(hashed), TEXT))
 
 
 def _identity_reasons(
-    columns: dict[str, pd.Series], source: dict[str, pa.Array], rules: RecordRules, reasons: _Reasons
+    columns: dict[str, pa.Array], source: dict[str, pa.Array], rules: RecordRules, reasons: _Reasons
 ) -> None:
     """A row needs its campaign (the export request's), its version (``updated_at``) and a record key."""
     campaign = columns["campaign_name"]
-    reasons.add(campaign.isna().to_numpy(), "campaign_name: missing")
+    reasons.add(_nulls(campaign), "campaign_name: missing")
     if rules.campaign is not None:
-        other = (campaign.notna() & (campaign != rules.campaign)).fillna(False).to_numpy(dtype=bool)
+        other = mask_of(pc.not_equal(campaign, pa.scalar(rules.campaign, TEXT)))
         reasons.add(other, f"campaign_name: not the campaign of the export request ({rules.campaign!r})")
-    reasons.add(source["updated_at"].is_null().to_numpy(zero_copy_only=False), "updated_at: missing")
-    record_key = columns["record_key"]
-    reasons.add(record_key.isna().to_numpy(), "record_key: no lead id, and no phone number + created time")
+    reasons.add(_nulls(source["updated_at"]), "updated_at: missing")
+    reasons.add(_nulls(columns["record_key"]), "record_key: no lead id, and no phone number + created time")
 
 
-def _latest_per_version(rows: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+def _latest_per_version(rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
     """Keep the last row per (key, updated_at); ``is_latest`` marks the greatest (updated_at, position).
     Returns the kept rows and their key hashes.
 
     A batch whose key hashes are all distinct (the usual one: a lead appears once per export) has every
     row latest, without a sort; equal hashes (a key twice, or a collision) take the sort, which is exact.
     """
-    keys = list(KEY_COLUMNS)
     hashes = _key_hashes(rows)
     if len(np.unique(hashes)) == len(hashes):
-        return rows.reset_index()[[*ROW_COLUMNS, "position"]].assign(is_latest=True), hashes
-    order = rows[[*keys, "updated_at"]].reset_index().sort_values(["updated_at", "position"], kind="stable")
+        return rows.append_column("is_latest", pa.array(np.ones(len(hashes), dtype=bool))), hashes
+    keys = list(KEY_COLUMNS)
+    order = rows.select([*keys, "updated_at", "position"]).to_pandas()
+    order = order.sort_values(["updated_at", "position"], kind="stable")
     last_of_version = order[~order.duplicated([*keys, "updated_at"], keep="last")]
-    latest = last_of_version["position"][~last_of_version.duplicated(keys, keep="last")]
-    kept = rows.loc[np.sort(last_of_version["position"].to_numpy())]
-    kept = kept.assign(is_latest=kept.index.isin(latest.to_numpy()))
-    return kept.reset_index()[[*ROW_COLUMNS, "position", "is_latest"]], _key_hashes(kept)
+    latest = last_of_version["position"][~last_of_version.duplicated(keys, keep="last")].to_numpy()
+    keep = np.isin(rows.column("position").to_numpy(), last_of_version["position"].to_numpy())
+    kept = rows.filter(pa.array(keep))
+    is_latest = np.isin(kept.column("position").to_numpy(), latest)
+    return kept.append_column("is_latest", pa.array(is_latest)), hashes[keep]
 
 
-def _key_hashes(rows: pd.DataFrame) -> np.ndarray:
-    return pd.util.hash_pandas_object(rows[list(KEY_COLUMNS)], index=False).to_numpy()
+def _key_hashes(rows: pa.Table) -> np.ndarray:
+    """A 64-bit hash of each row's key (pandas' hash of the key columns)."""
+    keys = rows.select(list(KEY_COLUMNS)).to_pandas(types_mapper=pd.ArrowDtype)
+    return pd.util.hash_pandas_object(keys, index=False).to_numpy()
 
 
 def normalize_payload(

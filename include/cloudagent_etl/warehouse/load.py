@@ -29,8 +29,8 @@ Counts of a load (``load_runs``): per distinct key of the payload, ``inserted`` 
 
 How it is fast: the payload is parsed as a stream in batches (:mod:`cloudagent_etl.normalize`) while a
 worker thread merges the previous batch, so client-side parsing and the server-side merge overlap; the
-producer thread also does each batch's client-side staging work (:func:`prepare_batch`: key hashes and
-the database's staged form, e.g. CSV for ``COPY``), so the merge thread only talks to the database. How
+producer thread also does each batch's client-side staging work (:func:`prepare_batch`: the database's
+staged form, e.g. binary ``COPY`` data), so the merge thread only talks to the database. How
 a batch is staged and merged is the database's (:meth:`Database.warehouse_merge
 <cloudagent_etl.databases.Database.warehouse_merge>`, described by :data:`MERGE_SPEC`); a first load of
 new keys writes ``dial_status`` alone (on PostgreSQL by a ``COPY`` straight into it). The producer takes
@@ -60,6 +60,8 @@ from typing import IO, Any, Protocol
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from cloudagent_etl.databases import MergeSpec, database_for
@@ -165,7 +167,7 @@ class StagedBatch:
     hash each row's key (distinct keys are counted at the end of the payload).
     """
 
-    rows: pd.DataFrame
+    rows: pa.Table
     rejects: pd.DataFrame
     records_in: int
     erased: int
@@ -176,19 +178,21 @@ class StagedBatch:
 
 def prepare_batch(
     batch: NormalizedBatch,
-    stage: Callable[[pd.DataFrame, np.ndarray], Any],
+    stage: Callable[[pa.Table, np.ndarray], Any],
     account: str,
-    lock: Callable[[pd.DataFrame], None] | None = None,
+    lock: Callable[[pa.Table], None] | None = None,
 ) -> StagedBatch:
     """The client-side work of merging ``batch``: the rows under ``account`` and the database's staged form
     of them (``stage``: :meth:`WarehouseMerge.stage`, given normalize's key hashes: keys within one
     account), after ``lock`` took the locks of the rows' lock values the load does not hold yet."""
-    if batch.rows.empty:
+    if not batch.rows.num_rows:
         return StagedBatch(batch.rows, batch.rejects, batch.records_in, batch.erased, 0, None, None)
-    rows = batch.rows.assign(account=account)
+    rows = batch.rows.append_column(
+        "account", pa.repeat(pa.scalar(account, pa.string()), batch.rows.num_rows)
+    )
     if lock is not None:
         lock(rows)
-    latest = int(rows["is_latest"].sum())
+    latest = int(pc.sum(rows.column("is_latest")).as_py() or 0)
     hashes = batch.key_hashes
     return StagedBatch(
         rows, batch.rejects, batch.records_in, batch.erased, latest, hashes, stage(rows, hashes)
@@ -227,7 +231,7 @@ class _Merger:
         self.erased += batch.erased
         if not batch.rejects.empty:
             self._reject(batch.rejects)
-        if batch.rows.empty:
+        if not batch.rows.num_rows:
             return
         assert batch.key_hashes is not None
         self.key_hashes.append(batch.key_hashes)
@@ -324,7 +328,7 @@ def merge_batches(
     merge_rows = merger.merge_rows
     pending: Future[None] | None = None
 
-    def lock(rows: pd.DataFrame) -> None:
+    def lock(rows: pa.Table) -> None:
         """Take the locks the rows need, on the connection: after the merge in flight (a new lock value
         is rare after the first batch: one payload is one account's campaign)."""
         nonlocal pending

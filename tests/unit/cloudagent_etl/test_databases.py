@@ -171,3 +171,18 @@ def test_only_a_driver_error_of_its_own_database_gets_a_verdict() -> None:
         False,
         None,
     )
+
+
+def test_sqlite_stages_times_as_the_text_it_stores_them_as() -> None:
+    """The SQLite stage writes times with Arrow, the stored ones are written with strftime: the same text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from cloudagent_etl.databases.sqlite import ARROW_TIME_FORMAT, TIME_FORMAT
+
+    moments = [
+        datetime(2024, 5, 1, 6, 30, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 123456, tzinfo=UTC),
+    ]
+    arrow = pc.strftime(pa.array(moments, pa.timestamp("us", tz="UTC")), format=ARROW_TIME_FORMAT)
+    assert arrow.to_pylist() == [moment.replace(tzinfo=None).strftime(TIME_FORMAT) for moment in moments]

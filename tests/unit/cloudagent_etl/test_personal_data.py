@@ -121,9 +121,12 @@ def test_normalize_keeps_an_erased_person_out_counted_and_without_a_reject() -> 
     batch = normalize_records(records, rules=rules)
     assert batch.erased == 2
     assert batch.rejects.empty  # the erased person's bad record is not kept as a reject either
-    assert batch.rows["record_key"].tolist() == ["2", "4"]
-    assert batch.rows["phone_e164"].tolist()[0] == "+919123456780"
-    assert batch.rows["phone_e164"].isna().tolist() == [False, True]  # not a number: loaded, no pseudonym
+    assert batch.rows.column("record_key").to_pylist() == ["2", "4"]
+    assert batch.rows.column("phone_e164").to_pylist()[0] == "+919123456780"
+    assert batch.rows.column("phone_e164").is_null().to_pylist() == [
+        False,
+        True,
+    ]  # not a number: loaded, no pseudonym
 
 
 def test_the_analyst_allow_list_and_the_retention_settings_are_read_strictly() -> None:
