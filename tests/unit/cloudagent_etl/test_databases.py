@@ -186,3 +186,24 @@ def test_sqlite_stages_times_as_the_text_it_stores_them_as() -> None:
     ]
     arrow = pc.strftime(pa.array(moments, pa.timestamp("us", tz="UTC")), format=ARROW_TIME_FORMAT)
     assert arrow.to_pylist() == [moment.replace(tzinfo=None).strftime(TIME_FORMAT) for moment in moments]
+
+
+def test_the_filter_of_keys_seen_never_misses_a_key_as_it_grows_and_rarely_takes_a_new_one_for_seen() -> None:
+    """A key added before is always "seen" (a first load would otherwise COPY a second row of it); a new
+    key is taken for seen rarely (it then only takes the slower stage)."""
+    import numpy as np
+
+    from cloudagent_etl.databases.postgresql import _SeenKeys
+
+    rng = np.random.default_rng(7)
+    seen = _SeenKeys(max_bits=1 << 24, first_bits=1 << 10)
+    batches = [rng.integers(0, 2**64, size=20_000, dtype=np.uint64) for _ in range(10)]
+    for batch in batches:
+        twice = np.concatenate([batch[:5], batch[:5]])
+        assert seen.add(twice).all()  # new, both copies: the batch's own duplicates are normalize's
+        assert seen.add(batch[5:]).mean() > 0.98
+    assert seen.bits == 1 << 23  # grew from 2^10 to keep 27 bits a key: 200k keys, 5.4M bits
+    for batch in batches:
+        assert not seen.add(batch).any()
+    fresh = rng.integers(0, 2**64, size=100_000, dtype=np.uint64)
+    assert seen.add(fresh).mean() > 0.98

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloudagent_etl import normalize
 from cloudagent_etl.errors import PayloadError
@@ -769,3 +771,17 @@ def test_per_record_custom_fields_give_the_same_extra_as_shared_ones() -> None:
         # The same record alone has few enough names for the shared (columnar) path: the same text.
         (alone,) = rows_of(normalize_with_rules([record]))
         assert alone["extra"] == row["extra"], i
+
+
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(["a", "B", "c_d", "Apikey", "x"]), st.just("v"), max_size=5),
+        max_size=8,
+    )
+)
+def test_field_names_are_every_name_in_the_order_first_seen(records: list[dict[str, str]]) -> None:
+    from itertools import chain
+
+    from cloudagent_etl.normalize.fields import _field_names
+
+    assert _field_names(records) == list(dict.fromkeys(chain.from_iterable(records)))
