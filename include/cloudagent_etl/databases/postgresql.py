@@ -469,7 +469,6 @@ class _SeenKeys:
     """
 
     def __init__(self, max_bits: int, first_bits: int = 1 << 20) -> None:
-
         self.max_bits = max_bits
         self.added: list[np.ndarray] = []
         self.keys = 0
