@@ -384,9 +384,12 @@ class BinaryCopy:
     """
 
     def __init__(self, conn: Connection, table: str, columns: tuple[str, ...]) -> None:
+        import pgpq.encoders
+        import pgpq.schema
+        import pyarrow as pa
+
         self.conn = conn
         self.table = table
-        self.columns = columns
         self.sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
         found = conn.execute(text(_COLUMN_TYPES), {"table": table})
         types: dict[str, str] = {name: kind for name, kind in found}
@@ -397,16 +400,31 @@ class BinaryCopy:
         ]
         if unsupported:
             raise RuntimeError(f"{table}: no binary COPY for {', '.join(unsupported)}")
-        self.pg_types = {column: types[column] for column in columns}
+        arrow_types = {
+            "integer": pa.int32(),
+            "bigint": pa.int64(),
+            "boolean": pa.bool_(),
+            "timestamp with time zone": pa.timestamp("us", "UTC"),  # binary: microseconds since 2000
+        }
+        #: The Arrow types the columns are cast to before encoding, and the encoders (reusable).
+        self.schema = pa.schema(
+            [(column, arrow_types.get(types[column], pa.large_string())) for column in columns]
+        )
+        self.encoders = {}
+        for field in self.schema:
+            builder = getattr(pgpq.encoders, _BINARY_ENCODERS[types[field.name]])
+            self.encoders[field.name] = (
+                builder.new_with_output(field, pgpq.schema.Jsonb())
+                if types[field.name] == "jsonb"
+                else builder(field)
+            )
 
     def encode(self, table: pa.Table) -> bytes:
-        """The ``columns`` of ``table`` (of Arrow types that cast to the columns' own) in the binary form."""
+        """The columns of ``table`` (of Arrow types that cast to the columns' own) in the binary form."""
         import pgpq
 
-        typed = self._typed(table)
-        encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(
-            typed.schema, {field.name: self._encoder(field) for field in typed.schema}
-        )
+        typed = table.select(self.schema.names).cast(self.schema)
+        encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(self.schema, self.encoders)
         pieces = [encoder.write_header(), *map(encoder.write_batch, typed.to_batches()), encoder.finish()]
         return b"".join(pieces)
 
@@ -415,48 +433,21 @@ class BinaryCopy:
         with driver_connection.cursor() as cursor, cursor.copy(self.sql) as copy:
             copy.write(data)
 
-    def _typed(self, table: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
-        arrow_types = {
-            "large_string": pa.large_string(),
-            "int32": pa.int32(),
-            "int64": pa.int64(),
-            "bool": pa.bool_(),
-            "utc_us": pa.timestamp("us", "UTC"),  # timestamptz's binary form: microseconds since 2000
-        }
-        return pa.table(
-            {
-                column: table.column(column).cast(arrow_types[_BINARY_ENCODERS[self.pg_types[column]][0]])
-                for column in self.columns
-            }
-        )
-
-    def _encoder(self, field: pa.Field) -> Any:
-        import pgpq.encoders
-        import pgpq.schema
-
-        pg_type = self.pg_types[field.name]
-        builder = getattr(pgpq.encoders, _BINARY_ENCODERS[pg_type][1])
-        if pg_type == "jsonb":
-            return builder.new_with_output(field, pgpq.schema.Jsonb())
-        return builder(field)
-
 
 #: SQL of a table's column types, as ``format_type`` names them.
 _COLUMN_TYPES = (
     "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
     "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped"
 )
-#: Per PostgreSQL column type the binary COPY writes: the Arrow type a column is cast to, pgpq's encoder.
+#: The PostgreSQL column types the binary COPY writes, and pgpq's encoder of each.
 _BINARY_ENCODERS = {
-    "text": ("large_string", "LargeStringEncoderBuilder"),
-    "character varying": ("large_string", "LargeStringEncoderBuilder"),
-    "jsonb": ("large_string", "LargeStringEncoderBuilder"),
-    "integer": ("int32", "Int32EncoderBuilder"),
-    "bigint": ("int64", "Int64EncoderBuilder"),
-    "boolean": ("bool", "BooleanEncoderBuilder"),
-    "timestamp with time zone": ("utc_us", "TimestampMicrosecondEncoderBuilder"),
+    "text": "LargeStringEncoderBuilder",
+    "character varying": "LargeStringEncoderBuilder",
+    "jsonb": "LargeStringEncoderBuilder",
+    "integer": "Int32EncoderBuilder",
+    "bigint": "Int64EncoderBuilder",
+    "boolean": "BooleanEncoderBuilder",
+    "timestamp with time zone": "TimestampMicrosecondEncoderBuilder",
 }
 
 

@@ -99,9 +99,9 @@ class NormalizedBatch:
     rows: pa.Table
     rejects: pd.DataFrame
     records_in: int
-    erased: int = 0
     #: A 64-bit hash of each row's key (``KEY_COLUMNS``), in the rows' order.
-    key_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    key_hashes: np.ndarray
+    erased: int = 0
 
 
 def hashed_record_key(campaign_name: str, phone_number: str, created_at: datetime) -> str:
