@@ -10,10 +10,13 @@ STAMP   = $(VENV)/.installed
 install: $(STAMP)
 
 # Reinstall when the lock or the package metadata changes. uv is a pip package; pip is the fallback.
+# Installed packages are compiled to bytecode as pip does (uv does not by default): a process that may not
+# write bytecode (PYTHONDONTWRITEBYTECODE) would otherwise compile every module it imports from source,
+# each time (importing pandas 1.5 s instead of 0.4 s, airflow.sdk 3.6 s instead of 1.6 s).
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	if $(PY) -m pip install -q uv; then \
-		$(BIN)/uv pip install -q --python $(PY) -r requirements.txt && \
+		$(BIN)/uv pip install -q --compile-bytecode --python $(PY) -r requirements.txt && \
 		$(BIN)/uv pip install -q --python $(PY) --no-deps -e . ; \
 	else \
 		$(PY) -m pip install -q -r requirements.txt && \
@@ -43,7 +46,7 @@ dbt-venv: $(DBT_STAMP)
 
 $(DBT_STAMP): requirements-dbt.txt $(STAMP)
 	test -x $(DBT_VENV)/bin/python || $(BIN)/uv venv -q --python $(PY) $(DBT_VENV)
-	$(BIN)/uv pip install -q --python $(DBT_VENV)/bin/python -r requirements-dbt.txt
+	$(BIN)/uv pip install -q --compile-bytecode --python $(DBT_VENV)/bin/python -r requirements-dbt.txt
 	touch $(DBT_STAMP)
 
 lock-dbt: install
@@ -109,7 +112,7 @@ bench: install
 PEER_VENV = .venv-peer
 bench-peer: install
 	test -x $(PEER_VENV)/bin/python || $(BIN)/uv venv -q --python $(PY) $(PEER_VENV)
-	$(BIN)/uv pip install -q --python $(PEER_VENV)/bin/python -e ".[bench,dev]"
+	$(BIN)/uv pip install -q --compile-bytecode --python $(PEER_VENV)/bin/python -e ".[bench,dev]"
 	# As in install: the editable build's metadata in include/ would make the distribution found twice.
 	rm -rf include/cloudagent_etl.egg-info
 	$(PEER_VENV)/bin/python -m benchmarks.bench_load --peer
