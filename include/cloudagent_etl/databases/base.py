@@ -11,12 +11,13 @@ fails on a new branch elsewhere), so supporting another database is one module h
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Column, Connection, Engine, Select, Table, select
 from sqlalchemy.sql.dml import Insert
@@ -84,19 +85,70 @@ class MergeCounts:
     updated: int
 
 
+class KeyHashes:
+    """The key hashes of the rows of a payload staged so far (8 bytes a row), in temporary files, one per
+    range of values (their top :data:`RANGE_BITS` bits), not in memory (80 MB at 10M rows): read back one
+    range at a time to count the distinct keys, or all of them to rebuild a filter of keys seen."""
+
+    RANGE_BITS = 4
+
+    def __init__(self) -> None:
+        self.files: list[IO[bytes]] = []
+        self.count = 0
+
+    def add(self, hashes: np.ndarray) -> None:
+        import numpy as np
+
+        if not self.files:  # in the temporary directory (TMPDIR), until close()
+            self.files = [
+                tempfile.TemporaryFile(prefix="cloudagent-keys-")  # noqa: SIM115
+                for _ in range(1 << self.RANGE_BITS)
+            ]
+        ranges = hashes >> np.uint64(64 - self.RANGE_BITS)
+        for number, file in enumerate(self.files):
+            file.write(hashes[ranges == number].tobytes())
+        self.count += len(hashes)
+
+    def ranges(self) -> Iterator[np.ndarray]:
+        """The hashes added so far, one range at a time (read-only arrays)."""
+        import numpy as np
+
+        for file in self.files:
+            file.seek(0)
+            yield np.frombuffer(file.read(), dtype=np.uint64)
+
+    def distinct(self) -> int:
+        """How many distinct hashes were added, counted one range (~1/16 of them) in memory at a time."""
+        import numpy as np
+
+        distinct = 0
+        for values in self.ranges():
+            if len(values):
+                ordered = np.sort(values)
+                distinct += int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
+        return distinct
+
+    def close(self) -> None:
+        for file in self.files:
+            file.close()
+        self.files = []
+
+
 class WarehouseMerge(ABC):
     """One payload's merge into the warehouse, on one connection, inside the caller's transaction.
 
     :meth:`stage` is the client-side work of a batch and runs in the load's producer thread, batch after
     batch in payload order (it must not touch the connection); :meth:`merge` runs in the merge thread;
     :meth:`lock` runs in the producer thread while no merge is in flight, before the first batch with
-    a lock value :meth:`unlocked` names is staged; :meth:`close` once at the end.
+    a lock value :meth:`unlocked` names is staged; :meth:`distinct_keys` and :meth:`close` once at the end.
     """
 
     def __init__(self, conn: Connection, spec: MergeSpec, lineage: Mapping[str, Any]) -> None:
         self.conn = conn
         self.spec = spec
         self.lineage = dict(lineage)
+        #: The key hashes of the batches staged so far (those of the batch being staged come after).
+        self.key_hashes = KeyHashes()
 
     def unlocked(self, rows: pa.Table) -> list[tuple[Any, ...]]:
         """The lock values (of ``lock_columns``) of ``rows`` whose lock this merge does not hold yet (none
@@ -107,11 +159,23 @@ class WarehouseMerge(ABC):
         """Take the locks of ``values`` (see :meth:`unlocked`), on the connection."""
         raise NotImplementedError(f"{type(self).__name__} names locks to take and must take them")
 
-    @abstractmethod
     def stage(self, rows: pa.Table, key_hashes: np.ndarray) -> Any:
+        """The rows as this database stages them (:meth:`stage_rows`); their key hashes are kept after."""
+        staged = self.stage_rows(rows, key_hashes)
+        self.key_hashes.add(key_hashes)
+        return staged
+
+    @abstractmethod
+    def stage_rows(self, rows: pa.Table, key_hashes: np.ndarray) -> Any:
         """The rows as this database stages them (e.g. a binary COPY's bytes); never touches the connection.
 
         ``key_hashes`` hash each row's key (within its account)."""
+
+    def distinct_keys(self) -> int:
+        """How many distinct keys the staged batches had (rejected rows are never staged)."""
+        distinct = self.key_hashes.distinct()
+        self.key_hashes.close()
+        return distinct
 
     @abstractmethod
     def merge(self, rows: pa.Table, staged: Any, latest: int) -> MergeCounts:

@@ -26,6 +26,7 @@ from sqlalchemy.types import TypeEngine
 from cloudagent_etl.databases.base import (
     ConnectionParts,
     Database,
+    KeyHashes,
     MergeCounts,
     MergeSpec,
     WarehouseMerge,
@@ -284,7 +285,7 @@ class PostgresMerge(WarehouseMerge):
         self.locked: set[tuple[Any, ...]] = set()
         #: Lock values that had no row in the current table when their lock was taken.
         self.empty_scopes: set[tuple[Any, ...]] = set()
-        self.seen = _SeenKeys(SEEN_FILTER_BITS)
+        self.seen = _SeenKeys(SEEN_FILTER_BITS, self.key_hashes)
 
     def unlocked(self, rows: pa.Table) -> list[tuple[Any, ...]]:
         return [value for value in _distinct(rows, self.spec.lock_columns) if value not in self.locked]
@@ -304,7 +305,7 @@ class PostgresMerge(WarehouseMerge):
             if not exists:
                 self.empty_scopes.add(value)
 
-    def stage(self, rows: pa.Table, key_hashes: np.ndarray) -> StagedRows:
+    def stage_rows(self, rows: pa.Table, key_hashes: np.ndarray) -> StagedRows:
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -455,13 +456,13 @@ class _SeenKeys:
     """The keys of a payload seen so far, as a filter of two bits per key (hashes of the key): a key
     never seen is never reported seen; one in ~200 new keys may be (at :data:`SEEN_FILTER_BITS_PER_KEY`).
 
-    It holds the hash arrays it was given (the load keeps them anyway, to count distinct keys) and
-    rebuilds itself from them when it doubles, up to ``max_bits``.
+    It doubles up to ``max_bits`` as keys come, rebuilt from the hashes of the batches before (``earlier``,
+    which the merge keeps anyway to count distinct keys).
     """
 
-    def __init__(self, max_bits: int, first_bits: int = 1 << 20) -> None:
+    def __init__(self, max_bits: int, earlier: KeyHashes, first_bits: int = 1 << 20) -> None:
         self.max_bits = max_bits
-        self.added: list[np.ndarray] = []
+        self.earlier = earlier
         self.keys = 0
         self._allocate(min(first_bits, max_bits))
 
@@ -469,16 +470,16 @@ class _SeenKeys:
         """Add the keys; returns which of them no earlier call added (a key twice in one call: both)."""
         needed = (self.keys + len(key_hashes)) * SEEN_FILTER_BITS_PER_KEY
         if needed > self.bits < self.max_bits:
+            if self.earlier.count != self.keys:
+                raise RuntimeError(f"{self.earlier.count} key hashes kept, {self.keys} added to the filter")
             self._allocate(min(self.max_bits, 1 << (needed - 1).bit_length()))
-            for earlier in self.added:
+            for earlier in self.earlier.ranges():
                 self._set(earlier)
         present = self._set(key_hashes)
-        self.added.append(key_hashes)
         self.keys += len(key_hashes)
         return ~present
 
     def release(self) -> None:
-        self.added.clear()
         self._allocate(8)
 
     def _allocate(self, bits: int) -> None:

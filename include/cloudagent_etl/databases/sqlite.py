@@ -165,7 +165,7 @@ class SQLiteMerge(WarehouseMerge):
             for every_latest_inserted in (True, False)
         }
 
-    def stage(self, rows: pa.Table, key_hashes: np.ndarray) -> list[tuple[Any, ...]]:
+    def stage_rows(self, rows: pa.Table, key_hashes: np.ndarray) -> list[tuple[Any, ...]]:
         """The rows as the driver's tuples (in the producer thread), times as SQLite's UTC text."""
         import pyarrow as pa
         import pyarrow.compute as pc

@@ -101,8 +101,6 @@ MERGE_SPEC = MergeSpec(
 )
 #: Distinct rejects of one payload remembered to count identical ones (16-byte digests: ~15 MB).
 MAX_TRACKED_REJECTS = 100_000
-#: Distinct keys are counted in ranges of about 2**this many key hashes.
-DISTINCT_COUNT_RANGE_BITS = 20
 #: Longest error text recorded for a failed load.
 MAX_ERROR_CHARS = 2000
 
@@ -165,8 +163,7 @@ class PayloadToLoad(Protocol):
 class StagedBatch:
     """A normalized batch made ready to merge, in the producer thread: no Python work is left to the merge.
 
-    ``staged`` is the database's staged form of the rows (:meth:`WarehouseMerge.stage`); ``key_hashes``
-    hash each row's key (distinct keys are counted at the end of the payload).
+    ``staged`` is the database's staged form of the rows (:meth:`WarehouseMerge.stage`).
     """
 
     rows: pa.Table
@@ -174,7 +171,6 @@ class StagedBatch:
     records_in: int
     erased: int
     latest: int
-    key_hashes: np.ndarray | None
     staged: Any
 
 
@@ -188,17 +184,15 @@ def prepare_batch(
     of them (``stage``: :meth:`WarehouseMerge.stage`, given normalize's key hashes: keys within one
     account), after ``lock`` took the locks of the rows' lock values the load does not hold yet."""
     if not batch.rows.num_rows:
-        return StagedBatch(batch.rows, batch.rejects, batch.records_in, batch.erased, 0, None, None)
+        return StagedBatch(batch.rows, batch.rejects, batch.records_in, batch.erased, 0, None)
     rows = batch.rows.append_column(
         "account", pa.repeat(pa.scalar(account, pa.string()), batch.rows.num_rows)
     )
     if lock is not None:
         lock(rows)
     latest = int(pc.sum(rows.column("is_latest")).as_py() or 0)
-    hashes = batch.key_hashes
-    return StagedBatch(
-        rows, batch.rejects, batch.records_in, batch.erased, latest, hashes, stage(rows, hashes)
-    )
+    staged = stage(rows, batch.key_hashes)
+    return StagedBatch(rows, batch.rejects, batch.records_in, batch.erased, latest, staged)
 
 
 @dataclass
@@ -213,7 +207,6 @@ class _Merger:
     rejected: int = 0
     erased: int = 0
     records_in: int = 0
-    key_hashes: list[np.ndarray] = field(default_factory=list)
     #: Digest of (reason, raw record) -> position of the reject row that stands for it.
     reject_rows: dict[bytes, int] = field(default_factory=dict)
     #: Position of a tracked reject row -> identical rejects so far, and as last written.
@@ -235,8 +228,6 @@ class _Merger:
             self._reject(batch.rejects)
         if not batch.rows.num_rows:
             return
-        assert batch.key_hashes is not None
-        self.key_hashes.append(batch.key_hashes)
         counts = self.merge_rows.merge(batch.rows, batch.staged, batch.latest)
         self.inserted += counts.inserted
         self.updated += counts.updated
@@ -293,8 +284,8 @@ class _Merger:
 
     def finish(self) -> LoadCounts:
         self._count_later_identical_rejects()
+        distinct = self.merge_rows.distinct_keys()
         self.merge_rows.close()
-        distinct = _distinct_count(self.key_hashes)
         return LoadCounts(
             payloads=1,
             rows_in=self.records_in,
@@ -305,22 +296,6 @@ class _Merger:
             erased=self.erased,
             duplicates=self.records_in - self.rejected - distinct,
         )
-
-
-def _distinct_count(hashes: list[np.ndarray]) -> int:
-    """Distinct values of the arrays, counted one range of values (their top bits) at a time: never a
-    copy of them all (8 bytes per row: 80 MB at 10M rows), only of one range (at most ~8 MB)."""
-    total = sum(len(array) for array in hashes)
-    range_bits = max(0, (total - 1).bit_length() - DISTINCT_COUNT_RANGE_BITS)
-    shift = np.uint64(64 - range_bits)
-    distinct = 0
-    for number in range(1 << range_bits):
-        part = [array[(array >> shift) == number] for array in hashes] if range_bits else hashes
-        values = np.concatenate(part) if part else np.empty(0, np.uint64)
-        values.sort()
-        distinct += int(np.count_nonzero(values[1:] != values[:-1])) + 1 if len(values) else 0
-    hashes.clear()
-    return distinct
 
 
 def merge_batches(
@@ -346,15 +321,18 @@ def merge_batches(
                 pending = None
             merge_rows.lock(unlocked)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge") as pool:
-        for batch in batches:
-            staged = prepare_batch(batch, merge_rows.stage, lineage["account"], lock)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge") as pool:
+            for batch in batches:
+                staged = prepare_batch(batch, merge_rows.stage, lineage["account"], lock)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(merger.merge, staged)
             if pending is not None:
                 pending.result()
-            pending = pool.submit(merger.merge, staged)
-        if pending is not None:
-            pending.result()
-    return merger.finish()
+        return merger.finish()
+    finally:
+        merge_rows.key_hashes.close()  # its temporary files, also when the load fails
 
 
 @contextmanager

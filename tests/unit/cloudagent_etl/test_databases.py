@@ -193,17 +193,59 @@ def test_the_filter_of_keys_seen_never_misses_a_key_as_it_grows_and_rarely_takes
     key is taken for seen rarely (it then only takes the slower stage)."""
     import numpy as np
 
+    from cloudagent_etl.databases.base import KeyHashes
     from cloudagent_etl.databases.postgresql import _SeenKeys
 
     rng = np.random.default_rng(7)
-    seen = _SeenKeys(max_bits=1 << 24, first_bits=1 << 10)
+    earlier = KeyHashes()
+    seen = _SeenKeys(max_bits=1 << 24, earlier=earlier, first_bits=1 << 10)
+
+    def stage(hashes: np.ndarray) -> np.ndarray:
+        """As the merge stages a batch: the filter first, then the batch's hashes kept."""
+        new: np.ndarray = seen.add(hashes)
+        earlier.add(hashes)
+        return new
+
     batches = [rng.integers(0, 2**64, size=20_000, dtype=np.uint64) for _ in range(10)]
     for batch in batches:
-        twice = np.concatenate([batch[:5], batch[:5]])
-        assert seen.add(twice).all()  # new, both copies: the batch's own duplicates are normalize's
-        assert seen.add(batch[5:]).mean() > 0.98
+        new = stage(np.concatenate([batch[:5], batch]))  # five keys twice in one batch
+        assert new[:10].all()  # both copies new: a batch's own duplicates are normalize's
+        assert new.mean() > 0.98
     assert seen.bits == 1 << 23  # grew from 2^10 to keep 27 bits a key: 200k keys, 5.4M bits
     for batch in batches:
-        assert not seen.add(batch).any()
+        assert not stage(batch).any()
+    assert seen.bits == 1 << 24  # and doubled again (400k hashes), rebuilt from those kept
     fresh = rng.integers(0, 2**64, size=100_000, dtype=np.uint64)
-    assert seen.add(fresh).mean() > 0.98
+    assert stage(fresh).mean() > 0.98
+    earlier.close()
+    # A batch added to the filter but not kept among the earlier hashes would be lost when it doubles.
+    unkept = _SeenKeys(max_bits=1 << 24, earlier=KeyHashes(), first_bits=1 << 10)
+    unkept.add(batches[0][:10])
+    with pytest.raises(RuntimeError, match="10 added to the filter"):
+        unkept.add(batches[1])
+
+
+def test_key_hashes_kept_on_disk_count_distinct_keys_exactly_and_give_back_what_was_added() -> None:
+    """Kept in one temporary file per range of values, the hashes count exactly (duplicates within and
+    across batches, both ends of the range of values) and read back as the very set added."""
+    import numpy as np
+
+    from cloudagent_etl.databases.base import KeyHashes
+
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**64, size=40_000, dtype=np.uint64)
+    batches = [keys[start : start + 10_000] for start in range(0, 40_000, 10_000)]
+    batches += [keys[::7].copy(), np.repeat(keys[:5], 3), np.array([2**64 - 1, 0, 0], dtype=np.uint64)]
+    hashes = KeyHashes()
+    assert hashes.distinct() == 0
+    assert list(hashes.ranges()) == []
+    for batch in batches:
+        hashes.add(batch)
+    added = np.concatenate(batches)
+    assert hashes.count == len(added)
+    assert len(hashes.files) == 16
+    assert all(len(values) for values in hashes.ranges())
+    assert np.array_equal(np.sort(np.concatenate(list(hashes.ranges()))), np.sort(added))
+    assert hashes.distinct() == len(np.unique(added)) == 40_002
+    hashes.close()
+    assert hashes.files == []

@@ -111,29 +111,6 @@ def test_load_counts_add_up_and_keep_the_last_load_and_every_error() -> None:
     assert (total.error, total.last_loaded_at) == ("payload 2: not JSON; x", STARTED + timedelta(1))
 
 
-@pytest.mark.parametrize("range_bits", [20, 10])
-def test_distinct_keys_are_counted_exactly_in_ranges_of_key_hashes(
-    monkeypatch: pytest.MonkeyPatch, range_bits: int
-) -> None:
-    """Counted one range of hash values at a time (one range at 20 bits, 64 ranges at 10), the count is the
-    exact number of distinct hashes, duplicates across and within arrays included, and the arrays are
-    released."""
-    import numpy as np
-
-    from cloudagent_etl.warehouse import load
-
-    monkeypatch.setattr(load, "DISTINCT_COUNT_RANGE_BITS", range_bits)
-    rng = np.random.default_rng(3)
-    keys = rng.integers(0, 2**64, size=40_000, dtype=np.uint64)
-    arrays = [keys[start : start + 10_000] for start in range(0, 40_000, 10_000)]
-    arrays += [keys[::7].copy(), np.repeat(keys[:5], 3), np.array([2**64 - 1, 0], dtype=np.uint64)]
-    expected = len(np.unique(np.concatenate(arrays)))
-    assert expected == 40_002
-    assert load._distinct_count(arrays) == expected
-    assert arrays == []
-    assert load._distinct_count([]) == 0
-
-
 def test_what_the_page_reads_back_are_the_load_runs_and_rejects_of_each_request(engine: Engine) -> None:
     with engine.begin() as conn:
         merge(conn, [record("1", "2024-05-01 10:00:00"), record("2", "bad"), record("3", "bad")])
