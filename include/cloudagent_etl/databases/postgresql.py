@@ -525,11 +525,12 @@ def _stage_ddl(spec: MergeSpec) -> str:
 def _merge_sql(spec: MergeSpec) -> str:
     """One lookup per staged latest version sorts it into new / unchanged / older / changed.
 
-    New keys get a plain insert, ordered by key. Keys that exist and changed (same or newer version, some
-    value differs) are updated through the row the lookup found (a TID scan: no second lookup). The
-    statement returns the inserted count, the updated rows (all, and those not written earlier by this
-    load) and the positions of the versions older than their current row (they go to the superseded
-    table).
+    The lookup keeps, per staged latest version, where it is (the stage's ``ctid``) and where its key's
+    current row is (``ctid``), not its columns: new keys are then inserted from the stage (ordered by
+    key), and changed ones (same or newer version, some value differs) updated from the stage through the
+    row the lookup found (TID scans of both: no second lookup). The statement returns the inserted count,
+    the updated rows (all, and those not written earlier by this load) and the positions of the versions
+    older than their current row (they go to the superseded table).
 
     The lookup is a lateral subquery with ``LIMIT 1``: always an index probe per staged row, whatever the
     planner estimates for the stage (a hash join would scan the whole current table for every batch),
@@ -540,7 +541,6 @@ def _merge_sql(spec: MergeSpec) -> str:
     columns = (*spec.row_columns, *spec.lineage_columns)
     values = ", ".join((*spec.row_columns, *(f":{name}" for name in spec.lineage_columns)))
     differs = " OR ".join(f"d.{column} IS DISTINCT FROM s.{column}" for column in spec.value_columns)
-    selected = ", ".join(f"s.{column}" for column in (*spec.row_columns, "position"))
     # The row comparison is a condition only the primary key's index can serve: on a table without
     # statistics (a first load, a new database) the planner otherwise sees a tie with any index that
     # starts with a prefix of the key, and one that does ((account, campaign_name, updated_at)) would
@@ -552,28 +552,31 @@ def _merge_sql(spec: MergeSpec) -> str:
             *(f"d.{column} = s.{column}" for column in spec.key),
         ]
     )
-    target_key = " AND ".join(f"t.{column} = l.{column}" for column in spec.key)
+    target_key = " AND ".join(f"t.{column} = s.{column}" for column in spec.key)
     probe = spec.key[-1]  # NULL exactly when the lateral lookup found no row
     assignments = ", ".join(
         [
-            *(f"{column} = l.{column}" for column in spec.row_columns if column not in spec.key),
+            *(f"{column} = s.{column}" for column in spec.row_columns if column not in spec.key),
             *(f"{column} = :{column}" for column in spec.lineage_columns),
             "previous_load_run_id = t.load_run_id",
         ]
     )
     return (
         f"WITH looked AS MATERIALIZED ("
-        f"SELECT {selected}, d.{version} AS current_version, d.ctid AS current_row, "
-        f"d.{probe} IS NULL AS new, "
+        f"SELECT s.ctid AS staged_row, s.position, s.{version}, d.{version} AS current_version, "
+        f"d.ctid AS current_row, d.{probe} IS NULL AS new, "
         f"d.{probe} IS NOT NULL AND s.{version} >= d.{version} AND ({differs}) AS changed "
         f"FROM {spec.stage} s LEFT JOIN LATERAL (SELECT *, ctid FROM {spec.current} d "
         f"WHERE {same_key} LIMIT 1) d ON true "
         f"WHERE s.is_latest), "
         f"inserted AS (INSERT INTO {spec.current} ({', '.join(columns)}) "
-        f"SELECT {values} FROM looked WHERE new ORDER BY {key} RETURNING 1), "
-        f"updated AS (UPDATE {spec.current} t SET {assignments} FROM looked l "
-        f"WHERE t.ctid = ANY(ARRAY(SELECT current_row FROM looked WHERE changed)) AND l.changed "
-        f"AND {target_key} "
+        f"SELECT {values} FROM {spec.stage} "
+        f"WHERE ctid = ANY(ARRAY(SELECT staged_row FROM looked WHERE new)) ORDER BY {key} RETURNING 1), "
+        f"changes AS (SELECT l.current_row, s.* FROM looked l JOIN {spec.stage} s ON s.ctid = l.staged_row "
+        f"WHERE l.changed AND s.ctid = ANY(ARRAY(SELECT staged_row FROM looked WHERE changed))), "
+        f"updated AS (UPDATE {spec.current} t SET {assignments} FROM changes s "
+        f"WHERE t.ctid = ANY(ARRAY(SELECT current_row FROM looked WHERE changed)) "
+        f"AND t.ctid = s.current_row AND {target_key} "
         f"RETURNING t.previous_load_run_id) "
         f"SELECT (SELECT COUNT(*) FROM inserted), "
         f"(SELECT COUNT(*) FROM updated), "
