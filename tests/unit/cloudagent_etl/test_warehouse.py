@@ -3,8 +3,10 @@ counts type, and what it reads back for the page (the pipeline's whole load is `
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -91,6 +93,39 @@ def test_an_unparseable_body_raises_and_its_failure_is_recorded_on_its_own(engin
     assert (run.status, run.started_at, len(run.error)) == ("failed", STARTED, len(counts.error or ""))
     assert run.error.endswith("... [1000 more chars]")
     assert (counts.payloads, counts.failed_payloads, counts.loads) == (1, 1, 0)
+
+
+def _open_key_hash_files() -> int:
+    """Files this process holds open that a merge made to keep key hashes (unlinked: "(deleted)")."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is closed by then
+            found += "cloudagent-keys-" in os.readlink(f"/proc/self/fd/{fd}")
+    return found
+
+
+def test_a_load_that_fails_after_its_first_batches_leaves_no_key_hash_file_open(engine: Engine) -> None:
+    """Batches of two records: three are staged (their key hashes kept in temporary files) before the body
+    turns out not to be JSON; the load fails, and the files are closed with it."""
+    good = [record(str(index), "2024-05-01 10:00:00") for index in range(6)]
+    body = json.dumps(good).encode()[:-1] + b", {not json"
+    before = _open_key_hash_files()
+    with pytest.raises(PayloadError, match="not valid JSON"), engine.begin() as conn:
+        warehouse.merge_payload(
+            conn,
+            Payload(),
+            io.BytesIO(body),
+            started=STARTED,
+            secrets=SecretValues(),
+            settings=LoadSettings(),
+            pseudonym_key=PseudonymKey.from_env(),
+            batch_size=2,
+        )
+    assert _open_key_hash_files() == before
+    with engine.begin() as conn:  # and the same records load in full when the body is whole
+        counts = merge(conn, good)
+    assert (counts.inserted, counts.rows_in) == (6, 6)
+    assert _open_key_hash_files() == before
 
 
 def test_records_of_another_campaign_than_the_exports_are_rejected(engine: Engine) -> None:
